@@ -1,0 +1,10 @@
+"""Fragment attention: a paged-KV attention op whose queries are rotated per fragment.
+
+Installed as ``hogwild_kernels`` (the folder is ``kernels/``). ``reference`` is the plain
+PyTorch op (and the CPU path); ``triton_op`` the Triton kernel for GPUs.
+"""
+
+from .reference import fragment_attention
+from .table import FragmentTable, SeqView, build
+
+__all__ = ["FragmentTable", "SeqView", "build", "fragment_attention"]

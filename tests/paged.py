@@ -1,0 +1,98 @@
+"""Random paged caches and a float64 oracle that re-rotates keys (the naive way)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from hogwild_kernels.reference import gather_keys
+from hogwild_kernels.rotary import rotate
+from hogwild_kernels.table import SeqView
+
+
+@dataclass
+class PagedCache:
+    key: torch.Tensor  # [blocks, block_size, Hkv, D], rotated at home positions
+    value: torch.Tensor
+    block_table: torch.Tensor  # [rows, max_blocks]
+
+
+def random_cache(lengths: list[int], block_size: int, kv_heads: int, head_dim: int,
+                 dtype=torch.float32, gen: torch.Generator | None = None) -> PagedCache:
+    """Requests of the given lengths scattered over shuffled physical blocks."""
+    need = [-(-n // block_size) for n in lengths]
+    total = sum(need) + 3
+    perm = torch.randperm(total, generator=gen).tolist()
+    width = max(need + [1])
+    table = torch.zeros(len(lengths), width, dtype=torch.int32)
+    for row, k in enumerate(need):
+        table[row, :k] = torch.tensor(perm[:k], dtype=torch.int32)
+        perm = perm[k:]
+    key = torch.randn(total, block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    value = torch.randn(total, block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    return PagedCache(key, value, table)
+
+
+def naive_attention(q: torch.Tensor, cache: PagedCache, views: list[SeqView], inv_freq: torch.Tensor,
+                    is_neox: bool, scale: float) -> torch.Tensor:
+    """Float64: move every key to its view position, the query to its own, then softmax."""
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    group = q.shape[1] // cache.key.shape[2]
+    row = 0
+    for v in views:
+        keys, vals, kpos = [], [], []
+        for src, start, end, offset in v.fragments:
+            k = gather_keys(cache.key, cache.block_table[src], start, end).double()
+            keys.append(rotate(k, torch.full((end - start, 1), offset - start), inv_freq, is_neox))
+            vals.append(gather_keys(cache.value, cache.block_table[src], start, end).double())
+            kpos.append(torch.arange(offset, offset + end - start))
+        k = torch.cat(keys).repeat_interleave(group, 1)
+        val = torch.cat(vals).repeat_interleave(group, 1)
+        kp = torch.cat(kpos)
+        for i in range(v.num_rows):
+            home, view = v.first_home + i, v.view_positions[i]
+            qi = rotate(q[row + i].double(), torch.tensor([[view - home]]), inv_freq, is_neox)
+            s = torch.einsum("hd,nhd->hn", qi, k) * scale
+            s = s.masked_fill((kp > view)[None, :], float("-inf"))
+            out[row + i] = torch.einsum("hn,nhd->hd", torch.softmax(s, -1), val)
+        row += v.num_rows
+    return out
+
+
+def inv_freq_for(rotary_dim: int, base: float = 10000.0) -> torch.Tensor:
+    return 1.0 / base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim)
+
+
+def random_views(rng: random.Random, groups: int, workers: int, block_size: int,
+                 max_len: int, decode: bool) -> tuple[list[int], list[SeqView]]:
+    """Groups of workers over requests of random lengths, with random fragment views.
+
+    Every worker's view holds random (possibly empty, mid-block) runs of the group's
+    requests, then its own last tokens as query rows (decode: one row; else several).
+    """
+    lengths: list[int] = []
+    views: list[SeqView] = []
+    for g in range(groups):
+        base = len(lengths)
+        lens = [rng.randint(1, max_len) for _ in range(workers)]
+        lengths += lens
+        for w in range(workers):
+            frags, offset = [], 0
+            for _ in range(rng.randint(0, 4)):
+                src = base + rng.randrange(workers)
+                a = rng.randint(0, lens[src - base])
+                b = rng.randint(a, lens[src - base])
+                if src == base + w:
+                    b = min(b, lens[w] - 1)
+                    a = min(a, b)
+                frags.append((src, a, b, offset))
+                offset += b - a
+            rows = 1 if decode else rng.randint(1, min(lens[w], 9))
+            own_start = rng.randint(0, lens[w] - rows)
+            frags.append((base + w, own_start, lens[w], offset + rng.randint(0, 5)))
+            _, a, _, o = frags[-1]
+            pos = [lens[w] - rows + i - a + o for i in range(rows)]
+            views.append(SeqView(g, w, rows, lens[w] - rows, frags, pos))
+    return lengths, views

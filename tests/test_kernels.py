@@ -1,0 +1,76 @@
+"""The fragment op: PyTorch reference and Triton kernel (interpreter) against a float64 oracle."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from hogwild_kernels import build, fragment_attention
+from hogwild_kernels import triton_op
+from paged import inv_freq_for, naive_attention, random_cache, random_views
+
+CASES = [
+    # (block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode)
+    (16, 1, 4, 64, 64, True, 4, True),
+    (32, 2, 3, 64, 32, False, 2, False),
+    (16, 1, 1, 64, 64, False, 8, True),
+    (128, 1, 8, 32, 32, True, 3, False),
+    (32, 1, 2, 80, 64, True, 1, False),
+]
+
+
+def _inputs(case, seed: int):
+    block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode = case
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    lengths, views = random_views(rng, 2, workers, block_size, 70, decode)
+    cache = random_cache(lengths, block_size, kv_heads, head_dim, gen=gen)
+    rows = sum(v.num_rows for v in views)
+    q = torch.randn(rows, kv_heads * group, head_dim, generator=gen)
+    return cache, views, q, inv_freq_for(rotary_dim), neox, head_dim**-0.5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_matches_rerotated_keys(case):
+    for seed in range(3):
+        cache, views, q, inv_freq, neox, scale = _inputs(case, seed)
+        out = fragment_attention(q, cache.key, cache.value, cache.block_table, build(views), inv_freq, neox, scale)
+        expect = naive_attention(q, cache, views, inv_freq, neox, scale)
+        assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_triton_matches_reference(case):
+    cache, views, q, inv_freq, neox, scale = _inputs(case, 7)
+    table = build(views)
+    expect = naive_attention(q, cache, views, inv_freq, neox, scale)
+    for splits in (1, 3):
+        out = torch.full_like(q, float("nan"))  # poison: every element must be written
+        triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq,
+                                     neox, scale, out=out, num_splits=splits)
+        assert not out.isnan().any()
+        assert torch.allclose(out.double(), expect, atol=1e-4, rtol=1e-4)
+
+
+def test_group_sources_are_shared():
+    """Identical runs in several workers' views become one source with several offsets."""
+    views = [
+        build.__globals__["SeqView"](0, w, 1, 9, [(0, 0, 4, 0), (1 + w, 0, 10, 4)], [13])
+        for w in range(3)
+    ]
+    table = build(views)
+    assert table.src_row.tolist().count(0) == 1
+    assert table.src_offset[table.src_row.tolist().index(0)].tolist() == [0, 0, 0]
+
+
+def test_bad_shapes_are_refused():
+    cache = random_cache([5], 16, 2, 64)
+    q = torch.randn(1, 3, 64)  # 3 query heads over 2 KV heads
+    with pytest.raises(ValueError, match="multiple of KV heads"):
+        triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table,
+                                     build([]), inv_freq_for(64), True, 1.0)
+    with pytest.raises(ValueError, match="rotary_dim"):
+        triton_op.fragment_attention(torch.randn(1, 2, 64), cache.key, cache.value, cache.block_table,
+                                     build([]), inv_freq_for(8), True, 1.0)

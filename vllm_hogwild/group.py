@@ -1,0 +1,67 @@
+"""A hogwild group over time: which tokens are written, which steps are committed.
+
+Pure Python. The vLLM glue (and the recompute oracle in the tests) drive it the same
+way, once per engine step:
+
+1. ``commit_written(texts)``: the texts of tokens whose keys were written by the
+   previous steps; a step that ends among them joins the shared history (commit order:
+   step order, then worker order within a step). A step committed now is seen as
+   history from this step on; while being written it was the worker's current step.
+2. ``views(lengths)``: each worker's view for this step, where ``lengths`` counts the
+   tokens of each request with keys in the cache once this step has written its own.
+"""
+
+from __future__ import annotations
+
+from vllm_hogwild import layouts
+from vllm_hogwild.layouts import Fragment, GroupState, Span, WorkerState
+from vllm_hogwild.steps import BoundaryRule, StepScanner
+
+
+class GroupTracker:
+    """State of one hogwild group, advanced step by step."""
+
+    def __init__(
+        self,
+        layout: str,
+        rule: BoundaryRule,
+        prompt_len: int,
+        stream_starts: list[int],
+        framing: dict[str, Span] | None = None,
+    ) -> None:
+        if prompt_len < 1:
+            raise ValueError("a hogwild prompt needs at least one token")
+        self.layout = layout
+        tails = [prompt_len - 1] + [0] * (len(stream_starts) - 1)
+        self.state = GroupState(
+            prompt_len,
+            [WorkerState(t, s, s) for t, s in zip(tails, stream_starts)],
+            framing=dict(framing or {}),
+        )
+        self._scanners = [StepScanner(rule) for _ in stream_starts]
+        self._scanned = list(stream_starts)
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.state.workers)
+
+    def scanned(self, worker: int) -> int:
+        """Home position of the next token of ``worker`` that ``commit_written`` expects."""
+        return self._scanned[worker]
+
+    def commit_written(self, texts: dict[int, list[str]]) -> None:
+        """Feed the texts of tokens written since the last call (from ``scanned(w)`` on)."""
+        for w in sorted(texts):
+            worker = self.state.workers[w]
+            for text in texts[w]:
+                pos = self._scanned[w]
+                self._scanned[w] += 1
+                if self._scanners[w].ends_step(text):
+                    self.state.history.append(Span(w, worker.committed, pos + 1))
+                    worker.committed = pos + 1
+
+    def views(self, lengths: list[int]) -> list[list[Fragment]]:
+        """Every worker's view once this step's tokens are written."""
+        for worker, length in zip(self.state.workers, lengths):
+            worker.length = max(length, worker.committed)
+        return layouts.views(self.layout, self.state)

@@ -1,0 +1,177 @@
+"""Layouts: who sees which cached tokens, in which order (DESIGN.md section 3).
+
+A layout is a pure function from a group's state to one worker's *view*: an ordered
+list of fragments, each a run of one worker's cached tokens (home positions
+``[start, end)`` in that worker's request) placed at a view offset. No torch, no vLLM.
+
+Where the tokens live (see ``requests.py``): worker 0's request holds the shared prompt
+``[0, P)``, then the framing blocks, then its own stream. Every other worker's request
+starts with its own copy of the prompt's last token (home 0), then its own stream. So
+every view begins with worker 0's ``[0, P-1)`` followed by the viewer's own copy of the
+last prompt token: the prompt is computed once, and each worker's first query row has a
+place in its own view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LAYOUTS = ("contiguous", "interleaved", "combined")
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """Tokens ``[start, end)`` of worker ``source``'s request, placed at view ``offset``."""
+
+    source: int
+    start: int
+    end: int
+    offset: int
+
+    @property
+    def shift(self) -> int:
+        """``D_f``: view position minus home position of every token in the fragment."""
+        return self.offset - self.start
+
+
+@dataclass
+class WorkerState:
+    """One worker's request as the layouts need it.
+
+    ``tail``: home position of this worker's copy of the prompt's last token.
+    ``stream_start``: home position where its own stream (prefix + generated) begins.
+    ``length``: tokens of the request whose keys are in the cache, this step's included.
+    ``committed``: end of its last committed step (``stream_start`` if none).
+    """
+
+    tail: int
+    stream_start: int
+    length: int
+    committed: int = -1
+
+    def __post_init__(self) -> None:
+        if self.committed < 0:
+            self.committed = self.stream_start
+
+
+@dataclass(frozen=True)
+class Span:
+    """A run of one worker's tokens, home positions ``[start, end)``."""
+
+    worker: int
+    start: int
+    end: int
+
+
+@dataclass
+class GroupState:
+    """A hogwild group at one step: the workers and the shared history.
+
+    ``framing`` names blocks of worker 0's request (between the prompt and its stream)
+    that the layouts place as headings: ``"others"``, ``"own"``, ``"marker"`` and
+    ``"workspace:<i>"``. A layout uses the ones present and skips the others.
+    """
+
+    prompt_len: int
+    workers: list[WorkerState]
+    history: list[Span] = field(default_factory=list)
+    framing: dict[str, Span] = field(default_factory=dict)
+
+
+class _ViewBuilder:
+    """Appends spans at increasing view offsets, merging runs that continue each other."""
+
+    def __init__(self) -> None:
+        self.fragments: list[Fragment] = []
+        self.offset = 0
+
+    def add(self, worker: int, start: int, end: int) -> None:
+        if end <= start:
+            return
+        last = self.fragments[-1] if self.fragments else None
+        if last is not None and last.source == worker and last.end == start:
+            self.fragments[-1] = Fragment(worker, last.start, end, last.offset)
+        else:
+            self.fragments.append(Fragment(worker, start, end, self.offset))
+        self.offset += end - start
+
+    def add_span(self, span: Span | None) -> None:
+        if span is not None:
+            self.add(span.worker, span.start, span.end)
+
+
+def _prompt(state: GroupState, viewer: int, view: _ViewBuilder) -> None:
+    view.add(0, 0, state.prompt_len - 1)
+    tail = state.workers[viewer].tail
+    view.add(viewer, tail, tail + 1)
+
+
+def contiguous(state: GroupState, viewer: int) -> list[Fragment]:
+    """``[prompt][every other worker's whole stream][own stream]``."""
+    view = _ViewBuilder()
+    _prompt(state, viewer, view)
+    order = [w for w in range(len(state.workers)) if w != viewer] + [viewer]
+    for w in order:
+        worker = state.workers[w]
+        view.add_span(state.framing.get(f"workspace:{w}"))
+        view.add(w, worker.stream_start, worker.length)
+    return view.fragments
+
+
+def _history(state: GroupState, view: _ViewBuilder) -> None:
+    for span in state.history:
+        view.add(span.worker, span.start, span.end)
+
+
+def interleaved(state: GroupState, viewer: int) -> list[Fragment]:
+    """``[prompt][committed steps, in commit order][own current step]``."""
+    view = _ViewBuilder()
+    _prompt(state, viewer, view)
+    _history(state, view)
+    view.add_span(state.framing.get("own"))
+    own = state.workers[viewer]
+    view.add(viewer, own.committed, own.length)
+    return view.fragments
+
+
+def combined(state: GroupState, viewer: int) -> list[Fragment]:
+    """``[prompt][history][other workers' current steps][own current step]``."""
+    view = _ViewBuilder()
+    _prompt(state, viewer, view)
+    _history(state, view)
+    view.add_span(state.framing.get("others"))
+    for w, worker in enumerate(state.workers):
+        if w != viewer:
+            view.add(w, worker.committed, worker.length)
+            view.add_span(state.framing.get("marker"))
+    view.add_span(state.framing.get("own"))
+    own = state.workers[viewer]
+    view.add(viewer, own.committed, own.length)
+    return view.fragments
+
+
+_BY_NAME = {"contiguous": contiguous, "interleaved": interleaved, "combined": combined}
+
+
+def views(layout: str, state: GroupState) -> list[list[Fragment]]:
+    """Every worker's view under ``layout``, in worker order."""
+    try:
+        build = _BY_NAME[layout]
+    except KeyError:
+        raise ValueError(
+            f"hogwild_layout: unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}"
+        ) from None
+    return [build(state, w) for w in range(len(state.workers))]
+
+
+def view_position(fragments: list[Fragment], worker: int, home: int) -> int:
+    """View position of ``worker``'s token at ``home`` in a view (its query rows)."""
+    for f in fragments:
+        if f.source == worker and f.start <= home < f.end:
+            return home + f.shift
+    raise ValueError(f"token {home} of worker {worker} is not in this view")
+
+
+def view_length(fragments: list[Fragment]) -> int:
+    """Number of tokens in a view."""
+    return sum(f.end - f.start for f in fragments)
