@@ -97,7 +97,10 @@ def gpu_cache(lengths: list[int], gen: torch.Generator):
     return k, torch.randn_like(k), table.block_table.cuda()
 
 
-def decode_case(workers: int, context: int, inv: torch.Tensor) -> dict:
+def decode_case(workers: int, context: int, inv: torch.Tensor, opts: dict | None = None,
+                only_ours: bool = False) -> dict:
+    opts = dict(opts or {})
+    block_n = opts.pop("block_n", 64)
     stream = min(512, context // (2 * workers))
     prompt = context - workers * stream
     # Request 0 holds the prompt then worker 0's stream; request w holds worker w's stream.
@@ -114,13 +117,20 @@ def decode_case(workers: int, context: int, inv: torch.Tensor) -> dict:
             off += stream
         views.append(SeqView(0, w, 1, starts[w] + stream - 1, frags, [off - 1]))
     table = build(views, "cuda")
-    launch = triton_op.plan(table, HQ // HKV)
+    launch = triton_op.plan(table, HQ // HKV, block_n=block_n)
     q = torch.randn(workers, HQ, D, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(q)
     scale = D**-0.5
     def ours(i):
         k, v, bt = caches[i % copies]
-        triton_op.fragment_attention(q, k, v, bt, table, inv, True, scale, out=out, launch=launch)
+        triton_op.fragment_attention(q, k, v, bt, table, inv, True, scale, out=out, launch=launch, **opts)
+
+    if only_ours:
+        ours(0)
+        torch.cuda.synchronize()
+        ms = triton.testing.do_bench_cudagraph(lambda: [ours(i) for i in range(copies)], rep=100,
+                                               return_mode="median")
+        return {"ms": {"ours": ms / copies}}
 
     # (a) W independent sequences of `context` tokens each.
     ind_k = [torch.randn(workers, HKV, context, D, device="cuda", dtype=torch.bfloat16)
@@ -185,11 +195,28 @@ def decode_case(workers: int, context: int, inv: torch.Tensor) -> dict:
             "ours_GBps": bytes_moved / (times["ours"] * 1e-3) / 1e9}
 
 
+def sweep(inv: torch.Tensor) -> list[dict]:
+    """Tile size, split factor, warps and stages for the kernel at C=16k."""
+    rows = []
+    for workers in (4, 8):
+        for block_n in (32, 64, 128):
+            for split_factor in (1, 2, 4):
+                for num_warps in (4, 8):
+                    for num_stages in (2, 3):
+                        opts = dict(block_n=block_n, split_factor=split_factor, num_warps=num_warps,
+                                    num_stages=num_stages)
+                        ms = decode_case(workers, 16384, inv, opts, only_ours=True)["ms"]["ours"]
+                        rows.append({"workers": workers, **opts, "us": ms * 1e3})
+                        print(f"sweep W={workers} {opts}: {ms * 1e3:.1f} us", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "kernel"))
     parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--contexts", default="4096,16384,65536")
+    parser.add_argument("--sweep", action="store_true", help="tune tile / split / warps at C=16k")
     args = parser.parse_args()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     props = torch.cuda.get_device_properties(0)
@@ -205,6 +232,8 @@ def main() -> None:
     result["copy_GBps"] = copy_bandwidth() / 1e9
     print(f"copy bandwidth: {result['copy_GBps']:.0f} GB/s (read + write)", flush=True)
     inv = inv_freq_for(D, 1e6).cuda()
+    if args.sweep:
+        result["sweep"] = sweep(inv)
     result["decode"] = []
     for c in map(int, args.contexts.split(",")):
         for w in map(int, args.workers.split(",")):

@@ -27,7 +27,7 @@ def _fragment_attn_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr,
     inv_freq_ptr, q_pos_ptr, q_view_ptr, row_slot_ptr,
     qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
-    kvt_ptr_ptr, kvt_src_ptr, kvt_start_ptr,
+    kvt_ptr_ptr, kvt_src_ptr, kvt_start_ptr, src_tile_ptr,
     src_row_ptr, src_start_ptr, src_end_ptr, src_off_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ot, stride_oh, max_slots, scale_log2, num_splits,
@@ -82,40 +82,48 @@ def _fragment_attn_kernel(
     t_lo = t_begin + split * per_split
     t_hi = tl.minimum(t_lo + per_split, t_begin + t_count)
     n = tl.arange(0, BLOCK_N)
-    for t in range(t_lo, t_hi):
-        src = tl.load(kvt_src_ptr + t)
-        home = tl.load(kvt_start_ptr + t) + n
+    src_lo = tl.load(kvt_src_ptr + t_lo, mask=t_lo < t_hi, other=0)
+    src_hi = tl.load(kvt_src_ptr + t_hi - 1, mask=t_lo < t_hi, other=-1) + 1
+    # Outer loop over sources: the query rotation is computed once per source, not per tile.
+    for src in range(src_lo, src_hi):
         s_start = tl.load(src_start_ptr + src)
-        key_ok = home < tl.load(src_end_ptr + src)
+        s_end = tl.load(src_end_ptr + src)
         bt_row = tl.load(src_row_ptr + src)
-        blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
-        k_base = k_ptr + blk * stride_kb + (home % BLOCK_SIZE) * stride_ks + kv_head * stride_kh
-        v_base = v_ptr + blk * stride_vb + (home % BLOCK_SIZE) * stride_vs + kv_head * stride_vh
-        ka = tl.load(k_base[:, None] + dim_a[None, :], mask=key_ok[:, None], other=0.0)
-        kb = tl.load(k_base[:, None] + dim_b[None, :], mask=key_ok[:, None], other=0.0)
-        kp = tl.load(k_base[:, None] + dim_p[None, :], mask=key_ok[:, None] & pass_ok[None, :], other=0.0)
-        vv = tl.load(v_base[:, None] + dv[None, :], mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
-
         offset = tl.load(src_off_ptr + src * max_slots + slot, mask=row_ok, other=-1)
         shift = offset - s_start
         theta = ((view - pos) - shift).to(tl.float32)
         angle = theta[:, None] * inv_freq[None, :]
         cos = tl.cos(angle)
         sin = tl.sin(angle)
-        qa_r = (qa * cos - qb * sin).to(ka.dtype)
-        qb_r = (qb * cos + qa * sin).to(ka.dtype)
-        s = tl.dot(qa_r, tl.trans(ka), input_precision=PREC)
-        s += tl.dot(qb_r, tl.trans(kb), input_precision=PREC)
-        if PASS_P > 1:
-            s += tl.dot(qp.to(kp.dtype), tl.trans(kp), input_precision=PREC)
-        visible = (offset >= 0)[:, None] & key_ok[None, :] & (home[None, :] + shift[:, None] <= view[:, None])
-        s = tl.where(visible, s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
-        m_i = m_new
+        qa_r = (qa * cos - qb * sin).to(k_ptr.dtype.element_ty)
+        qb_r = (qb * cos + qa * sin).to(k_ptr.dtype.element_ty)
+        qp_r = qp.to(k_ptr.dtype.element_ty)
+        limit = (view - shift)[:, None]  # key visible iff home + shift <= view
+        present = (offset >= 0)[:, None]
+        tile_lo = tl.maximum(tl.load(src_tile_ptr + src), t_lo)
+        tile_hi = tl.minimum(tl.load(src_tile_ptr + src + 1), t_hi)
+        for t in range(tile_lo, tile_hi):
+            home = tl.load(kvt_start_ptr + t) + n
+            key_ok = home < s_end
+            blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
+            k_base = k_ptr + blk * stride_kb + (home % BLOCK_SIZE) * stride_ks + kv_head * stride_kh
+            v_base = v_ptr + blk * stride_vb + (home % BLOCK_SIZE) * stride_vs + kv_head * stride_vh
+            ka = tl.load(k_base[:, None] + dim_a[None, :], mask=key_ok[:, None], other=0.0)
+            kb = tl.load(k_base[:, None] + dim_b[None, :], mask=key_ok[:, None], other=0.0)
+            vv = tl.load(v_base[:, None] + dv[None, :], mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+            s = tl.dot(qa_r, tl.trans(ka), input_precision=PREC)
+            s += tl.dot(qb_r, tl.trans(kb), input_precision=PREC)
+            if PASS_P > 1:
+                kp = tl.load(k_base[:, None] + dim_p[None, :], mask=key_ok[:, None] & pass_ok[None, :], other=0.0)
+                s += tl.dot(qp_r, tl.trans(kp), input_precision=PREC)
+            visible = present & key_ok[None, :] & (home[None, :] <= limit)
+            s = tl.where(visible, s * scale_log2, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
+            m_i = m_new
 
     if num_splits == 1:
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -163,6 +171,7 @@ class LaunchPlan:
     kvt_ptr: torch.Tensor
     kvt_src: torch.Tensor
     kvt_start: torch.Tensor
+    src_tile: torch.Tensor  # [NS+1] first KV tile of each source
     block_m: int
     block_n: int
     max_group_tiles: int
@@ -206,7 +215,7 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
 
     return LaunchPlan(
         dev(row_slot), dev(group_rows), dev(qt_group), dev(qt_start), dev(qt_end),
-        dev(kvt_ptr), dev(kvt_src), dev(kvt_start), block_m, block_n,
+        dev(kvt_ptr), dev(kvt_src), dev(kvt_start), dev(tiles_per_src_cum), block_m, block_n,
         int(per_group.max()) if per_group.numel() else 0,
     )
 
@@ -249,6 +258,9 @@ def fragment_attention(
     out: torch.Tensor | None = None,
     launch: LaunchPlan | None = None,
     num_splits: int | None = None,
+    split_factor: int = 2,
+    num_warps: int = 4,
+    num_stages: int = 3,
 ) -> torch.Tensor:
     """Same contract as ``reference.fragment_attention``; caches ``[blocks, block_size, Hkv, D]``."""
     _check(q, key_cache, value_cache, inv_freq)
@@ -262,7 +274,8 @@ def fragment_attention(
     num_qt = launch.qt_group.numel()
     if num_splits is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
-        num_splits = max(1, min(launch.max_group_tiles, -(-2 * sms // max(1, num_qt * num_kv_heads))))
+        programs = split_factor * sms  # enough programs to fill the GPU with a few decode rows
+        num_splits = max(1, min(launch.max_group_tiles, -(-programs // max(1, num_qt * num_kv_heads))))
     head_dim_p = _next_pow2(head_dim)
     half = inv_freq.numel()
     rest = head_dim - 2 * half
@@ -276,7 +289,7 @@ def fragment_attention(
         q, key_cache, value_cache, block_table, out, ws_acc, ws_ml,
         inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_slot,
         launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows,
-        launch.kvt_ptr, launch.kvt_src, launch.kvt_start,
+        launch.kvt_ptr, launch.kvt_src, launch.kvt_start, launch.src_tile,
         table.src_row, table.src_start, table.src_end, table.src_offset,
         q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
@@ -285,6 +298,7 @@ def fragment_attention(
         BLOCK_SIZE=key_cache.shape[1], GROUP=group, GROUP_P=_next_pow2(group),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         HALF=half, PASS_P=pass_p, IS_NEOX=is_neox, IEEE=q.dtype == torch.float32,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_tokens * num_heads,)](
