@@ -20,6 +20,7 @@ MAX_WORKERS = 16
 WORKER_KEY = "_hogwild_worker"
 GROUP_KEY = "_hogwild_group"
 PREFIX_IDS_KEY = "_hogwild_prefix_ids"
+PROMPT_LEN_KEY = "_hogwild_prompt_len"
 
 FIELDS = {
     "hogwild_workers": "int in 1..16 (required: turns hogwild on)",

@@ -1,0 +1,45 @@
+"""Shared helpers for tests that run vLLM in-process on tiny local models."""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+from tiny_models import make_model
+
+ROOT = os.environ.get("HOGWILD_TEST_MODELS", os.path.join(tempfile.gettempdir(), "hogwild-tiny-models"))
+
+
+@functools.lru_cache(maxsize=None)
+def model_path(family: str) -> str:
+    return make_model(family, ROOT)
+
+
+@functools.lru_cache(maxsize=None)
+def engine(family: str, kv_mib: int = 64, max_num_seqs: int = 16):
+    """One in-process vLLM engine per configuration, shared by the tests."""
+    from vllm import LLM
+
+    return LLM(model=model_path(family), dtype="float32", enforce_eager=True, block_size=32,
+               max_model_len=1024, kv_cache_memory_bytes=kv_mib * 2**20, max_num_seqs=max_num_seqs,
+               seed=0)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_model(family: str):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(model_path(family), torch_dtype="float32")
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer(family: str):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(model_path(family))
+
+
+def decoder(family: str):
+    tok = tokenizer(family)
+    return lambda t: tok.decode([t])

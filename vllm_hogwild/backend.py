@@ -1,0 +1,142 @@
+"""The attention backend: vLLM's own for ordinary rows, the fragment op for hogwild rows.
+
+On CPU it replaces ``CPU_ATTN`` (vLLM accepts no other backend there): ordinary requests
+run through vLLM's CPU kernel exactly as without the plugin; rows of hogwild workers are
+then recomputed by the fragment op over their views. Keys and values are written by
+vLLM's own cache update, once, at each token's home position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbeddingBase
+from vllm.v1.attention.backends.cpu_attn import (
+    CPUAttentionBackend,
+    CPUAttentionBackendImpl,
+    CPUAttentionMetadata,
+    CPUAttentionMetadataBuilder,
+)
+
+from hogwild_kernels import FragmentTable, SeqView, build, fragment_attention
+from vllm_hogwild.planner import StepPlan
+from vllm_hogwild import runtime
+
+
+@dataclass
+class HogwildRows:
+    """Per-step inputs of the fragment op, shared by every layer."""
+
+    rows: torch.Tensor  # token indices of hogwild query rows, in table order
+    table: FragmentTable
+    block_table: torch.Tensor  # batch rows, then finished workers' rows
+    all_rows: bool  # every token of the batch is a hogwild row
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """The model's RoPE as the extra rotation needs it."""
+
+    inv_freq: torch.Tensor
+    is_neox: bool
+
+
+def rotary_of(model: torch.nn.Module) -> Rotary:
+    """The one RoPE of ``model``; its frequencies are read off vLLM's cos/sin cache.
+
+    Reading them off the cache works for every variant whose angle is linear in the
+    position (plain, linear, NTK, Llama-3, YaRN, ...), whatever scaling the cache holds.
+    """
+    ropes = [m for m in model.modules() if isinstance(m, RotaryEmbeddingBase)]
+    if not ropes:
+        raise ValueError("hogwild needs a model with rotary position embeddings (RoPE)")
+    found = {_inv_freq(r).numpy().tobytes() + bytes([r.is_neox_style]) for r in ropes}
+    if len(found) != 1:
+        raise NotImplementedError("hogwild: models with several different RoPEs are not supported")
+    return Rotary(_inv_freq(ropes[0]), ropes[0].is_neox_style)
+
+
+def _inv_freq(rope: RotaryEmbeddingBase) -> torch.Tensor:
+    cache = rope.cos_sin_cache.double().cpu()
+    half = cache.shape[1] // 2
+    freq = torch.atan2(cache[1, half:], cache[1, :half])
+    positions = torch.tensor([2.0, 3.0, 7.0, 31.0]).double()
+    expect = torch.cos(positions[:, None] * freq) * cache[1, :half].hypot(cache[1, half:])
+    if cache.shape[0] <= 31 or not torch.allclose(cache[positions.long(), :half], expect, atol=1e-3):
+        raise NotImplementedError(f"hogwild: RoPE {type(rope).__name__} is not linear in the position")
+    return freq.float()
+
+
+def cpu_caches(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views ``[blocks, block_size, kv_heads, head_dim]`` of vLLM's CPU cache ("vec" ISA).
+
+    Each (block, head) holds ``block_size * head_dim`` key values stored dimension-major,
+    then as many values stored token-major (checked against vLLM's writer in the tests).
+    """
+    blocks, heads, block_size, two_d = kv_cache.shape
+    d = two_d // 2
+    region = kv_cache.view(blocks, heads, 2 * block_size * d)
+    keys = region[:, :, : block_size * d].view(blocks, heads, d, block_size).permute(0, 3, 1, 2)
+    values = region[:, :, block_size * d :].view(blocks, heads, block_size, d).permute(0, 2, 1, 3)
+    return keys, values
+
+
+class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
+    def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False) -> CPUAttentionMetadata:
+        meta = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        plan = runtime.step_plan(common_attn_metadata)
+        if plan is not None and self.isa != "vec":
+            raise NotImplementedError(
+                f"hogwild on CPU reads vLLM's 'vec' cache layout; this engine uses {self.isa!r} "
+                "(use dtype=float32 and a block_size that is a multiple of 32)"
+            )
+        meta.hogwild = None if plan is None else _rows(plan, common_attn_metadata)
+        return meta
+
+
+def _rows(plan: StepPlan, common) -> HogwildRows:
+    qsl = common.query_start_loc_cpu.tolist()
+    rows = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in plan.batch_rows])
+    block_table = common.block_table_tensor[: common.num_reqs]
+    if plan.extra_blocks:
+        width = max(block_table.shape[1], max(len(b) for b in plan.extra_blocks))
+        extra = torch.zeros(len(plan.extra_blocks), width, dtype=block_table.dtype)
+        for i, blocks in enumerate(plan.extra_blocks):
+            extra[i, : len(blocks)] = torch.tensor(blocks, dtype=block_table.dtype)
+        padded = torch.zeros(block_table.shape[0], width, dtype=block_table.dtype)
+        padded[:, : block_table.shape[1]] = block_table
+        block_table = torch.cat([padded, extra])
+    views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions) for s in plan.seqs]
+    return HogwildRows(rows, build(views), block_table, rows.numel() == common.num_actual_tokens)
+
+
+class HogwildCPUAttentionImpl(CPUAttentionBackendImpl):
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                output_scale=None, output_block_scale=None) -> torch.Tensor:
+        hog = getattr(attn_metadata, "hogwild", None)
+        if hog is None or not hog.all_rows:
+            super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                            output_scale, output_block_scale)
+        if hog is not None:
+            rotary = runtime.rotary()
+            keys, values = cpu_caches(kv_cache)
+            out = fragment_attention(query[hog.rows], keys, values, hog.block_table, hog.table,
+                                     rotary.inv_freq, rotary.is_neox, self.scale)
+            output.view(-1, self.num_heads, self.head_size)[hog.rows] = out.view(
+                -1, self.num_heads, self.head_size).to(output.dtype)
+        return output
+
+
+class HogwildCPUBackend(CPUAttentionBackend):
+    """``CPU_ATTN`` with hogwild rows served by the fragment op."""
+
+    @staticmethod
+    def get_builder_cls():
+        return HogwildCPUMetadataBuilder
+
+    @staticmethod
+    def get_impl_cls():
+        return HogwildCPUAttentionImpl
+

@@ -1,0 +1,151 @@
+"""Per-step planning on the model-runner side: batch rows to fragment views.
+
+Pure Python (no torch, no vLLM). The runner glue registers each worker request when it
+first appears, marks it finished when vLLM drops it, and once per step asks for a plan:
+for every batch row of a hogwild worker, its view as (source row, start, end, offset)
+fragments. A source row is the batch row of a worker still running, or an *extra* row
+for a finished worker, whose blocks stay allocated (the scheduler holds them) until its
+whole group ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from vllm_hogwild.group import GroupTracker
+from vllm_hogwild.layouts import view_position
+from vllm_hogwild.params import GROUP_KEY, PROMPT_LEN_KEY, WORKER_KEY, parse
+
+
+@dataclass(frozen=True)
+class SeqPlan:
+    """One hogwild sequence of a step (the fields of ``hogwild_kernels.SeqView``)."""
+
+    group: int
+    slot: int
+    num_rows: int
+    first_home: int
+    fragments: list[tuple[int, int, int, int]]
+    view_positions: list[int]
+
+
+class RequestState(Protocol):
+    """What the planner reads of a worker's request (vLLM's CachedRequestState)."""
+
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    block_ids: tuple[list[int], ...]
+
+
+@dataclass
+class _Member:
+    state: RequestState
+    worker: int
+    written: int = 0  # tokens with keys in the cache after its last scheduled step
+    finished: bool = False
+
+
+@dataclass
+class _Group:
+    tracker: GroupTracker
+    members: dict[str, _Member] = field(default_factory=dict)
+
+
+@dataclass
+class StepPlan:
+    """Hogwild rows of one step: ``batch_rows[i]`` is the batch row of ``seqs[i]``.
+
+    Fragment rows ``< num_batch_rows`` are batch rows; row ``num_batch_rows + k`` holds
+    ``extra_blocks[k]`` (a finished worker's block ids).
+    """
+
+    seqs: list[SeqPlan]
+    batch_rows: list[int]
+    extra_blocks: list[list[int]]
+
+
+class Planner:
+    """All hogwild groups one model runner serves."""
+
+    def __init__(self, decode: Callable[[int], str]) -> None:
+        self._decode = decode
+        self._groups: dict[str, _Group] = {}
+        self._group_of: dict[str, str] = {}
+        self._pending: dict[str, dict[str, _Member]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._groups)
+
+    def add(self, req_id: str, extra_args: Mapping[str, Any], state: RequestState) -> None:
+        """Register a worker request; its group starts once all W workers are known."""
+        params = parse(extra_args)
+        key = str(extra_args[GROUP_KEY])
+        pending = self._pending.setdefault(key, {})
+        pending[req_id] = _Member(state, int(extra_args[WORKER_KEY]))
+        if len(pending) < params.workers:
+            return
+        del self._pending[key]
+        prompt_len = int(extra_args[PROMPT_LEN_KEY])
+        starts = [prompt_len] + [1] * (params.workers - 1)
+        tracker = GroupTracker(params.layout, params.boundary, prompt_len, starts)
+        self._groups[key] = _Group(tracker, pending)
+        self._group_of.update((rid, key) for rid in pending)
+
+    def finish(self, req_ids: Sequence[str]) -> None:
+        """Mark workers finished; a group whose workers all finished is dropped."""
+        for rid in req_ids:
+            key = self._group_of.pop(rid, None)
+            if key is None:
+                self._drop_pending(rid)
+                continue
+            group = self._groups[key]
+            group.members[rid].finished = True
+            if all(m.finished for m in group.members.values()):
+                del self._groups[key]
+
+    def _drop_pending(self, rid: str) -> None:
+        for key, pending in list(self._pending.items()):
+            if pending.pop(rid, None) is not None and not pending:
+                del self._pending[key]
+
+    def plan(self, rows: Sequence[tuple[str, int, int]]) -> StepPlan | None:
+        """Views for a batch given as ``(req_id, query rows, tokens incl. this step)``."""
+        batch = {rid: i for i, (rid, _, _) in enumerate(rows)}
+        plan = StepPlan([], [], [])
+        for gi, group in enumerate(g for g in self._groups.values()
+                                   if any(rid in batch for rid in g.members)):
+            self._advance(group, rows, batch)
+            by_worker = {m.worker: (rid, m) for rid, m in group.members.items()}
+            source_row: dict[int, int] = {}
+            for w, (rid, m) in sorted(by_worker.items()):
+                if rid in batch:
+                    source_row[w] = batch[rid]
+                else:
+                    source_row[w] = len(rows) + len(plan.extra_blocks)
+                    plan.extra_blocks.append(list(m.state.block_ids[0]))
+            lengths = [by_worker[w][1].written for w in range(len(by_worker))]
+            views = group.tracker.views(lengths)
+            for w, (rid, m) in sorted(by_worker.items()):
+                if rid not in batch:
+                    continue
+                _, num_rows, total = rows[batch[rid]]
+                first = total - num_rows
+                frags = [(source_row[f.source], f.start, f.end, f.offset) for f in views[w]]
+                positions = [view_position(views[w], w, first + i) for i in range(num_rows)]
+                plan.seqs.append(SeqPlan(gi, w, num_rows, first, frags, positions))
+                plan.batch_rows.append(batch[rid])
+        return plan if plan.seqs else None
+
+    def _advance(self, group: _Group, rows: Sequence[tuple[str, int, int]], batch: dict[str, int]) -> None:
+        """Commit steps written before this step, then count this step's tokens."""
+        texts: dict[int, list[str]] = {}
+        for rid, m in group.members.items():
+            before = rows[batch[rid]][2] - rows[batch[rid]][1] if rid in batch else m.written
+            start = group.tracker.scanned(m.worker)
+            if before > start:
+                tokens = list(m.state.prompt_token_ids) + list(m.state.output_token_ids)
+                texts[m.worker] = [self._decode(t) for t in tokens[start:before]]
+            if rid in batch:
+                m.written = rows[batch[rid]][2]
+        group.tracker.commit_written(texts)

@@ -1,0 +1,68 @@
+"""Per-process state the backend reads: the model runner's planner and the model's RoPE.
+
+vLLM hands attention builders no request ids; the runner glue records the runner here
+at every step, so the builder can map batch rows to hogwild workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm_hogwild.planner import Planner, StepPlan
+
+_runner: Any = None
+
+
+def set_runner(runner: Any) -> None:
+    global _runner
+    _runner = runner
+
+
+def planner(runner: Any) -> Planner:
+    """The runner's planner, made on first use with a decoder of token texts."""
+    found = getattr(runner, "_hogwild_planner", None)
+    if found is None:
+        found = runner._hogwild_planner = Planner(_token_texts(runner))
+    return found
+
+
+def _token_texts(runner: Any):
+    from vllm.tokenizers import cached_tokenizer_from_config
+
+    tokenizer = None
+    cache: dict[int, str] = {}
+
+    def decode(token: int) -> str:
+        nonlocal tokenizer
+        if token not in cache:
+            if tokenizer is None:
+                tokenizer = cached_tokenizer_from_config(runner.model_config)
+            cache[token] = tokenizer.decode([token])
+        return cache[token]
+
+    return decode
+
+
+def step_plan(common: Any) -> StepPlan | None:
+    """Hogwild views of the batch that ``common`` (CommonAttentionMetadata) describes."""
+    runner = _runner
+    if runner is None:
+        return None
+    plan_for = getattr(runner, "_hogwild_planner", None)
+    if not plan_for:
+        return None
+    req_ids = runner.input_batch.req_ids[: common.num_reqs]
+    qsl = common.query_start_loc_cpu.tolist()
+    seq_lens = common.seq_lens.cpu().tolist()
+    rows = [(rid, qsl[i + 1] - qsl[i], seq_lens[i]) for i, rid in enumerate(req_ids)]
+    return plan_for.plan(rows)
+
+
+def rotary() -> Any:
+    """The model's RoPE (computed once per runner)."""
+    found = getattr(_runner, "_hogwild_rotary", None)
+    if found is None:
+        from vllm_hogwild.backend import rotary_of
+
+        found = _runner._hogwild_rotary = rotary_of(_runner.get_model())
+    return found
