@@ -17,13 +17,17 @@ def model_path(family: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def engine(family: str, kv_mib: int = 64, max_num_seqs: int = 16):
+def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024):
     """One in-process vLLM engine per configuration, shared by the tests."""
     from vllm import LLM
 
     return LLM(model=model_path(family), dtype="float32", enforce_eager=True, block_size=32,
-               max_model_len=1024, kv_cache_memory_bytes=kv_mib * 2**20, max_num_seqs=max_num_seqs,
-               seed=0)
+               max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, max_num_seqs=16, seed=0)
+
+
+def scheduler(llm):
+    """The engine core's scheduler of an in-process LLM."""
+    return llm.llm_engine.engine_core.engine_core.scheduler
 
 
 @functools.lru_cache(maxsize=None)
