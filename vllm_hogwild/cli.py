@@ -1,0 +1,99 @@
+"""``vllm-hogwild``: the demo (W workers side by side, live) on the embedded model.
+
+    vllm-hogwild demo [--model PATH] [--workers 2] [--layout combined] [--problem TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+DEFAULT_PROBLEM = (
+    "A farmer has 12 cows. She buys 5 more cows, then sells 4 of them. "
+    "How many cows does the farmer have now?"
+)
+NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi"]
+
+
+def _prompt(tokenizer, problem: str, workers: int) -> str:
+    names = ", ".join(NAMES[:workers])
+    text = (
+        f"{workers} assistants ({names}) solve this problem together, writing at the same time. "
+        "Each sees what the others write. Split the work, check each other, and end with the answer.\n\n"
+        f"Problem: {problem}"
+    )
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from rich.console import Console
+    from rich.live import Live
+    from rich.panel import Panel
+    from rich.table import Table
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    from vllm_hogwild.models import embedded_model
+
+    console = Console()
+    if args.workers > len(NAMES):
+        console.print(f"--workers: at most {len(NAMES)} in the demo")
+        return 2
+    model = args.model or embedded_model()
+    console.print(f"[bold]model[/] {model}  [bold]workers[/] {args.workers}  [bold]layout[/] {args.layout}")
+    llm = LLM(model=model, dtype="float32", enforce_eager=True, block_size=32, max_model_len=2048,
+              kv_cache_memory_bytes=512 * 2**20, max_num_seqs=max(8, args.workers), seed=0)
+    tokenizer = llm.get_tokenizer()
+    names = NAMES[: args.workers]
+    params = SamplingParams(
+        temperature=0, max_tokens=args.max_tokens, output_kind=RequestOutputKind.CUMULATIVE,
+        extra_args={"hogwild_workers": args.workers, "hogwild_layout": args.layout,
+                    "hogwild_prefixes": [f"**{n}:** " for n in names]},
+    )
+    engine = llm.llm_engine
+    engine.add_request("demo", _prompt(tokenizer, args.problem, args.workers), params)
+    texts, counts, steps = [""] * args.workers, [0] * args.workers, 0
+
+    def render() -> Table:
+        table = Table(expand=True, show_lines=False)
+        for n, c in zip(names, counts):
+            table.add_column(f"{n} ({c} tokens)", ratio=1, overflow="fold")
+        table.add_row(*texts)
+        return table
+
+    start = time.perf_counter()
+    with Live(render(), console=console, refresh_per_second=8) as live:
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                for o in out.outputs:
+                    texts[o.index], counts[o.index] = o.text, len(o.token_ids)
+            steps += 1
+            live.update(render())
+    elapsed = time.perf_counter() - start
+    total = sum(counts)
+    console.print(Panel(
+        f"{total} tokens from {args.workers} workers in {steps} engine steps, {elapsed:.1f} s: "
+        f"{total / elapsed:.1f} tokens/s ({total / max(steps, 1):.2f} tokens per step)",
+        title="done"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vllm-hogwild")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="W workers solve a problem together on one shared KV cache")
+    d.add_argument("--model", help="model folder (default: the embedded SmolLM2-135M-Instruct)")
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--layout", default="combined", choices=["contiguous", "interleaved", "combined"])
+    d.add_argument("--problem", default=DEFAULT_PROBLEM)
+    d.add_argument("--max-tokens", type=int, default=160)
+    args = parser.parse_args(argv)
+    return demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
