@@ -74,3 +74,15 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="rotary_dim"):
         triton_op.fragment_attention(torch.randn(1, 2, 64), cache.key, cache.value, cache.block_table,
                                      build([]), inv_freq_for(8), True, 1.0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cpu_op_matches_rerotated_keys(case):
+    from hogwild_kernels import cpu_op
+
+    for seed in range(3):
+        cache, views, q, inv_freq, neox, scale = _inputs(case, seed)
+        prepared = cpu_op.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox)
+        out = cpu_op.fragment_attention(q, cache.key, cache.value, prepared, scale)
+        expect = naive_attention(q, cache, views, inv_freq, neox, scale)
+        assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4)

@@ -20,7 +20,7 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadataBuilder,
 )
 
-from hogwild_kernels import FragmentTable, SeqView, build, fragment_attention
+from hogwild_kernels import SeqView, build, cpu_op
 from vllm_hogwild.planner import StepPlan
 from vllm_hogwild import runtime
 
@@ -30,8 +30,7 @@ class HogwildRows:
     """Per-step inputs of the fragment op, shared by every layer."""
 
     rows: torch.Tensor  # token indices of hogwild query rows, in table order
-    table: FragmentTable
-    block_table: torch.Tensor  # batch rows, then finished workers' rows
+    prepared: cpu_op.Prepared  # gathers, rotations and masks of this step
     all_rows: bool  # every token of the batch is a hogwild row
 
 
@@ -92,11 +91,11 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
                 f"hogwild on CPU reads vLLM's 'vec' cache layout; this engine uses {self.isa!r} "
                 "(use dtype=float32 and a block_size that is a multiple of 32)"
             )
-        meta.hogwild = None if plan is None else _rows(plan, common_attn_metadata)
+        meta.hogwild = None if plan is None else _rows(plan, common_attn_metadata, self.block_size)
         return meta
 
 
-def _rows(plan: StepPlan, common) -> HogwildRows:
+def _rows(plan: StepPlan, common, block_size: int) -> HogwildRows:
     qsl = common.query_start_loc_cpu.tolist()
     rows = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in plan.batch_rows])
     block_table = common.block_table_tensor[: common.num_reqs]
@@ -109,7 +108,9 @@ def _rows(plan: StepPlan, common) -> HogwildRows:
         padded[:, : block_table.shape[1]] = block_table
         block_table = torch.cat([padded, extra])
     views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions) for s in plan.seqs]
-    return HogwildRows(rows, build(views), block_table, rows.numel() == common.num_actual_tokens)
+    rotary = runtime.rotary()
+    prepared = cpu_op.prepare(build(views), block_table, block_size, rotary.inv_freq, rotary.is_neox)
+    return HogwildRows(rows, prepared, rows.numel() == common.num_actual_tokens)
 
 
 class HogwildCPUAttentionImpl(CPUAttentionBackendImpl):
@@ -120,10 +121,8 @@ class HogwildCPUAttentionImpl(CPUAttentionBackendImpl):
             super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                             output_scale, output_block_scale)
         if hog is not None:
-            rotary = runtime.rotary()
             keys, values = cpu_caches(kv_cache)
-            out = fragment_attention(query[hog.rows], keys, values, hog.block_table, hog.table,
-                                     rotary.inv_freq, rotary.is_neox, self.scale)
+            out = cpu_op.fragment_attention(query[hog.rows], keys, values, hog.prepared, self.scale)
             output.view(-1, self.num_heads, self.head_size)[hog.rows] = out.view(
                 -1, self.num_heads, self.head_size).to(output.dtype)
         return output
