@@ -1,7 +1,8 @@
 """Fragment attention: a paged-KV attention op whose queries are rotated per fragment.
 
 Installed as ``hogwild_kernels`` (the folder is ``kernels/``). ``reference`` is the plain
-PyTorch op (and the CPU path); ``triton_op`` the Triton kernel for GPUs.
+PyTorch op; ``cpu_op`` the CPU path (same op, prepared once per step); ``triton_op`` the
+Triton kernel for GPUs.
 """
 
 from .reference import fragment_attention
