@@ -23,6 +23,7 @@ setup(
     },
     entry_points={
         "vllm.general_plugins": ["hogwild = vllm_hogwild.plugin:register"],
+        "vllm.logits_processors": ["hogwild = vllm_hogwild.vllm_glue:HogwildLogitsProcessor"],
         "console_scripts": ["vllm-hogwild = vllm_hogwild.cli:main"],
     },
 )

@@ -6,7 +6,9 @@ before any attention reads them). Each token's raw key and value are kept once, 
 computed in its own worker's view; attention writes every view out as a plain sequence
 with ordinary positions: each key is rotated (HF's rotary embedding) at its position in
 that view, the query at its own, with a plain causal mask. Views come from the same pure
-layouts the plugin uses (the layouts have their own tests).
+layouts the plugin uses (the layouts have their own tests). With the collaboration
+protocol, the same pure ``GroupProtocol`` decides forced and greedy tokens from the
+oracle's own logits and outputs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from vllm_hogwild.group import GroupTracker
+from vllm_hogwild.planner import framing_spans
+from vllm_hogwild.protocol import Action, GroupProtocol
 from vllm_hogwild.steps import BoundaryRule
 
 
@@ -34,16 +38,19 @@ class WorkerRun:
 
 class Oracle:
     def __init__(self, model, decode, layout: str, rule: BoundaryRule, prompt: list[int],
-                 prefixes: list[list[int]], max_tokens: int, stop: set[int]) -> None:
+                 prefixes: list[list[int]], max_tokens: int, stop: set[int],
+                 framing: list[tuple[str, list[int]]] = (), protocol: GroupProtocol | None = None) -> None:
         self.model = model.eval()
         self.decode = decode
         self.max_tokens = max_tokens
         self.stop = stop
+        self.protocol = protocol
         workers = len(prefixes)
-        self.runs = [WorkerRun(list(prompt if w == 0 else prompt[-1:]) + list(prefixes[w]))
+        framed = list(prompt) + [t for _, ids in framing for t in ids]
+        self.runs = [WorkerRun((framed if w == 0 else list(prompt[-1:])) + list(prefixes[w]))
                      for w in range(workers)]
-        starts = [len(prompt)] + [1] * (workers - 1)
-        self.tracker = GroupTracker(layout, rule, len(prompt), starts)
+        starts = [len(framed)] + [1] * (workers - 1)
+        self.tracker = GroupTracker(layout, rule, len(prompt), starts, framing_spans(len(prompt), framing))
         layers = len(model.model.layers)
         self.keys = [[dict() for _ in range(layers)] for _ in range(workers)]  # raw keys by home pos
         self.values = [[dict() for _ in range(layers)] for _ in range(workers)]
@@ -82,16 +89,36 @@ class Oracle:
                 out = self._attend(attn, queries[w], views[w], w, pos, li)
                 h = hidden[w] + attn.o_proj(out)
                 hidden[w] = h + layer.mlp(layer.post_attention_layernorm(h))
+        logits = {w: self.model.lm_head(m.norm(hidden[w][-1:]))[0] for w in feed}
+        actions = self._actions(logits)
         for w, pos in feed.items():
             run = self.runs[w]
             self.written[w] = len(run.tokens)
-            logits = self.model.lm_head(m.norm(hidden[w][-1:]))[0]
-            token = int(logits.argmax())
-            run.logprobs.append(torch.log_softmax(logits.double(), -1))
+            token = self._choose(logits[w], actions.get(w))
+            run.logprobs.append(torch.log_softmax(logits[w].double(), -1))
             run.generated.append(token)
             run.tokens.append(token)
             if token in self.stop or len(run.generated) >= self.max_tokens:
                 run.finished = True
+
+    def _actions(self, logits: dict[int, torch.Tensor]) -> dict[int, Action]:
+        if self.protocol is None:
+            return {}
+        outputs = {w: self.runs[w].generated for w in logits}
+        ended = {w for w, r in enumerate(self.runs) if r.finished}
+        wants_stop = 0 in logits and int(logits[0].argmax()) in self.protocol.stop_tokens
+        return self.protocol.step(outputs, ended, wants_stop)
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, action: Action | None) -> int:
+        """Greedy decoding under the protocol's action (the tests sample at temperature 0)."""
+        if action is None:
+            return int(logits.argmax())
+        if action.force is not None:
+            return action.force
+        masked = logits.clone()
+        masked[list(action.ban)] = float("-inf")
+        return int(masked.argmax())
 
     @staticmethod
     def _qkv(attn, x):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vllm_hogwild.layouts import LAYOUTS
+from vllm_hogwild.prompts import NAMES, PRESETS
+from vllm_hogwild.protocol import ProtocolConfig
 from vllm_hogwild.steps import BoundaryRule
 
 PREFIX = "hogwild_"
@@ -21,14 +23,23 @@ WORKER_KEY = "_hogwild_worker"
 GROUP_KEY = "_hogwild_group"
 PREFIX_IDS_KEY = "_hogwild_prefix_ids"
 PROMPT_LEN_KEY = "_hogwild_prompt_len"
+FRAMING_KEY = "_hogwild_framing"  # [[layout block name, its token ids], ...] after the prompt
 
 FIELDS = {
     "hogwild_workers": "int in 1..16 (required: turns hogwild on)",
     "hogwild_layout": f"one of {', '.join(LAYOUTS)} (default combined)",
     "hogwild_boundary": 'non-empty string that can end a step (default "\\n\\n")',
     "hogwild_boundary_sentence": "bool: a step ends only after a sentence (default true)",
-    "hogwild_prefixes": "list of W strings, each worker's first text (default none)",
+    "hogwild_prefixes": "list of W strings, each worker's first text (default none; not with the protocol)",
+    "hogwild_protocol": "bool: run the collaboration protocol (instruction, step headers, "
+                        "redundancy checks, final \\boxed{} answer; default false)",
+    "hogwild_names": "list of W distinct worker names (protocol only; default Alice, Bob, ...)",
+    "hogwild_preset": f"chat format, one of auto, {', '.join(PRESETS)} (protocol only; default auto)",
+    "hogwild_check_tokens": "int >= 0: a worker's tokens between redundancy checks, 0 = never "
+                            "(protocol only; default 1024)",
+    "hogwild_answer_tokens": "int in 1..256: most tokens of the final answer (protocol only; default 16)",
 }
+PROTOCOL_FIELDS = ("hogwild_names", "hogwild_preset", "hogwild_check_tokens", "hogwild_answer_tokens")
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,8 @@ class HogwildParams:
     layout: str = "combined"
     boundary: BoundaryRule = BoundaryRule()
     prefixes: tuple[str, ...] = ()
+    protocol: ProtocolConfig | None = None
+    preset: str = "auto"
 
 
 def is_hogwild(extra_args: Mapping[str, Any] | None) -> bool:
@@ -56,6 +69,42 @@ def _bool(key: str, value: Any) -> bool:
     raise ValueError(f"{key}: expected a bool (true/false), got {value!r}")
 
 
+def _int(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key}: expected an int in {low}..{high}, got {value!r}")
+    return value
+
+
+def _strings(key: str, value: Any, count: int) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"{key}: expected a list of {count} strings, got {value!r}")
+    if len(value) != count:
+        raise ValueError(f"{key}: expected {count} strings (one per worker), got {len(value)}")
+    return tuple(value)
+
+
+def _protocol(keys: Mapping[str, Any], workers: int, rule: BoundaryRule) -> tuple[ProtocolConfig | None, str]:
+    if not _bool("hogwild_protocol", keys.get("hogwild_protocol", False)):
+        given = [k for k in PROTOCOL_FIELDS if k in keys]
+        if given:
+            raise ValueError(f"{given[0]}: only with hogwild_protocol=true")
+        return None, "auto"
+    if "hogwild_prefixes" in keys:
+        raise ValueError("hogwild_prefixes: not with hogwild_protocol=true (the protocol writes each "
+                         "worker's first text; use hogwild_names to name the workers)")
+    names = _strings("hogwild_names", keys.get("hogwild_names", list(NAMES[:workers])), workers)
+    if len(set(names)) != workers or not all(n.strip() for n in names):
+        raise ValueError(f"hogwild_names: expected {workers} distinct non-empty names, got {list(names)}")
+    preset = keys.get("hogwild_preset", "auto")
+    if preset != "auto" and preset not in PRESETS:
+        raise ValueError(f"hogwild_preset: got {preset!r}; allowed: auto, {', '.join(PRESETS)}")
+    check = _int("hogwild_check_tokens", keys.get("hogwild_check_tokens", 1024), 0, 10**9)
+    answer = _int("hogwild_answer_tokens", keys.get("hogwild_answer_tokens", 16), 1, 256)
+    return ProtocolConfig(names, rule, check, answer), preset
+
+
 def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
     """Validate the user's hogwild keys; raises ValueError naming the bad field."""
     keys = {k: v for k, v in extra_args.items() if k.startswith(PREFIX)}
@@ -67,14 +116,7 @@ def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
         )
     if "hogwild_workers" not in keys:
         raise ValueError(f"hogwild_workers is required: {FIELDS['hogwild_workers']}")
-    workers = keys["hogwild_workers"]
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        if isinstance(workers, str) and workers.isdigit():
-            workers = int(workers)
-        else:
-            raise ValueError(f"hogwild_workers: expected an int in 1..{MAX_WORKERS}, got {workers!r}")
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f"hogwild_workers: expected an int in 1..{MAX_WORKERS}, got {workers}")
+    workers = _int("hogwild_workers", keys["hogwild_workers"], 1, MAX_WORKERS)
     layout = keys.get("hogwild_layout", "combined")
     if layout not in LAYOUTS:
         raise ValueError(f"hogwild_layout: got {layout!r}; allowed: {', '.join(LAYOUTS)}")
@@ -82,11 +124,7 @@ def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
     if not isinstance(marker, str) or not marker:
         raise ValueError(f"hogwild_boundary: expected a non-empty string, got {marker!r}")
     sentence = _bool("hogwild_boundary_sentence", keys.get("hogwild_boundary_sentence", True))
-    prefixes = keys.get("hogwild_prefixes", [])
-    if not isinstance(prefixes, (list, tuple)) or not all(isinstance(p, str) for p in prefixes):
-        raise ValueError(f"hogwild_prefixes: expected a list of {workers} strings, got {prefixes!r}")
-    if prefixes and len(prefixes) != workers:
-        raise ValueError(
-            f"hogwild_prefixes: expected {workers} strings (one per worker), got {len(prefixes)}"
-        )
-    return HogwildParams(workers, layout, BoundaryRule(marker, sentence), tuple(prefixes))
+    rule = BoundaryRule(marker, sentence)
+    protocol, preset = _protocol(keys, workers, rule)
+    prefixes = _strings("hogwild_prefixes", keys["hogwild_prefixes"], workers) if "hogwild_prefixes" in keys else ()
+    return HogwildParams(workers, layout, rule, prefixes, protocol, preset)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from vllm_hogwild.group import GroupTracker
-from vllm_hogwild.layouts import view_position
-from vllm_hogwild.params import GROUP_KEY, PROMPT_LEN_KEY, WORKER_KEY, parse
+from vllm_hogwild.layouts import Span, view_position
+from vllm_hogwild.params import FRAMING_KEY, GROUP_KEY, PROMPT_LEN_KEY, WORKER_KEY, parse
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,15 @@ class StepPlan:
     extra_blocks: list[list[int]]
 
 
+def framing_spans(prompt_len: int, blocks: Sequence[tuple[str, Sequence[int]]]) -> dict[str, Span]:
+    """Where worker 0's framing blocks sit: right after the prompt, in the given order."""
+    spans, at = {}, prompt_len
+    for name, ids in blocks:
+        spans[name] = Span(0, at, at + len(ids))
+        at += len(ids)
+    return spans
+
+
 class Planner:
     """All hogwild groups one model runner serves."""
 
@@ -87,8 +96,10 @@ class Planner:
             return
         del self._pending[key]
         prompt_len = int(extra_args[PROMPT_LEN_KEY])
-        starts = [prompt_len] + [1] * (params.workers - 1)
-        tracker = GroupTracker(params.layout, params.boundary, prompt_len, starts)
+        framing = framing_spans(prompt_len, extra_args.get(FRAMING_KEY, []))
+        end = max((s.end for s in framing.values()), default=prompt_len)
+        starts = [end] + [1] * (params.workers - 1)
+        tracker = GroupTracker(params.layout, params.boundary, prompt_len, starts, framing)
         self._groups[key] = _Group(tracker, pending)
         self._group_of.update((rid, key) for rid in pending)
 

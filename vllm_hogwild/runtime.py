@@ -1,12 +1,14 @@
 """Per-process state the backend reads: the model runner's planner and the model's RoPE.
 
 vLLM hands attention builders no request ids; the runner glue records the runner here
-at every step, so the builder can map batch rows to hogwild workers.
+at every step, so the builder can map batch rows to hogwild workers. Token texts
+(step boundaries) and encodings (protocol texts) come from one cached tokenizer.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 from vllm_hogwild.planner import Planner, StepPlan
 
@@ -22,25 +24,34 @@ def planner(runner: Any) -> Planner:
     """The runner's planner, made on first use with a decoder of token texts."""
     found = getattr(runner, "_hogwild_planner", None)
     if found is None:
-        found = runner._hogwild_planner = Planner(_token_texts(runner))
+        found = runner._hogwild_planner = Planner(token_texts(runner.model_config))
     return found
 
 
-def _token_texts(runner: Any):
+def _tokenizer(model_config: Any) -> Any:
     from vllm.tokenizers import cached_tokenizer_from_config
 
-    tokenizer = None
-    cache: dict[int, str] = {}
+    return cached_tokenizer_from_config(model_config)
 
+
+def token_texts(model_config: Any) -> Callable[[int], str]:
+    """The text of one token (memoized; the tokenizer loads on first use)."""
+
+    @functools.cache
     def decode(token: int) -> str:
-        nonlocal tokenizer
-        if token not in cache:
-            if tokenizer is None:
-                tokenizer = cached_tokenizer_from_config(runner.model_config)
-            cache[token] = tokenizer.decode([token])
-        return cache[token]
+        return _tokenizer(model_config).decode([token])
 
     return decode
+
+
+def encoder(model_config: Any) -> Callable[[str], list[int]]:
+    """Token ids of a protocol text, without special tokens (memoized)."""
+
+    @functools.cache
+    def encode(text: str) -> tuple[int, ...]:
+        return tuple(_tokenizer(model_config).encode(text, add_special_tokens=False))
+
+    return lambda text: list(encode(text))
 
 
 def step_plan(common: Any) -> StepPlan | None:

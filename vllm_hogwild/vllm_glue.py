@@ -23,9 +23,10 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from vllm_hogwild import runtime
+from vllm_hogwild import prompts, runtime
 from vllm_hogwild.admission import Capacity, GroupDemand, blocks_for
 from vllm_hogwild.params import (
+    FRAMING_KEY,
     GROUP_KEY,
     PREFIX_IDS_KEY,
     PROMPT_LEN_KEY,
@@ -33,6 +34,7 @@ from vllm_hogwild.params import (
     is_hogwild,
     parse,
 )
+from vllm_hogwild.protocol import GroupProtocol
 
 _installed = False
 
@@ -46,6 +48,7 @@ def install() -> None:
     from vllm.platforms import current_platform
 
     _patch_frontend()
+    _patch_outputs()
     _patch_engine_core()
     _patch_scheduler()
     _patch_model_runner()
@@ -74,32 +77,66 @@ def _check_model(model_config: Any) -> None:
         raise ValueError("hogwild_workers: sliding-window attention models are not supported")
 
 
-def _check_lengths(engine: Any, params: Any, prompt_len: int, prefixes: list[list[int]]) -> int:
+def _check_lengths(engine: Any, params: Any, prompt_len: int, prefixes: list[list[int]], framing: int) -> int:
     """The views must fit the model and the group's prefill one step; returns max_tokens."""
     max_len = engine.model_config.max_model_len
     workers = len(prefixes)
-    room = max_len - prompt_len - sum(len(p) for p in prefixes)
+    written = prompt_len + framing + sum(len(p) for p in prefixes)
+    room = max_len - written
     if params.max_tokens is None:
         if room < workers:
             raise ValueError(
-                f"max_tokens: the prompt ({prompt_len} tokens) leaves no room for {workers} workers "
-                f"within max_model_len={max_len}"
+                f"max_tokens: the prompt ({written} tokens with the protocol's texts) leaves no room "
+                f"for {workers} workers within max_model_len={max_len}"
             )
         return room // workers
     if params.max_tokens * workers > room:
         raise ValueError(
-            f"max_tokens: {workers} workers x max_tokens={params.max_tokens} plus the prompt "
-            f"({prompt_len} tokens) and prefixes exceed max_model_len={max_len}; allowed: "
+            f"max_tokens: {workers} workers x max_tokens={params.max_tokens} plus the prompt and "
+            f"the workers' first texts ({written} tokens) exceed max_model_len={max_len}; allowed: "
             f"max_tokens <= {max(room, 0) // workers}"
         )
-    prefill = prompt_len + sum(len(p) for p in prefixes) + workers - 1
+    prefill = written + workers - 1
     budget = engine.vllm_config.scheduler_config.max_num_batched_tokens
     if prefill > budget:
         raise ValueError(
-            f"prompt: a hogwild group prefills its prompt and every worker's prefix in one step "
+            f"prompt: a hogwild group prefills its prompt and every worker's first text in one step "
             f"({prefill} tokens), more than max_num_batched_tokens={budget}; raise it or shorten the prompt"
         )
     return params.max_tokens
+
+
+def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int]) -> tuple[list[int], list[list[int]], list]:
+    """The protocol's prompt (instruction and layout heading around the user's text),
+    each worker's first text, and worker 0's framing blocks, as token ids."""
+    tokenizer = engine.tokenizer
+    names = list(hog.protocol.names)
+    preset_name = hog.preset
+    if preset_name == "auto":
+        vocab = tokenizer.get_vocab()
+        preset_name = prompts.auto_preset(engine.model_config.hf_config.model_type, vocab.__contains__)
+    preset = prompts.PRESETS[preset_name]
+    text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    if not preset.user_open or preset.user_open not in text:
+        text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    full = prompts.prompt_text(preset, hog.layout, names, text)
+    ids = tokenizer.encode(full, add_special_tokens=preset.special_tokens)
+    encode = runtime.encoder(engine.model_config)
+    prefixes = [encode(prompts.first_step(n, w)) for w, n in enumerate(names)]
+    framing = [[name, encode(block)] for name, block in prompts.framing(hog.layout, names)]
+    return ids, prefixes, framing
+
+
+def _check_protocol(engine: Any, hog: Any, sp: Any) -> None:
+    if not sp.all_stop_token_ids:
+        raise ValueError("ignore_eos: hogwild_protocol=true needs the end-of-sequence token "
+                         "(its workers stop with it); set ignore_eos=false")
+    closing = len(runtime.encoder(engine.model_config)(prompts.CLOSING))
+    need = GroupProtocol.reserve(hog.protocol, closing) + 1
+    if sp.max_tokens < need:
+        raise ValueError(f"max_tokens: hogwild_protocol=true needs max_tokens >= {need} (the closing "
+                         f"sentence and up to hogwild_answer_tokens={hog.protocol.answer_tokens} answer "
+                         f"tokens), got {sp.max_tokens}")
 
 
 def _patch_frontend() -> None:
@@ -122,13 +159,19 @@ def _patch_frontend() -> None:
             request = original(self, request_id, prompt, params, *args, **kwargs)
             if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
                 raise ValueError("prompt: hogwild takes a non-empty text or token-id prompt (no embeddings or images)")
-            tokenizer = self.tokenizer
-            prefixes = [tokenizer.encode(p, add_special_tokens=False) for p in hog.prefixes] if hog.prefixes \
-                else [[] for _ in range(hog.workers)]
+            framing: list = []
+            if hog.protocol is not None:
+                request.prompt_token_ids, prefixes, framing = _protocol_inputs(self, hog, request.prompt_token_ids)
+            else:
+                encode = runtime.encoder(self.model_config)
+                prefixes = [encode(p) for p in hog.prefixes] or [[] for _ in range(hog.workers)]
             prompt_len = len(request.prompt_token_ids)
             sp = request.sampling_params
-            sp.max_tokens = _check_lengths(self, params, prompt_len, prefixes)
-            sp.extra_args = {**sp.extra_args, PROMPT_LEN_KEY: prompt_len, PREFIX_IDS_KEY: prefixes}
+            sp.max_tokens = _check_lengths(self, params, prompt_len, prefixes, sum(len(b[1]) for b in framing))
+            if hog.protocol is not None:
+                _check_protocol(self, hog, sp)
+            sp.extra_args = {**sp.extra_args, PROMPT_LEN_KEY: prompt_len, PREFIX_IDS_KEY: prefixes,
+                             FRAMING_KEY: framing}
             sp.n = hog.workers
             sp.skip_reading_prefix_cache = True
             # A salt of its own keeps the group's blocks (whose keys depend on the other
@@ -153,6 +196,66 @@ def _patch_frontend() -> None:
     _wrap(ParentRequest, "get_child_info", get_child_info)
 
 
+# ---------------------------------------------------------------- outputs (final answer)
+
+
+def _protocol_on(params: Any) -> bool:
+    extra = getattr(params, "extra_args", None)
+    return bool(extra) and is_hogwild(extra) and parse(extra).protocol is not None
+
+
+def _patch_outputs() -> None:
+    """The group's final answer, parsed from worker 0's text when it ends, rides on every
+    RequestOutput of the group from then on (``hogwild_final_answer``), and on HTTP
+    responses as ``"hogwild": {"final_answers": [...]}`` (one per prompt)."""
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+    from vllm.v1.engine.output_processor import RequestState
+
+    def make_request_output(original):
+        def wrapper(self, new_token_ids, pooling_output, finish_reason, *args, **kwargs):
+            parent = self.parent_req
+            if (parent is not None and finish_reason is not None and self.request_index == 0
+                    and self.detokenizer is not None and _protocol_on(parent.sampling_params)):
+                parent.hogwild_final_answer = prompts.final_answer(self.detokenizer.output_text)
+            output = original(self, new_token_ids, pooling_output, finish_reason, *args, **kwargs)
+            if output is not None and hasattr(parent, "hogwild_final_answer"):
+                output.hogwild_final_answer = parent.hogwild_final_answer
+            return output
+
+        return wrapper
+
+    def completion_response(original):
+        def wrapper(self, final_res_batch, *args, **kwargs):
+            return _with_answers(original(self, final_res_batch, *args, **kwargs), final_res_batch)
+
+        return wrapper
+
+    def chat_full(original):
+        async def wrapper(self, request, result_generator, *args, **kwargs):
+            seen: list[Any] = []
+
+            async def tap():
+                async for res in result_generator:
+                    seen.append(res)
+                    yield res
+
+            response = await original(self, request, tap(), *args, **kwargs)
+            return _with_answers(response, seen[-1:])
+
+        return wrapper
+
+    _wrap(RequestState, "make_request_output", make_request_output)
+    _wrap(OpenAIServingCompletion, "request_output_to_completion_response", completion_response)
+    _wrap(OpenAIServingChat, "chat_completion_full_generator", chat_full)
+
+
+def _with_answers(response: Any, results: list[Any]) -> Any:
+    if any(hasattr(r, "hogwild_final_answer") for r in results) and hasattr(response, "choices"):
+        response.hogwild = {"final_answers": [getattr(r, "hogwild_final_answer", None) for r in results]}
+    return response
+
+
 # ---------------------------------------------------------------- engine core
 
 
@@ -166,7 +269,7 @@ def _patch_engine_core() -> None:
             if extra and WORKER_KEY in extra:
                 worker, prompt_len = int(extra[WORKER_KEY]), int(extra[PROMPT_LEN_KEY])
                 shared = list(request.prompt_token_ids[:prompt_len])
-                own = shared if worker == 0 else shared[-1:]
+                own = shared + [t for _, ids in extra[FRAMING_KEY] for t in ids] if worker == 0 else shared[-1:]
                 request.prompt_token_ids = own + list(extra[PREFIX_IDS_KEY][worker])
             return original(self, request)
 
@@ -295,3 +398,85 @@ def _patch_model_runner() -> None:
         return wrapper
 
     _wrap(GPUModelRunner, "_update_states", update_states)
+
+
+# ---------------------------------------------------------------- sampler (protocol)
+
+
+def _logits_processor_base() -> type:
+    from vllm.v1.sample.logits_processor import LogitsProcessor
+
+    return LogitsProcessor
+
+
+class HogwildLogitsProcessor(_logits_processor_base()):
+    """Applies the protocol's per-step ``Action``s (``protocol.py``) to the logits rows of
+    hogwild workers; every other row is left alone. Loaded in every engine through the
+    ``vllm.logits_processors`` entry point."""
+
+    def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
+        self._model_config = vllm_config.model_config
+        self._rows: dict[int, tuple[str, int, list[int]]] = {}  # batch index -> (group, worker, outputs)
+        self._groups: dict[str, GroupProtocol] = {}
+        self._ended: dict[str, set[int]] = defaultdict(set)
+        self._decode = None
+        self._encode = None
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update: Any) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            row = self._rows.pop(index, None)
+            if row is not None:
+                self._ended[row[0]].add(row[1])
+        for index, params, _, output_ids in batch_update.added:
+            self._rows.pop(index, None)
+            extra = params.extra_args if params is not None else None
+            if extra and WORKER_KEY in extra and parse(extra).protocol is not None:
+                self._rows[index] = (str(extra[GROUP_KEY]), int(extra[WORKER_KEY]), output_ids)
+                self._group(str(extra[GROUP_KEY]), params)
+        for a, b, direction in batch_update.moved:
+            row_a, row_b = self._rows.pop(a, None), self._rows.pop(b, None)
+            if row_a is not None:
+                self._rows[b] = row_a
+            if row_b is not None and direction.name == "SWAP":
+                self._rows[a] = row_b
+        live = {group for group, _, _ in self._rows.values()}
+        for group in list(self._groups):
+            if group not in live:
+                del self._groups[group]
+                self._ended.pop(group, None)
+
+    def _group(self, key: str, params: Any) -> GroupProtocol:
+        if key not in self._groups:
+            if self._decode is None:
+                self._decode = runtime.token_texts(self._model_config)
+                self._encode = runtime.encoder(self._model_config)
+            config = parse(params.extra_args).protocol
+            self._groups[key] = GroupProtocol(config, self._encode, self._decode,
+                                              params.all_stop_token_ids, params.max_tokens)
+        return self._groups[key]
+
+    def apply(self, logits: Any) -> Any:
+        if not self._rows:
+            return logits
+        by_group: dict[str, dict[int, int]] = defaultdict(dict)
+        for index, (group, worker, _) in self._rows.items():
+            by_group[group][worker] = index
+        for group, rows in by_group.items():
+            protocol = self._groups[group]
+            outputs = {w: self._rows[i][2] for w, i in rows.items()}
+            wants_stop = 0 in rows and int(logits[rows[0]].argmax()) in protocol.stop_tokens
+            actions = protocol.step(outputs, self._ended[group], wants_stop)
+            for w, action in actions.items():
+                row = logits[rows[w]]
+                if action.ban:
+                    row[list(action.ban)] = float("-inf")
+                keep = action.force if action.force is not None else int(row.argmax()) if action.greedy else None
+                if keep is not None:
+                    row.fill_(float("-inf"))
+                    row[keep] = 0.0
+        return logits

@@ -1,0 +1,274 @@
+"""The collaboration protocol: its texts, its per-step decisions, and vLLM equal to the oracle."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines import decoder, engine, hf_model, tokenizer
+from oracle import Oracle
+from test_oracle import assert_matches
+from vllm_hogwild import prompts
+from vllm_hogwild.params import parse
+from vllm_hogwild.protocol import FREE, Action, GroupProtocol, ProtocolConfig
+from vllm_hogwild.steps import BoundaryRule
+
+PROBLEM = "Let x be the unknown. Then 2x + 3 = 11."
+
+# ---------------------------------------------------------------- texts
+
+
+def test_prompt_wraps_a_bare_problem_in_the_preset():
+    text = prompts.prompt_text(prompts.PRESETS["chatml"], "combined", ["Ann", "Ben"], "What is 2+2?")
+    assert text.startswith("<|im_start|>user\nYou are 2 assistants, Ann and Ben,")
+    assert "follow Ann's plan" in text and '"### Steps in progress"' in text
+    assert text.endswith("What is 2+2?<|im_end|>\n<|im_start|>assistant\n" + prompts.PAST_STEPS)
+
+
+def test_prompt_goes_into_the_last_user_turn_of_a_rendered_chat():
+    chat = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    text = prompts.prompt_text(prompts.PRESETS["chatml"], "interleaved", ["A", "B", "C"], chat)
+    head, last = text.rsplit("<|im_start|>user\n", 1)
+    assert head == chat.rsplit("<|im_start|>user\n", 1)[0]
+    assert last.startswith("You are 3 assistants, A, B and C,") and "What is 2+2?<|im_end|>" in last
+    assert text.endswith("<|im_start|>assistant\n" + prompts.PAST_STEPS)
+
+
+@pytest.mark.parametrize("layout,blocks", [
+    ("combined", ["others", "marker", "own"]), ("interleaved", ["own"]),
+    ("contiguous", ["workspace:0", "workspace:1", "workspace:2"]),
+])
+def test_framing_blocks_match_the_layout(layout, blocks):
+    framing = prompts.framing(layout, ["A", "B", "C"])
+    assert [name for name, _ in framing] == blocks
+    text = prompts.prompt_text(prompts.PRESETS["plain"], layout, ["A", "B", "C"], "P")
+    assert text.endswith("P\n\n" + ("" if layout == "contiguous" else prompts.PAST_STEPS))
+
+
+def test_presets_are_data_and_auto_picks_by_model():
+    vocab = {"<|im_start|>"}
+    assert prompts.auto_preset("qwen3", vocab.__contains__) == "qwen3-thinking"
+    assert prompts.auto_preset("llama", vocab.__contains__) == "chatml"  # SmolLM2
+    assert prompts.auto_preset("llama", {"<|start_header_id|>"}.__contains__) == "llama3"
+    assert prompts.auto_preset("llama", set().__contains__) == "plain"
+    assert prompts.PRESETS["qwen3-thinking"].assistant_open.endswith("<think>\n")
+
+
+def test_one_worker_instruction_and_headers():
+    assert prompts.instruction("interleaved", ["Solo"]).startswith("You are Solo, solving a problem")
+    assert prompts.first_step("Ann", 0).startswith("**Ann [1]:** Hi, I'm Ann.")
+    assert prompts.step_header("Ann", 7) == "**Ann [7]:**"
+
+
+@pytest.mark.parametrize("text,answer", [
+    ("blah" + prompts.CLOSING + "42} and more", "42"),
+    ("x" + prompts.CLOSING + "\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("x" + prompts.CLOSING + "12", "12"),  # answer budget ran out before the brace
+    ("no closing here \\boxed{3}", None),
+])
+def test_final_answer(text, answer):
+    assert prompts.final_answer(text) == answer
+
+
+def test_boxed_finds_the_last_complete_box():
+    assert prompts.boxed("a \\boxed{1} b \\boxed{x^{2}} c \\boxed{unfinished") == "x^{2}"
+    assert prompts.boxed("\\boxed{") is None
+
+
+def test_protocol_flags():
+    hog = parse({"hogwild_workers": 2, "hogwild_protocol": "true", "hogwild_check_tokens": "0",
+                 "hogwild_names": ["Ann", "Ben"], "hogwild_preset": "chatml", "hogwild_answer_tokens": 8})
+    assert hog.protocol == ProtocolConfig(("Ann", "Ben"), BoundaryRule(), 0, 8) and hog.preset == "chatml"
+    assert parse({"hogwild_workers": 3, "hogwild_protocol": True}).protocol.names == ("Alice", "Bob", "Carol")
+    assert parse({"hogwild_workers": 3}).protocol is None
+
+
+@pytest.mark.parametrize("args,match", [
+    ({"hogwild_names": ["A", "B"]}, "hogwild_names: only with hogwild_protocol=true"),
+    ({"hogwild_protocol": 1, "hogwild_names": ["A"]}, "hogwild_names: expected 2 strings"),
+    ({"hogwild_protocol": 1, "hogwild_names": ["A", "A"]}, "hogwild_names: expected 2 distinct"),
+    ({"hogwild_protocol": 1, "hogwild_preset": "vicuna"}, "hogwild_preset: got 'vicuna'; allowed: auto, plain"),
+    ({"hogwild_protocol": 1, "hogwild_check_tokens": -1}, "hogwild_check_tokens: expected an int"),
+    ({"hogwild_protocol": 1, "hogwild_answer_tokens": 0}, r"hogwild_answer_tokens: expected an int in 1\.\.256"),
+    ({"hogwild_protocol": 1, "hogwild_prefixes": ["a", "b"]}, "hogwild_prefixes: not with hogwild_protocol"),
+    ({"hogwild_protocol": "sometimes"}, "hogwild_protocol: expected a bool"),
+])
+def test_bad_protocol_flags(args, match):
+    with pytest.raises(ValueError, match=match):
+        parse({"hogwild_workers": 2, **args})
+
+
+# ---------------------------------------------------------------- decisions, on scripted streams
+
+# A toy vocabulary: one character per token; encode spells a text out.
+STOP = 0
+VOCAB = ["<stop>"] + [chr(c) for c in range(32, 127)] + ["\n"]
+ID = {t: i for i, t in enumerate(VOCAB)}
+
+
+def encode(text: str) -> list[int]:
+    return [ID[c] for c in text]
+
+
+def decode(token: int) -> str:
+    return VOCAB[token]
+
+
+def protocol(workers=2, check=0, answer=4, max_tokens=400) -> GroupProtocol:
+    config = ProtocolConfig(prompts.NAMES[:workers], BoundaryRule("\n\n", True), check, answer)
+    return GroupProtocol(config, encode, decode, {STOP}, max_tokens)
+
+
+class Script:
+    """Drives a GroupProtocol as the engine does: free tokens come from each worker's script."""
+
+    def __init__(self, proto: GroupProtocol, scripts: dict[int, str], answer: str = "7") -> None:
+        self.proto, self.scripts = proto, {w: encode(s) for w, s in scripts.items()}
+        self.answer, self.greedy = encode(answer), 0
+        self.cursor = {w: 0 for w in scripts}
+        self.outputs = {w: [] for w in scripts}
+        self.ended: set[int] = set()
+
+    def run(self, steps: int, wants_stop_at: int = -1) -> None:
+        for step in range(steps):
+            running = {w: o for w, o in self.outputs.items() if w not in self.ended}
+            if not running:
+                return
+            actions = self.proto.step(running, self.ended, wants_stop=step == wants_stop_at)
+            for w, action in actions.items():
+                out = self.outputs[w]
+                if action.force is not None:
+                    token = action.force
+                else:
+                    script = self.scripts[w]
+                    free = [t for t in script if t not in action.ban] or [ID["?"]]
+                    token = free[self.cursor[w] % len(free)]
+                    self.cursor[w] += 1
+                    if action.greedy:
+                        token, self.greedy = self.answer[self.greedy % len(self.answer)], self.greedy + 1
+                out.append(token)
+                if token == STOP:
+                    self.ended.add(w)
+
+    def text(self, w: int) -> str:
+        return "".join(decode(t) for t in self.outputs[w] if t != STOP)
+
+
+def test_step_headers_follow_each_finished_step():
+    s = Script(protocol(), {0: "We add.\n\n" * 3, 1: "I check.\n\n" * 3})
+    s.run(60)
+    assert s.text(0).startswith("We add.\n\n**Alice [2]:**We add.\n\n**Alice [3]:**")
+    assert s.text(1).startswith("I check.\n\n**Bob [2]:**I check.\n\n**Bob [3]:**")
+
+
+def test_no_header_where_the_boundary_is_not_a_sentence_end():
+    s = Script(protocol(), {0: "x = 1\n\n", 1: "no"})
+    s.run(12)
+    assert "**Alice" not in s.text(0)
+
+
+def test_redundancy_question_after_the_threshold_then_again():
+    s = Script(protocol(check=20), {0: "One two three.\n\n", 1: "b"})
+    s.run(300)
+    text = s.text(0)
+    first = text.index(prompts.REDUNDANCY_CHECK)
+    assert text[:first].endswith("**Alice [3]:**")  # 32 tokens after steps 1-2: over 20
+    assert text.count(prompts.REDUNDANCY_CHECK) >= 2
+    assert "**Bob" not in s.text(1)  # Bob's stream has no step end
+
+
+def test_budget_forces_the_closing_and_a_greedy_answer():
+    proto = protocol(max_tokens=120, answer=3)
+    s = Script(proto, {0: "ab", 1: "cd"})
+    s.run(200)
+    text = s.text(0)
+    reserve = GroupProtocol.reserve(proto.config, len(encode(prompts.CLOSING)))
+    assert text == ("ab" * 60)[:120 - reserve] + prompts.CLOSING + "777"
+    assert s.outputs[0][-1] == STOP and len(s.outputs[0]) <= 120
+    assert s.outputs[1][-1] == STOP and len(s.outputs[1]) == 120 - reserve + 1
+    assert prompts.final_answer(text) == "777"
+
+
+def test_answer_stops_when_its_brace_closes():
+    s = Script(protocol(answer=8), {0: "ab", 1: "cd"}, answer="4}")
+    s.run(200, wants_stop_at=2)
+    assert s.text(0) == "ab" + prompts.CLOSING + "4}"
+    assert prompts.final_answer(s.text(0)) == "4"
+
+
+def test_a_worker_that_ends_starts_the_answer_and_stops_the_others():
+    s = Script(protocol(workers=3), {0: "ab", 1: "cd", 2: "ef"})
+    s.run(4)
+    s.outputs[2].append(STOP)
+    s.ended.add(2)  # Carol stops on her own
+    s.run(200)
+    assert s.outputs[1][-1] == STOP and len(s.outputs[1]) == 5
+    assert prompts.final_answer(s.text(0)) == "7777"
+
+
+def test_worker_zero_never_stops_on_its_own_but_its_wish_starts_the_answer():
+    proto = protocol()
+    outputs = {0: encode("ab"), 1: encode("cd")}
+    assert proto.step(outputs, set(), False) == {0: Action(ban=frozenset({STOP})), 1: FREE}
+    actions = proto.step(outputs, set(), wants_stop=True)
+    assert actions[0].force == encode(prompts.CLOSING)[0] and actions[1].force == STOP
+
+
+def test_a_boxed_answer_in_a_finished_step_starts_the_answer():
+    s = Script(protocol(), {0: "Go.\n\n", 1: "So x is \\boxed{4}.\n\n"})
+    s.run(200)
+    # Bob's step ends with his 20th token; the next step, Alice answers and Bob stops.
+    assert s.text(0).startswith("Go.\n\n**Alice [2]:**G" + prompts.CLOSING)
+    assert s.text(0).endswith(prompts.CLOSING + "7777")
+    assert s.text(1) == "So x is \\boxed{4}.\n\n" and s.outputs[1][-1] == STOP
+
+
+def test_worker_zero_aborted_stops_the_others_without_answer():
+    proto = protocol()
+    assert proto.step({1: encode("cd")}, {0}, False) == {1: Action(force=STOP)}
+
+
+# ---------------------------------------------------------------- in vLLM, against the oracle
+
+# Random models rarely end sentences: steps end at any token with a space.
+RULE = BoundaryRule(" ", False)
+
+
+def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80):
+    from vllm import SamplingParams
+
+    flags = {"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_protocol": True,
+             "hogwild_boundary": RULE.marker, "hogwild_boundary_sentence": RULE.sentence,
+             "hogwild_check_tokens": 5, "hogwild_answer_tokens": 3}
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=3, extra_args=flags)
+    out = engine(family).generate([PROBLEM], params, use_tqdm=False)[0]
+    tok = tokenizer(family)
+    names = list(prompts.NAMES[:workers])
+    prompt = tok.encode(prompts.prompt_text(prompts.PRESETS["plain"], layout, names, PROBLEM))
+    assert list(out.prompt_token_ids) == prompt
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    config = parse(flags).protocol
+    proto = GroupProtocol(config, enc, decoder(family), {tok.eos_token_id}, max_tokens)
+    framing = [(name, enc(text)) for name, text in prompts.framing(layout, names)]
+    oracle = Oracle(hf_model(family), decoder(family), layout, RULE, prompt,
+                    [enc(prompts.first_step(n, w)) for w, n in enumerate(names)], max_tokens,
+                    {tok.eos_token_id}, framing, proto)
+    return out, oracle.run()
+
+
+@pytest.mark.parametrize("family,layout,workers,checks", [
+    ("llama", "combined", 3, True), ("qwen3", "interleaved", 2, True), ("qwen2", "contiguous", 2, False),
+    ("llama3-scaled", "combined", 2, True),
+])
+def test_protocol_in_vllm_equals_the_oracle(family, layout, workers, checks):
+    out, runs = protocol_run(family, workers, layout)
+    assert_matches(out, runs)
+    texts = [o.text for o in out.outputs]
+    answer = prompts.final_answer(texts[0])
+    assert answer is not None and out.hogwild_final_answer == answer
+    assert all(o.finish_reason == "stop" for o in out.outputs)
+    headers = [f"**{n} [2]:**" for n in prompts.NAMES[:workers]]
+    assert any(h in t for h, t in zip(headers, texts)), texts
+    # hogwild_check_tokens=5; qwen2's random workers end no step after their first 5 tokens.
+    assert any("Quick check:" in t for t in texts) == checks, texts

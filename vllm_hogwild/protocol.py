@@ -1,0 +1,158 @@
+"""The collaboration protocol as a per-step decision: which token each worker must emit.
+
+Pure Python. The vLLM glue (a logits processor) and the recompute oracle in the tests
+drive one ``GroupProtocol`` per group the same way: once per engine step, before
+sampling, with every running worker's output tokens so far. It answers, per worker,
+an ``Action``: sample freely, emit a forced token (step headers, the redundancy
+question, the closing sentence, a stop token), or take the argmax (the final answer).
+Forced tokens are ordinary outputs of the worker, so they enter its stream and the
+shared cache exactly like sampled ones.
+
+Who answers: worker 0. It never stops on its own (its stop tokens are banned; when one
+is its top choice, the answer starts instead). The answer starts at the token budget,
+when a finished step holds a complete ``\\boxed{...}``, or when any worker ends; the
+other workers are then stopped, and worker 0 writes the closing sentence and decodes
+the answer greedily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+from vllm_hogwild import prompts
+from vllm_hogwild.steps import BoundaryRule, StepScanner
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """``check_tokens``: a worker's tokens between redundancy questions (0: never).
+    ``answer_tokens``: most tokens of the final answer after ``\\boxed{``."""
+
+    names: tuple[str, ...]
+    rule: BoundaryRule = BoundaryRule()
+    check_tokens: int = 1024
+    answer_tokens: int = 16
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a worker's next token must be: ``force`` it, or the (``greedy``) argmax or a
+    sample among all tokens but ``ban``."""
+
+    force: int | None = None
+    greedy: bool = False
+    ban: frozenset[int] = frozenset()
+
+
+FREE = Action()
+
+
+@dataclass
+class _Worker:
+    name: str
+    scanner: StepScanner
+    step: int = 1
+    seen: int = 0  # output tokens observed so far
+    issued: int = 0  # forced tokens issued, not yet observed
+    since_check: int = 0
+    step_text: str = ""
+    queue: list[int] = field(default_factory=list)
+
+
+class GroupProtocol:
+    """The protocol state of one hogwild group."""
+
+    def __init__(self, config: ProtocolConfig, encode: Callable[[str], list[int]],
+                 decode: Callable[[int], str], stop_tokens: Iterable[int], max_tokens: int) -> None:
+        self.config = config
+        self._encode = encode
+        self._decode = decode
+        self.stop_tokens = frozenset(stop_tokens)
+        if not self.stop_tokens:
+            raise ValueError("the hogwild protocol needs a stop token (an EOS the request does not ignore)")
+        self._stop = min(self.stop_tokens)
+        self._closing = encode(prompts.CLOSING)
+        self.max_tokens = max_tokens
+        self.workers = [_Worker(n, StepScanner(config.rule)) for n in config.names]
+        self.phase = "work"  # then "answer" (worker 0 answers) or "over" (no answer possible)
+        self._answer = ""
+        self._answer_tokens = 0
+        self._boxed_step = False  # a finished step holds a complete boxed answer
+
+    @staticmethod
+    def reserve(config: ProtocolConfig, closing_tokens: int) -> int:
+        """Output tokens worker 0 keeps for the closing sentence, the answer and a stop token."""
+        return closing_tokens + config.answer_tokens + 1
+
+    def step(self, outputs: Mapping[int, Sequence[int]], ended: Iterable[int] = (),
+             wants_stop: bool = False) -> dict[int, Action]:
+        """Observe the running workers' outputs, then say what each must emit now.
+
+        ``ended``: workers that have finished (any reason); ``wants_stop``: worker 0's top
+        choice this step is a stop token.
+        """
+        for w, tokens in outputs.items():
+            self._observe(w, tokens)
+        ended = set(ended)
+        if self.phase == "work":
+            w0 = outputs.get(0)
+            budget = w0 is not None and len(w0) + self.reserve(self.config, len(self._closing)) >= self.max_tokens
+            if 0 in ended:
+                self.phase = "over"
+            elif ended or budget or (wants_stop and not self.workers[0].queue) or self._boxed_step:
+                self._start_answer()
+        return {w: self._action(w) for w in outputs}
+
+    @property
+    def answering(self) -> bool:
+        return self.phase == "answer"
+
+    def _start_answer(self) -> None:
+        self.phase = "answer"
+        self.workers[0].queue = list(self._closing)
+
+    def _observe(self, w: int, tokens: Sequence[int]) -> None:
+        worker = self.workers[w]
+        for token in tokens[worker.seen:]:
+            worker.seen += 1
+            worker.since_check += 1
+            text = self._decode(token)
+            forced = worker.issued > 0
+            worker.issued -= forced
+            if self.phase == "answer" and w == 0 and not worker.queue and not forced:
+                self._answer += text
+                self._answer_tokens += 1
+                continue
+            ends = worker.scanner.ends_step(text)
+            worker.step_text += text
+            if ends and not forced and not worker.queue and self.phase == "work":
+                self._end_step(worker)
+
+    def _end_step(self, worker: _Worker) -> None:
+        if prompts.boxed(worker.step_text) is not None:
+            self._boxed_step = True
+        worker.step_text = ""
+        worker.step += 1
+        text = prompts.step_header(worker.name, worker.step)
+        check = self.config.check_tokens
+        if check and worker.since_check >= check:
+            text += prompts.REDUNDANCY_CHECK
+            worker.since_check = 0
+        worker.queue = self._encode(text)
+
+    def _action(self, w: int) -> Action:
+        worker = self.workers[w]
+        if (self.phase != "work" and w != 0) or self.phase == "over":
+            return self._force(worker, self._stop)
+        if worker.queue:
+            return self._force(worker, worker.queue.pop(0))
+        if self.phase == "answer":
+            done = prompts.answer_closed(self._answer) or self._answer_tokens >= self.config.answer_tokens
+            return self._force(worker, self._stop) if done else Action(greedy=True, ban=self.stop_tokens)
+        return Action(ban=self.stop_tokens) if w == 0 else FREE
+
+    @staticmethod
+    def _force(worker: _Worker, token: int) -> Action:
+        worker.issued += 1
+        return Action(force=token)
