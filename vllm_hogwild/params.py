@@ -59,6 +59,12 @@ def is_hogwild(extra_args: Mapping[str, Any] | None) -> bool:
     return bool(extra_args) and any(k.startswith(PREFIX) for k in extra_args)
 
 
+def field_of(error: Exception) -> str | None:
+    """The request field a validation message is about (messages start with ``field:``)."""
+    head = str(error).split(":")[0]
+    return head if head.isidentifier() else None
+
+
 def _bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -111,11 +117,11 @@ def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
     unknown = sorted(set(keys) - set(FIELDS))
     if unknown:
         raise ValueError(
-            f"unknown hogwild field(s) {', '.join(unknown)}; allowed: "
+            f"{unknown[0]}: unknown hogwild field ({', '.join(unknown)}); allowed: "
             + "; ".join(f"{k} ({v})" for k, v in FIELDS.items())
         )
     if "hogwild_workers" not in keys:
-        raise ValueError(f"hogwild_workers is required: {FIELDS['hogwild_workers']}")
+        raise ValueError(f"hogwild_workers: required, {FIELDS['hogwild_workers']}")
     workers = _int("hogwild_workers", keys["hogwild_workers"], 1, MAX_WORKERS)
     layout = keys.get("hogwild_layout", "combined")
     if layout not in LAYOUTS:

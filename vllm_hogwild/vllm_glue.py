@@ -31,6 +31,7 @@ from vllm_hogwild.params import (
     PREFIX_IDS_KEY,
     PROMPT_LEN_KEY,
     WORKER_KEY,
+    field_of,
     is_hogwild,
     parse,
 )
@@ -56,6 +57,17 @@ def install() -> None:
         from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
         register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.backend.HogwildCPUBackend")
+
+
+def _request_error_base() -> tuple[type, ...]:
+    from vllm.exceptions import VLLMValidationError
+
+    return VLLMValidationError, ValueError
+
+
+class HogwildRequestError(*_request_error_base()):
+    """A bad hogwild request: a ValueError offline, HTTP 400 from the server (vLLM maps
+    its validation errors to 400; a bare ValueError would be a 500)."""
 
 
 def _wrap(cls: type, name: str, make) -> None:
@@ -149,6 +161,15 @@ def _patch_frontend() -> None:
             extra = getattr(params, "extra_args", None)
             if not isinstance(params, SamplingParams) or not is_hogwild(extra):
                 return original(self, request_id, prompt, params, *args, **kwargs)
+            try:
+                return hogwild_inputs(self, request_id, prompt, params, *args, **kwargs)
+            except ValueError as error:
+                if isinstance(error, HogwildRequestError):
+                    raise
+                raise HogwildRequestError(str(error), parameter=field_of(error)) from None
+
+        def hogwild_inputs(self, request_id, prompt, params, *args, **kwargs):
+            extra = params.extra_args
             hog = parse(extra)
             if params.n != 1:
                 raise ValueError(
@@ -245,9 +266,46 @@ def _patch_outputs() -> None:
 
         return wrapper
 
+    def stream(original):
+        # The stream generators size their per-choice state from request.n; a hogwild
+        # request keeps n=1 (the flag fans it out), so they get a view with n=W.
+        def wrapper(self, request, *args, **kwargs):
+            return original(self, _with_worker_choices(request), *args, **kwargs)
+
+        return wrapper
+
     _wrap(RequestState, "make_request_output", make_request_output)
     _wrap(OpenAIServingCompletion, "request_output_to_completion_response", completion_response)
     _wrap(OpenAIServingChat, "chat_completion_full_generator", chat_full)
+    _wrap(OpenAIServingCompletion, "completion_stream_generator", stream)
+    _wrap(OpenAIServingChat, "chat_completion_stream_generator", stream)
+
+    def create(original):
+        # A bad flag is a 400 before anything starts, streaming included.
+        async def wrapper(self, request, *args, **kwargs):
+            extra = getattr(request, "vllm_xargs", None)
+            if is_hogwild(extra):
+                try:
+                    parse(extra)
+                except ValueError as error:
+                    return self.create_error_response(str(error), param=field_of(error))
+            return await original(self, request, *args, **kwargs)
+
+        return wrapper
+
+    _wrap(OpenAIServingCompletion, "create_completion", create)
+    _wrap(OpenAIServingChat, "create_chat_completion", create)
+
+
+def _with_worker_choices(request: Any) -> Any:
+    extra = getattr(request, "vllm_xargs", None)
+    if not is_hogwild(extra) or (request.n or 1) != 1:
+        return request
+    try:
+        workers = parse(extra).workers
+    except ValueError:
+        return request  # the engine refuses it with a message naming the field
+    return request.model_copy(update={"n": workers})
 
 
 def _with_answers(response: Any, results: list[Any]) -> Any:

@@ -1,0 +1,153 @@
+"""The OpenAI-compatible server with the plugin, started on 127.0.0.1 and queried over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from engines import engine, model_path
+from vllm_hogwild import prompts
+
+pytestmark = pytest.mark.slow
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+PROTOCOL = {"hogwild_workers": 2, "hogwild_protocol": True, "hogwild_answer_tokens": 4}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    template = tmp_path_factory.mktemp("server") / "chatml.jinja"
+    template.write_text(CHATML)
+    port = _free_port()
+    log = open(template.parent / "server.log", "w")
+    command = [sys.executable, "-m", "vllm_hogwild.cli", "serve", model_path("llama"), "--plugin", "hogwild",
+               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--block-size", "32",
+               "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager", "--seed", "0",
+               "--chat-template", str(template)]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}: {(template.parent / 'server.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def post(base: str, path: str, body: dict) -> tuple[int, dict]:
+    body = {"model": model_path("llama"), "temperature": 0, **body}
+    request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def stream(base: str, path: str, body: dict) -> list[dict]:
+    body = {"model": model_path("llama"), "temperature": 0, "stream": True, **body}
+    request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    events = []
+    with urllib.request.urlopen(request, timeout=300) as response:
+        for line in response:
+            line = line.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[len("data: "):]))
+    return events
+
+
+def test_completions_return_one_choice_per_worker_and_the_final_answer(server):
+    status, body = post(server, "/v1/completions", {"prompt": "Let x be the unknown.", "max_tokens": 80,
+                                                    "vllm_xargs": PROTOCOL})
+    assert status == 200, body
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    answer = body["hogwild"]["final_answers"][0]
+    assert answer is not None and answer == prompts.final_answer(body["choices"][0]["text"])
+    assert prompts.FINAL_HEADING in body["choices"][0]["text"]
+
+
+def test_chat_completions_with_three_workers(server):
+    status, body = post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Check: 2 * 4 + 3 = 11."}], "max_tokens": 80,
+        "vllm_xargs": {**PROTOCOL, "hogwild_workers": 3, "hogwild_layout": "interleaved"}})
+    assert status == 200, body
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    content = body["choices"][0]["message"]["content"]
+    assert body["hogwild"]["final_answers"] == [prompts.final_answer(content)] != [None]
+
+
+def test_streaming_sends_each_workers_deltas_with_its_index(server):
+    request = {"prompt": "We plan the work.", "max_tokens": 80, "vllm_xargs": PROTOCOL}
+    _, whole = post(server, "/v1/completions", request)
+    events = stream(server, "/v1/completions", request)
+    texts = {0: "", 1: ""}
+    for event in events:
+        for choice in event["choices"]:
+            texts[choice["index"]] += choice["text"]
+    assert texts == {c["index"]: c["text"] for c in whole["choices"]}
+    assert prompts.final_answer(texts[0]) is not None
+
+
+@pytest.mark.parametrize("xargs,field", [
+    ({"hogwild_workers": 2, "hogwild_layout": "zigzag"}, "hogwild_layout"),
+    ({"hogwild_workers": 99}, "hogwild_workers"),
+    ({"hogwild_workers": 2, "hogwild_wrokers": 3}, "hogwild_wrokers"),
+    ({"hogwild_workers": 2, "hogwild_protocol": "maybe"}, "hogwild_protocol"),
+])
+def test_bad_fields_are_400_and_the_server_goes_on(server, xargs, field):
+    for path, body in [("/v1/completions", {"prompt": "Let x"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})]:
+        for streaming in (False, True):
+            status, error = post(server, path, {**body, "max_tokens": 4, "stream": streaming, "vllm_xargs": xargs})
+            assert status == 400 and error["error"]["param"] == field, error
+            assert error["error"]["message"].startswith(f"{field}: "), error
+    status, body = post(server, "/v1/completions", {"prompt": "Let x", "max_tokens": 3})
+    assert status == 200 and len(body["choices"]) == 1
+
+
+def test_a_group_that_cannot_fit_the_model_length_is_400(server):
+    status, error = post(server, "/v1/completions", {"prompt": "Let x", "max_tokens": 900,
+                                                     "vllm_xargs": {"hogwild_workers": 2}})
+    assert status == 400 and error["error"]["param"] == "max_tokens"
+    assert "max_model_len=1024" in error["error"]["message"] and "allowed: max_tokens <=" in error["error"]["message"]
+
+
+def test_ordinary_requests_are_untouched(server):
+    from vllm import SamplingParams
+
+    prompt = "Each worker writes a step."
+    offline = engine("llama").generate([prompt], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    status, body = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 8})
+    assert status == 200 and "hogwild" not in body
+    assert [c["text"] for c in body["choices"]] == [offline[0].outputs[0].text]
