@@ -18,20 +18,6 @@ DEFAULT_PROBLEM = (
     "A farmer has 12 cows. She buys 5 more cows, then sells 4 of them. "
     "How many cows does the farmer have now?"
 )
-NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi"]
-
-
-def _prompt(tokenizer, problem: str, workers: int) -> str:
-    names = ", ".join(NAMES[:workers])
-    text = (
-        f"{workers} assistants ({names}) solve this problem together, writing at the same time. "
-        "Each sees what the others write. Split the work, check each other, and end with the answer.\n\n"
-        f"Problem: {problem}"
-    )
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
 def demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from rich.console import Console
@@ -42,25 +28,24 @@ def demo(args: argparse.Namespace) -> int:
     from vllm.sampling_params import RequestOutputKind
 
     from vllm_hogwild.models import embedded_model
+    from vllm_hogwild.prompts import NAMES, first_step
 
     console = Console()
-    if args.workers > len(NAMES):
-        console.print(f"--workers: at most {len(NAMES)} in the demo")
-        return 2
     model = args.model or embedded_model()
     console.print(f"[bold]model[/] {model}  [bold]workers[/] {args.workers}  [bold]layout[/] {args.layout}")
-    llm = LLM(model=model, dtype="float32", enforce_eager=True, block_size=32, max_model_len=2048,
+    llm = LLM(model=model, dtype="float32", enforce_eager=True, block_size=32, max_model_len=8192,
               kv_cache_memory_bytes=512 * 2**20, max_num_seqs=max(8, args.workers), seed=0)
-    tokenizer = llm.get_tokenizer()
     names = NAMES[: args.workers]
     params = SamplingParams(
-        temperature=0, max_tokens=args.max_tokens, output_kind=RequestOutputKind.CUMULATIVE,
-        extra_args={"hogwild_workers": args.workers, "hogwild_layout": args.layout,
-                    "hogwild_prefixes": [f"**{n}:** " for n in names]},
+        temperature=args.temperature, seed=args.seed, max_tokens=args.max_tokens,
+        output_kind=RequestOutputKind.CUMULATIVE,
+        extra_args={"hogwild_workers": args.workers, "hogwild_layout": args.layout, "hogwild_protocol": True,
+                    "hogwild_check_tokens": args.check_tokens},
     )
     engine = llm.llm_engine
-    engine.add_request("demo", _prompt(tokenizer, args.problem, args.workers), params)
-    texts, counts, steps = [""] * args.workers, [0] * args.workers, 0
+    engine.add_request("demo", args.problem, params)
+    heads = [first_step(n, w) for w, n in enumerate(names)]
+    texts, counts, steps, answer = list(heads), [0] * args.workers, 0, None
 
     def render() -> Table:
         table = Table(expand=True, show_lines=False)
@@ -74,12 +59,14 @@ def demo(args: argparse.Namespace) -> int:
         while engine.has_unfinished_requests():
             for out in engine.step():
                 for o in out.outputs:
-                    texts[o.index], counts[o.index] = o.text, len(o.token_ids)
+                    texts[o.index], counts[o.index] = heads[o.index] + o.text, len(o.token_ids)
+                answer = getattr(out, "hogwild_final_answer", answer)
             steps += 1
             live.update(render())
     elapsed = time.perf_counter() - start
     total = sum(counts)
     console.print(Panel(
+        f"[bold]final answer:[/] {answer if answer is not None else '(none)'}\n"
         f"{total} tokens from {args.workers} workers in {steps} engine steps, {elapsed:.1f} s: "
         f"{total / elapsed:.1f} tokens/s ({total / max(steps, 1):.2f} tokens per step)",
         title="done"))
@@ -126,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="W workers solve a problem together on one shared KV cache")
     d.add_argument("--model", help="model folder (default: the embedded SmolLM2-135M-Instruct)")
-    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--workers", type=int, default=2, choices=range(1, 17), metavar="W (1..16)")
     d.add_argument("--layout", default="combined", choices=["contiguous", "interleaved", "combined"])
     d.add_argument("--problem", default=DEFAULT_PROBLEM)
-    d.add_argument("--max-tokens", type=int, default=160)
+    d.add_argument("--max-tokens", type=int, default=256, help="token budget per worker")
+    d.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--check-tokens", type=int, default=128,
+                   help="tokens between a worker's redundancy checks (the protocol's default is 1024)")
     sub.add_parser("serve", add_help=False,
                    help="the OpenAI-compatible server with the plugin: serve [MODEL] [vLLM options]")
     argv = sys.argv[1:] if argv is None else argv

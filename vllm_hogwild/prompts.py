@@ -102,8 +102,8 @@ def instruction(layout: str, names: list[str]) -> str:
         "in parallel, tell the others what you find, and react to what they write. If someone finds "
         f"a mistake or a better way, change course. When you disagree, follow {names[0]}'s plan. If "
         "you notice that you are doing the same work as someone else, stop and do something else. "
-        "Write short steps, each ending with a blank line. When you know the answer, write it as "
-        "\\boxed{answer}."
+        "Write short steps, each ending with a blank line. When you know the final answer, put it "
+        "inside \\boxed{}."
     )
 
 
