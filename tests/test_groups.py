@@ -105,7 +105,7 @@ def test_cpu_cache_layout_matches_vllm_writer():
     """The fragment op reads keys and values where vLLM's CPU kernel writes them."""
     from vllm import _custom_ops as ops
 
-    from vllm_hogwild.backend import cpu_caches
+    from vllm_hogwild.cpu_backend import cpu_caches
 
     blocks, heads, block_size, dim = 5, 2, 32, 64
     kv = torch.zeros(blocks, heads, block_size, 2 * dim)

@@ -73,7 +73,7 @@ def rotary() -> Any:
     """The model's RoPE (computed once per runner)."""
     found = getattr(_runner, "_hogwild_rotary", None)
     if found is None:
-        from vllm_hogwild.backend import rotary_of
+        from vllm_hogwild.attention import rotary_of
 
         found = _runner._hogwild_rotary = rotary_of(_runner.get_model())
     return found

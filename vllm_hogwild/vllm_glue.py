@@ -19,6 +19,7 @@ How a hogwild request flows:
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -53,10 +54,15 @@ def install() -> None:
     _patch_engine_core()
     _patch_scheduler()
     _patch_model_runner()
-    if current_platform.is_cpu():
-        from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-        register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.backend.HogwildCPUBackend")
+    if current_platform.is_cpu():
+        register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.cpu_backend.HogwildCPUBackend")
+    elif current_platform.is_cuda():
+        register_backend(AttentionBackendEnum.CUSTOM, "vllm_hogwild.cuda_backend.HogwildTritonBackend")
+        # The runner glue and the protocol's logits processor hook vLLM's V1 model runner,
+        # which CUDA builds of vLLM 0.32 leave for Model Runner V2 unless told otherwise.
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 
 def _request_error_base() -> tuple[type, ...]:
@@ -76,6 +82,21 @@ def _wrap(cls: type, name: str, make) -> None:
 
 
 # ---------------------------------------------------------------- frontend
+
+
+def _check_engine(vllm_config: Any) -> None:
+    """Hogwild's hooks are in place on this engine: on CUDA, our backend and the V1 runner."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cuda():
+        return
+    backend = vllm_config.attention_config.backend
+    if backend is None or backend.name != "CUSTOM":
+        raise ValueError("hogwild_workers: on CUDA, start vLLM with --attention-backend CUSTOM "
+                         "(the plugin's Triton backend); this engine uses "
+                         f"{backend.name if backend else 'the default backend'}")
+    if vllm_config.use_v2_model_runner:
+        raise ValueError("hogwild_workers: needs vLLM's V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
 
 
 def _check_model(model_config: Any) -> None:
@@ -177,6 +198,7 @@ def _patch_frontend() -> None:
                     f"hogwild_workers={hog.workers} worker completions are the choices"
                 )
             _check_model(self.model_config)
+            _check_engine(self.vllm_config)
             request = original(self, request_id, prompt, params, *args, **kwargs)
             if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
                 raise ValueError("prompt: hogwild takes a non-empty text or token-id prompt (no embeddings or images)")

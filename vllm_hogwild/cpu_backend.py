@@ -1,6 +1,6 @@
-"""The attention backend: vLLM's own for ordinary rows, the fragment op for hogwild rows.
+"""The CPU attention backend: vLLM's own for ordinary rows, the fragment op for hogwild rows.
 
-On CPU it replaces ``CPU_ATTN`` (vLLM accepts no other backend there): ordinary requests
+It replaces ``CPU_ATTN`` (vLLM accepts no other backend there): ordinary requests
 run through vLLM's CPU kernel exactly as without the plugin; rows of hogwild workers are
 then recomputed by the fragment op over their views. Keys and values are written by
 vLLM's own cache update, once, at each token's home position.
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbeddingBase
 from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionBackend,
     CPUAttentionBackendImpl,
@@ -20,9 +19,10 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadataBuilder,
 )
 
-from hogwild_kernels import SeqView, build, cpu_op
-from vllm_hogwild.planner import StepPlan
+from hogwild_kernels import build, cpu_op
 from vllm_hogwild import runtime
+from vllm_hogwild.attention import step_rows
+from vllm_hogwild.planner import StepPlan
 
 
 @dataclass
@@ -32,40 +32,6 @@ class HogwildRows:
     rows: torch.Tensor  # token indices of hogwild query rows, in table order
     prepared: cpu_op.Prepared  # gathers, rotations and masks of this step
     all_rows: bool  # every token of the batch is a hogwild row
-
-
-@dataclass(frozen=True)
-class Rotary:
-    """The model's RoPE as the extra rotation needs it."""
-
-    inv_freq: torch.Tensor
-    is_neox: bool
-
-
-def rotary_of(model: torch.nn.Module) -> Rotary:
-    """The one RoPE of ``model``; its frequencies are read off vLLM's cos/sin cache.
-
-    Reading them off the cache works for every variant whose angle is linear in the
-    position (plain, linear, NTK, Llama-3, YaRN, ...), whatever scaling the cache holds.
-    """
-    ropes = [m for m in model.modules() if isinstance(m, RotaryEmbeddingBase)]
-    if not ropes:
-        raise ValueError("hogwild needs a model with rotary position embeddings (RoPE)")
-    found = {_inv_freq(r).numpy().tobytes() + bytes([r.is_neox_style]) for r in ropes}
-    if len(found) != 1:
-        raise NotImplementedError("hogwild: models with several different RoPEs are not supported")
-    return Rotary(_inv_freq(ropes[0]), ropes[0].is_neox_style)
-
-
-def _inv_freq(rope: RotaryEmbeddingBase) -> torch.Tensor:
-    cache = rope.cos_sin_cache.double().cpu()
-    half = cache.shape[1] // 2
-    freq = torch.atan2(cache[1, half:], cache[1, :half])
-    positions = torch.tensor([2.0, 3.0, 7.0, 31.0]).double()
-    expect = torch.cos(positions[:, None] * freq) * cache[1, :half].hypot(cache[1, half:])
-    if cache.shape[0] <= 31 or not torch.allclose(cache[positions.long(), :half], expect, atol=1e-3):
-        raise NotImplementedError(f"hogwild: RoPE {type(rope).__name__} is not linear in the position")
-    return freq.float()
 
 
 def cpu_caches(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,21 +62,11 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
 
 
 def _rows(plan: StepPlan, common, block_size: int) -> HogwildRows:
-    qsl = common.query_start_loc_cpu.tolist()
-    rows = torch.cat([torch.arange(qsl[r], qsl[r + 1]) for r in plan.batch_rows])
-    block_table = common.block_table_tensor[: common.num_reqs]
-    if plan.extra_blocks:
-        width = max(block_table.shape[1], max(len(b) for b in plan.extra_blocks))
-        extra = torch.zeros(len(plan.extra_blocks), width, dtype=block_table.dtype)
-        for i, blocks in enumerate(plan.extra_blocks):
-            extra[i, : len(blocks)] = torch.tensor(blocks, dtype=block_table.dtype)
-        padded = torch.zeros(block_table.shape[0], width, dtype=block_table.dtype)
-        padded[:, : block_table.shape[1]] = block_table
-        block_table = torch.cat([padded, extra])
-    views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions) for s in plan.seqs]
+    step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
+                     common.num_reqs, common.num_actual_tokens)
     rotary = runtime.rotary()
-    prepared = cpu_op.prepare(build(views), block_table, block_size, rotary.inv_freq, rotary.is_neox)
-    return HogwildRows(rows, prepared, rows.numel() == common.num_actual_tokens)
+    prepared = cpu_op.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq, rotary.is_neox)
+    return HogwildRows(step.rows, prepared, step.all_rows)
 
 
 class HogwildCPUAttentionImpl(CPUAttentionBackendImpl):

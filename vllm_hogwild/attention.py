@@ -1,0 +1,79 @@
+"""What both attention backends share: the model's RoPE and a step's hogwild rows.
+
+vLLM's backends see batch rows and block tables, never requests; the planner's
+``StepPlan`` says which rows are hogwild workers and what their views are. This module
+turns it into the fragment op's inputs: the query row indices, the ``SeqView``s and the
+block table extended with rows for finished workers (whose blocks outlive their requests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbeddingBase
+
+from hogwild_kernels import SeqView
+from vllm_hogwild.planner import StepPlan
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """The model's RoPE as the extra rotation needs it."""
+
+    inv_freq: torch.Tensor
+    is_neox: bool
+
+
+def rotary_of(model: torch.nn.Module) -> Rotary:
+    """The one RoPE of ``model``; its frequencies are read off vLLM's cos/sin cache.
+
+    Reading them off the cache works for every variant whose angle is linear in the
+    position (plain, linear, NTK, Llama-3, YaRN, ...), whatever scaling the cache holds.
+    """
+    ropes = [m for m in model.modules() if isinstance(m, RotaryEmbeddingBase)]
+    if not ropes:
+        raise ValueError("hogwild needs a model with rotary position embeddings (RoPE)")
+    found = {_inv_freq(r).numpy().tobytes() + bytes([r.is_neox_style]) for r in ropes}
+    if len(found) != 1:
+        raise NotImplementedError("hogwild: models with several different RoPEs are not supported")
+    return Rotary(_inv_freq(ropes[0]), ropes[0].is_neox_style)
+
+
+def _inv_freq(rope: RotaryEmbeddingBase) -> torch.Tensor:
+    cache = rope.cos_sin_cache.double().cpu()
+    half = cache.shape[1] // 2
+    freq = torch.atan2(cache[1, half:], cache[1, :half])
+    positions = torch.tensor([2.0, 3.0, 7.0, 31.0]).double()
+    expect = torch.cos(positions[:, None] * freq) * cache[1, :half].hypot(cache[1, half:])
+    if cache.shape[0] <= 31 or not torch.allclose(cache[positions.long(), :half], expect, atol=1e-3):
+        raise NotImplementedError(f"hogwild: RoPE {type(rope).__name__} is not linear in the position")
+    return freq.float()
+
+
+@dataclass
+class StepRows:
+    """A step's hogwild rows as the fragment op takes them (CPU tensors)."""
+
+    rows: torch.Tensor  # token indices of hogwild query rows, in view order
+    views: list[SeqView]
+    block_table: torch.Tensor  # the batch's rows, then one per finished worker
+    all_rows: bool  # every token of the batch is a hogwild row
+
+
+def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Tensor,
+              num_reqs: int, num_tokens: int) -> StepRows:
+    """The fragment op's inputs for ``plan`` over a batch of ``num_reqs`` requests."""
+    rows = torch.cat([torch.arange(query_start_loc[r], query_start_loc[r + 1]) for r in plan.batch_rows])
+    table = block_table[:num_reqs]
+    if plan.extra_blocks:
+        width = max(table.shape[1], max(len(b) for b in plan.extra_blocks))
+        extra = torch.zeros(len(plan.extra_blocks), width, dtype=table.dtype, device=table.device)
+        for i, blocks in enumerate(plan.extra_blocks):
+            extra[i, : len(blocks)] = torch.tensor(blocks, dtype=table.dtype)
+        padded = torch.zeros(table.shape[0], width, dtype=table.dtype, device=table.device)
+        padded[:, : table.shape[1]] = table
+        table = torch.cat([padded, extra])
+    views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions) for s in plan.seqs]
+    return StepRows(rows, views, table, rows.numel() == num_tokens)

@@ -1,0 +1,100 @@
+"""The CUDA attention backend: vLLM's Triton backend with hogwild rows served by our kernel.
+
+Registered as ``--attention-backend CUSTOM`` (vLLM's hook for third-party backends).
+Ordinary rows run through vLLM's own Triton attention, unchanged; the rows of hogwild
+workers are then recomputed by ``hogwild_kernels.triton_op`` over their views, reading
+the same paged cache in place. Keys and values are written by vLLM's own cache update.
+The per-step fragment table changes every step, so full CUDA graphs are off for this
+backend (vLLM falls back to piecewise graphs, with attention eager).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from vllm.v1.attention.backend import AttentionCGSupport
+from vllm.v1.attention.backends.triton_attn import (
+    TritonAttentionBackend,
+    TritonAttentionImpl,
+    TritonAttentionMetadata,
+    TritonAttentionMetadataBuilder,
+)
+
+from hogwild_kernels import FragmentTable, build, triton_op
+from vllm_hogwild import runtime
+from vllm_hogwild.attention import step_rows
+
+
+@dataclass
+class HogwildLaunch:
+    """Per-step inputs of the Triton fragment kernel, shared by every layer (on the GPU)."""
+
+    rows: torch.Tensor
+    table: FragmentTable
+    launch: triton_op.LaunchPlan
+    block_table: torch.Tensor
+    all_rows: bool
+
+
+def triton_caches(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value views ``[blocks, block_size, kv_heads, head_size]`` of vLLM's Triton
+    cache, which arrives as ``[blocks, kv_heads, block_size, 2 * head_size]``."""
+    key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
+    return key_cache, value_cache
+
+
+class HogwildTritonMetadataBuilder(TritonAttentionMetadataBuilder):
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
+
+    def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False) -> TritonAttentionMetadata:
+        meta = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        plan = runtime.step_plan(common_attn_metadata)
+        meta.hogwild = None
+        if plan is not None:
+            common = common_attn_metadata
+            step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
+                             common.num_reqs, common.num_actual_tokens)
+            table = build(step.views, self.device)
+            launch = triton_op.plan(table, self.num_heads_q // self.num_heads_kv)
+            meta.hogwild = HogwildLaunch(step.rows.to(self.device), table, launch,
+                                         step.block_table.to(self.device), step.all_rows)
+        return meta
+
+
+class HogwildTritonImpl(TritonAttentionImpl):
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                output_scale=None, output_block_scale=None) -> torch.Tensor:
+        hog = getattr(attn_metadata, "hogwild", None)
+        if hog is None or not hog.all_rows:
+            super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                            output_scale, output_block_scale)
+        if hog is not None:
+            if self.kv_cache_dtype != "auto" or output_scale is not None:
+                raise NotImplementedError("hogwild on CUDA needs an unquantized KV cache and output "
+                                          f"(kv_cache_dtype={self.kv_cache_dtype!r})")
+            key_cache, value_cache = triton_caches(kv_cache, self.head_size)
+            rotary = runtime.rotary()
+            out = triton_op.fragment_attention(
+                query[hog.rows], key_cache, value_cache, hog.block_table, hog.table,
+                rotary.inv_freq, rotary.is_neox, self.scale, launch=hog.launch)
+            output.view(-1, self.num_heads, self.head_size)[hog.rows] = out.to(output.dtype)
+        return output
+
+
+class HogwildTritonBackend(TritonAttentionBackend):
+    """vLLM's Triton attention with hogwild rows served by the fragment kernel."""
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"
+
+    @staticmethod
+    def get_builder_cls():
+        return HogwildTritonMetadataBuilder
+
+    @staticmethod
+    def get_impl_cls():
+        return HogwildTritonImpl
