@@ -103,3 +103,30 @@ def test_triton_reads_vllms_triton_cache_layout_in_place():
     triton_op.fragment_attention(q, key_cache, value_cache, cache.block_table, build(views), inv_freq,
                                  neox, scale, out=out, num_splits=2)
     assert torch.allclose(out.double(), naive_attention(q, cache, views, inv_freq, neox, scale), atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_impl_writes_hogwild_rows_of_the_output(monkeypatch):
+    """HogwildTritonImpl.forward on the interpreter: rows mapped back, output [tokens, heads*D]."""
+    from types import SimpleNamespace
+
+    from vllm_hogwild import runtime
+    from vllm_hogwild.attention import Rotary
+    from vllm_hogwild.cuda_backend import HogwildLaunch, HogwildTritonImpl
+
+    case = CASES[0]
+    cache, views, q, inv_freq, neox, scale = _inputs(case, 5)
+    heads, d = q.shape[1], q.shape[2]
+    kv_cache = torch.cat([cache.key, cache.value], dim=-1).transpose(1, 2).contiguous()
+    table = build(views)
+    rows = torch.randperm(q.shape[0], generator=torch.Generator().manual_seed(0))  # batch order != view order
+    batch_q = torch.empty_like(q)
+    batch_q[rows] = q
+    monkeypatch.setattr(runtime, "rotary", lambda: Rotary(inv_freq, neox))
+    impl = HogwildTritonImpl(heads, d, scale, cache.key.shape[2], None, None, "auto")
+    meta = SimpleNamespace(hogwild=HogwildLaunch(rows, table, triton_op.plan(table, heads // cache.key.shape[2]),
+                                                 cache.block_table, all_rows=True))
+    output = torch.full((q.shape[0], heads * d), float("nan"))
+    impl.forward(None, batch_q, None, None, kv_cache, meta, output)
+    expect = naive_attention(q, cache, views, inv_freq, neox, scale)
+    got = output.view(-1, heads, d)[rows]
+    assert torch.allclose(got.double(), expect, atol=1e-4, rtol=1e-4)
