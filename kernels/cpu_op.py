@@ -1,11 +1,12 @@
 """Fragment attention for the CPU path: prepared once per step, a few batched ops per layer.
 
-Same contract as ``reference.fragment_attention``, other algorithm. Since
-``<R(theta - D_f) q, k> = <R(theta) q, R(D_f) k>``, each query row is turned once to its
-view position and each worker's copy of the group's keys once by its fragment shifts.
-Everything that depends only on the table (gather indices, cos/sin, masks) is built once
-per step in ``prepare`` and shared by every layer, so a layer costs a fixed handful of
-torch ops per group instead of a Python loop over sources.
+Same contract as ``reference.fragment_attention``, other schedule, like the Triton
+kernel's: a group's keys are read once, in tiles of ``TILE`` keys of one source each, and
+every query row of the group is turned once per tile, by that tile's angle for the row's
+worker (``view - home - D_f``). The keys are used as vLLM stored them: nothing is
+rotated per worker. Everything that depends only on the table (gather indices, cos/sin,
+masks) is built once per step in ``prepare`` and shared by every layer, so a layer costs
+about fifteen torch ops per group whatever W, with two matmuls doing the work.
 """
 
 from __future__ import annotations
@@ -16,92 +17,117 @@ import torch
 
 from .table import FragmentTable
 
+TILE = 32  # keys per tile
+TILE_ROWS = 8192  # tiles x query rows turned at once (bounds the turned queries' memory)
+
 
 @dataclass
-class _Slot:
-    rows: torch.Tensor  # query rows of this worker
-    q_cos: torch.Tensor  # [R, half]
-    q_sin: torch.Tensor
-    k_cos: torch.Tensor  # [N, half]
-    k_sin: torch.Tensor
-    mask: torch.Tensor  # [R, N] True where hidden
+class _Rows:
+    """Query rows of one group turned for every tile: ``turn(q) = q * cos + q[..., perm] * sin``."""
+
+    rows: torch.Tensor  # [R] query rows
+    cos: torch.Tensor  # [T, 1, R, 1, D]
+    sin: torch.Tensor
+    bias: torch.Tensor  # [R, 1, 1, T * TILE]: 0 where the key is visible, -inf where not
 
 
 @dataclass
 class _Group:
-    blocks: torch.Tensor  # [N] physical block of each key
-    offsets: torch.Tensor  # [N] slot inside its block
-    slots: list[_Slot]
+    blocks: torch.Tensor  # [T, TILE] physical block of each key (padding: any valid block)
+    offsets: torch.Tensor  # [T, TILE] slot inside its block
+    chunks: list[_Rows]
 
 
 @dataclass
 class Prepared:
     groups: list[_Group]
-    half: int
-    is_neox: bool
+    perm: torch.Tensor  # [D] partner of each dimension in its rotation pair
 
 
-def _angles(shift: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pairs(head_dim: int, half: int, is_neox: bool) -> torch.Tensor:
+    """Rotation partner of every dimension (itself beyond the rotary part)."""
+    idx = torch.arange(head_dim)
+    if is_neox:
+        idx[:half], idx[half:2 * half] = torch.arange(half, 2 * half), torch.arange(half)
+    else:
+        idx[: 2 * half] = torch.arange(2 * half).view(half, 2).flip(-1).flatten()
+    return idx
+
+
+def _turns(shift: torch.Tensor, inv_freq: torch.Tensor, head_dim: int,
+           is_neox: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos, sin [n, D]`` with ``turn(x) = x * cos + x[..., perm] * sin`` (sign folded in)."""
+    half = inv_freq.numel()
     angle = shift.double()[:, None] * inv_freq.double()[None, :]
-    return angle.cos().float(), angle.sin().float()
+    c, s = angle.cos().float(), angle.sin().float()
+    cos = torch.ones(shift.numel(), head_dim)
+    sin = torch.zeros(shift.numel(), head_dim)
+    if is_neox:
+        cos[:, :half], cos[:, half:2 * half] = c, c
+        sin[:, :half], sin[:, half:2 * half] = -s, s
+    else:
+        cos[:, : 2 * half] = c.repeat_interleave(2, dim=1)
+        sin[:, : 2 * half] = torch.stack([-s, s], dim=-1).flatten(1)
+    return cos, sin
 
 
 def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
-            inv_freq: torch.Tensor, is_neox: bool) -> Prepared:
+            inv_freq: torch.Tensor, is_neox: bool, head_dim: int) -> Prepared:
     """Per-step work shared by every layer."""
     qsl = table.query_start_loc.tolist()
     ptr = table.group_src_ptr.tolist()
     groups = []
     for g in range(table.num_groups):
-        homes, rows_of_key, src_of_key = [], [], []
-        for i in range(ptr[g], ptr[g + 1]):
-            start, end = int(table.src_start[i]), int(table.src_end[i])
-            homes.append(torch.arange(start, end))
-            rows_of_key.append(torch.full((end - start,), int(table.src_row[i])))
-            src_of_key.append(torch.full((end - start,), i))
-        home, krow, ksrc = torch.cat(homes), torch.cat(rows_of_key), torch.cat(src_of_key)
-        blocks = block_table[krow, home // block_size].long()
-        slots = []
-        for s in (s for s in range(len(qsl) - 1) if int(table.seq_group[s]) == g):
-            rows = torch.arange(qsl[s], qsl[s + 1])
-            slot = int(table.seq_slot[s])
-            offset = table.src_offset[ksrc, slot].long()
-            shift = offset - table.src_start[ksrc].long()  # D_f of each key's fragment
-            view = table.q_view[rows].long()
-            q_cos, q_sin = _angles(view - table.q_pos[rows].long(), inv_freq)
-            k_cos, k_sin = _angles(shift, inv_freq)
-            hidden = (offset[None, :] < 0) | (home[None, :] + shift[None, :] > view[:, None])
-            slots.append(_Slot(rows, q_cos, q_sin, k_cos, k_sin, hidden))
-        groups.append(_Group(blocks, home % block_size, slots))
-    return Prepared(groups, inv_freq.numel(), is_neox)
-
-
-def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int, is_neox: bool) -> torch.Tensor:
-    """Rotate ``x [..., n, h, d]`` by per-row angles ``cos/sin [..., n, half]``."""
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    if is_neox:
-        a, b, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
-        return torch.cat([a * cos - b * sin, b * cos + a * sin, rest], dim=-1)
-    pairs = x[..., : 2 * half].unflatten(-1, (half, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    turned = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
-    return torch.cat([turned, x[..., 2 * half:]], dim=-1)
+        sources = torch.arange(ptr[g], ptr[g + 1])
+        start, end = table.src_start[sources].long(), table.src_end[sources].long()
+        tiles = (end - start + TILE - 1) // TILE
+        tile_src = torch.repeat_interleave(sources, tiles)  # [T]
+        first = torch.repeat_interleave(torch.cumsum(tiles, 0) - tiles, tiles)
+        home = (table.src_start[tile_src].long() + (torch.arange(tile_src.numel()) - first) * TILE)[:, None] \
+            + torch.arange(TILE)[None, :]  # [T, TILE]
+        pad = home >= table.src_end[tile_src].long()[:, None]
+        home = torch.where(pad, table.src_start[tile_src].long()[:, None], home)
+        blocks = block_table[table.src_row[tile_src].long()[:, None], home // block_size].long()
+        seqs = [s for s in range(len(qsl) - 1) if int(table.seq_group[s]) == g]
+        rows = torch.cat([torch.arange(qsl[s], qsl[s + 1]) for s in seqs])
+        slots = torch.repeat_interleave(table.seq_slot[seqs].long(), torch.tensor([qsl[s + 1] - qsl[s] for s in seqs]))
+        offset = table.src_offset[tile_src][:, slots].long()  # [T, R]
+        shift = offset - table.src_start[tile_src].long()[:, None]  # D_f of each tile for each row's worker
+        view = table.q_view[rows].long()  # [R]
+        angle = (view - table.q_pos[rows].long())[None, :] - shift  # [T, R]
+        hidden = pad[:, :, None] | (offset < 0)[:, None, :] | (home[:, :, None] + shift[:, None, :] > view[None, None, :])
+        bias = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf")).permute(2, 0, 1).flatten(1)  # [R, T*TILE]
+        step = max(1, TILE_ROWS // max(1, tile_src.numel()))
+        chunks = []
+        for lo in range(0, rows.numel(), step):
+            part = slice(lo, lo + step)
+            cos, sin = _turns(angle[:, part].flatten(), inv_freq, head_dim, is_neox)
+            shape = (tile_src.numel(), 1, rows[part].numel(), 1, head_dim)
+            chunks.append(_Rows(rows[part], cos.view(shape), sin.view(shape), bias[part, None, None, :]))
+        groups.append(_Group(blocks, home % block_size, chunks))
+    return Prepared(groups, _pairs(head_dim, inv_freq.numel(), is_neox))
 
 
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                        prepared: Prepared, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of ``q [T, Hq, D]``; caches ``[blocks, block_size, Hkv, D]`` (any strides)."""
     out = torch.empty_like(q) if out is None else out
+    num_heads, head_dim = q.shape[1], q.shape[2]
     kv_heads = key_cache.shape[2]
-    group_size = q.shape[1] // kv_heads
-    half, neox = prepared.half, prepared.is_neox
+    group_size = num_heads // kv_heads
+    perm = prepared.perm
     for g in prepared.groups:
-        keys = key_cache[g.blocks, g.offsets].float()
-        values = value_cache[g.blocks, g.offsets].float()
-        for s in g.slots:
-            k = _turn(keys, s.k_cos, s.k_sin, half, neox)
-            qr = _turn(q[s.rows].float(), s.q_cos, s.q_sin, half, neox).unflatten(1, (kv_heads, group_size))
-            scores = torch.einsum("rkgd,nkd->rkgn", qr, k) * scale
-            probs = torch.softmax(scores.masked_fill(s.mask[:, None, None, :], float("-inf")), dim=-1)
-            out[s.rows] = torch.einsum("rkgn,nkd->rkgd", probs, values).flatten(1, 2).to(out.dtype)
+        tiles = g.blocks.shape[0]
+        keys = key_cache[g.blocks, g.offsets].float().permute(0, 2, 3, 1)  # [T, Hkv, D, TILE]
+        values = value_cache[g.blocks, g.offsets].float().permute(2, 0, 1, 3).reshape(kv_heads, -1, head_dim)
+        for c in g.chunks:
+            rows = c.rows.numel()
+            x = (q[c.rows].float() * scale).view(rows, kv_heads, group_size, head_dim).transpose(0, 1)
+            turned = x[None] * c.cos + x[..., perm][None] * c.sin  # [T, Hkv, R, G, D]
+            scores = torch.matmul(turned.reshape(tiles, kv_heads, rows * group_size, head_dim), keys)
+            scores = scores.view(tiles, kv_heads, rows, group_size, TILE).permute(2, 1, 3, 0, 4)
+            probs = torch.softmax(scores.reshape(rows, kv_heads, group_size, -1) + c.bias, dim=-1)
+            o = torch.matmul(probs.transpose(0, 1).reshape(kv_heads, rows * group_size, -1), values)
+            out[c.rows] = o.view(kv_heads, rows, group_size, head_dim).transpose(0, 1).reshape(
+                rows, num_heads, head_dim).to(out.dtype)
     return out

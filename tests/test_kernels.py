@@ -82,7 +82,8 @@ def test_cpu_op_matches_rerotated_keys(case):
 
     for seed in range(3):
         cache, views, q, inv_freq, neox, scale = _inputs(case, seed)
-        prepared = cpu_op.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox)
+        prepared = cpu_op.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox,
+                                  q.shape[-1])
         out = cpu_op.fragment_attention(q, cache.key, cache.value, prepared, scale)
         expect = naive_attention(q, cache, views, inv_freq, neox, scale)
         assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4)

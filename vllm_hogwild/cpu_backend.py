@@ -57,15 +57,17 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
                 f"hogwild on CPU reads vLLM's 'vec' cache layout; this engine uses {self.isa!r} "
                 "(use dtype=float32 and a block_size that is a multiple of 32)"
             )
-        meta.hogwild = None if plan is None else _rows(plan, common_attn_metadata, self.block_size)
+        meta.hogwild = None if plan is None else _rows(plan, common_attn_metadata, self.block_size,
+                                                        self.kv_cache_spec.head_size)
         return meta
 
 
-def _rows(plan: StepPlan, common, block_size: int) -> HogwildRows:
+def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows:
     step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
                      common.num_reqs, common.num_actual_tokens)
     rotary = runtime.rotary()
-    prepared = cpu_op.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq, rotary.is_neox)
+    prepared = cpu_op.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq,
+                              rotary.is_neox, head_dim)
     return HogwildRows(step.rows, prepared, step.all_rows)
 
 
