@@ -6,7 +6,8 @@ Model: random weights in SmolLM2-135M's shape (30 layers, 9 query / 3 KV heads,
 head_dim 64, hidden 576), built locally; float32, vLLM CPU engine in-process. Both runs
 use the same engine, prompt and number of decode steps; the W independent requests
 each carry the whole prompt (what one would run without hogwild). Reported: median
-wall time of an engine step while all W sequences decode (prefill step excluded).
+wall time of an engine step while all W sequences decode (prefill step excluded), over
+``--repeats`` alternating runs of each (this machine's step times drift by 10-20%).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--decode-steps", type=int, default=64)
     parser.add_argument("--layout", default="combined")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-dir", default=os.path.expanduser("~/.cache/vllm-hogwild/bench-smollm2-shape"))
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu_step.json"))
     args = parser.parse_args()
@@ -80,7 +82,10 @@ def main() -> None:
                          extra_args={"hogwild_workers": args.workers, "hogwild_layout": args.layout})
     plain = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
     step_times(llm, prompt, [plain] * args.workers)  # warm up
-    runs = {"hogwild": step_times(llm, prompt, [hog]), "independent": step_times(llm, prompt, [plain] * args.workers)}
+    runs: dict[str, list[float]] = {"hogwild": [], "independent": []}
+    for _ in range(args.repeats):
+        runs["hogwild"] += step_times(llm, prompt, [hog])
+        runs["independent"] += step_times(llm, prompt, [plain] * args.workers)
     result = {
         "command": "python benchmarks/cpu_step_bench.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "model_dir")),

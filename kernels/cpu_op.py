@@ -1,12 +1,14 @@
 """Fragment attention for the CPU path: prepared once per step, a few batched ops per layer.
 
 Same contract as ``reference.fragment_attention``, other schedule, like the Triton
-kernel's: a group's keys are read once, in tiles of ``TILE`` keys of one source each, and
-every query row of the group is turned once per tile, by that tile's angle for the row's
-worker (``view - home - D_f``). The keys are used as vLLM stored them: nothing is
-rotated per worker. Everything that depends only on the table (gather indices, cos/sin,
-masks) is built once per step in ``prepare`` and shared by every layer, so a layer costs
-about fifteen torch ops per group whatever W, with two matmuls doing the work.
+kernel's: a group's keys are read once, a whole cache block at a time (a *tile*: one
+block of one source, the source's tokens unmasked), and every query row of the group is
+turned once per tile, by that tile's angle for the row's worker (``view - home - D_f``).
+The keys are used as vLLM stored them: nothing is rotated per worker, and the blocks are
+gathered in the order vLLM's CPU cache keeps them (keys dimension-major, values
+token-major), so the gathers are plain copies. Everything that depends only on the table
+(block ids, cos/sin, masks) is built once per step in ``prepare`` and shared by every
+layer: a layer costs about fifteen torch ops per group whatever W, two of them matmuls.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import torch
 
 from .table import FragmentTable
 
-TILE = 32  # keys per tile
 TILE_ROWS = 8192  # tiles x query rows turned at once (bounds the turned queries' memory)
 
 
@@ -28,13 +29,12 @@ class _Rows:
     rows: torch.Tensor  # [R] query rows
     cos: torch.Tensor  # [T, 1, R, 1, D]
     sin: torch.Tensor
-    bias: torch.Tensor  # [R, 1, 1, T * TILE]: 0 where the key is visible, -inf where not
+    bias: torch.Tensor  # [T, 1, R, 1, block_size]: 0 where the key is visible, -inf where not
 
 
 @dataclass
 class _Group:
-    blocks: torch.Tensor  # [T, TILE] physical block of each key (padding: any valid block)
-    offsets: torch.Tensor  # [T, TILE] slot inside its block
+    blocks: torch.Tensor  # [T] physical block of each tile
     chunks: list[_Rows]
 
 
@@ -80,14 +80,14 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
     for g in range(table.num_groups):
         sources = torch.arange(ptr[g], ptr[g + 1])
         start, end = table.src_start[sources].long(), table.src_end[sources].long()
-        tiles = (end - start + TILE - 1) // TILE
+        first_block = start // block_size
+        tiles = (end - 1) // block_size - first_block + 1
         tile_src = torch.repeat_interleave(sources, tiles)  # [T]
-        first = torch.repeat_interleave(torch.cumsum(tiles, 0) - tiles, tiles)
-        home = (table.src_start[tile_src].long() + (torch.arange(tile_src.numel()) - first) * TILE)[:, None] \
-            + torch.arange(TILE)[None, :]  # [T, TILE]
-        pad = home >= table.src_end[tile_src].long()[:, None]
-        home = torch.where(pad, table.src_start[tile_src].long()[:, None], home)
-        blocks = block_table[table.src_row[tile_src].long()[:, None], home // block_size].long()
+        tile_block = torch.repeat_interleave(first_block, tiles) + torch.arange(tile_src.numel()) \
+            - torch.repeat_interleave(torch.cumsum(tiles, 0) - tiles, tiles)  # logical block of each tile
+        home = tile_block[:, None] * block_size + torch.arange(block_size)[None, :]  # [T, bs]
+        outside = (home < table.src_start[tile_src].long()[:, None]) | (home >= table.src_end[tile_src].long()[:, None])
+        blocks = block_table[table.src_row[tile_src].long(), tile_block].long()
         seqs = [s for s in range(len(qsl) - 1) if int(table.seq_group[s]) == g]
         rows = torch.cat([torch.arange(qsl[s], qsl[s + 1]) for s in seqs])
         slots = torch.repeat_interleave(table.seq_slot[seqs].long(), torch.tensor([qsl[s + 1] - qsl[s] for s in seqs]))
@@ -95,16 +95,19 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
         shift = offset - table.src_start[tile_src].long()[:, None]  # D_f of each tile for each row's worker
         view = table.q_view[rows].long()  # [R]
         angle = (view - table.q_pos[rows].long())[None, :] - shift  # [T, R]
-        hidden = pad[:, :, None] | (offset < 0)[:, None, :] | (home[:, :, None] + shift[:, None, :] > view[None, None, :])
-        bias = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf")).permute(2, 0, 1).flatten(1)  # [R, T*TILE]
+        hidden = outside[:, None, :] | (offset < 0)[:, :, None] \
+            | (home[:, None, :] + shift[:, :, None] > view[None, :, None])  # [T, R, bs]
+        bias = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf"))
         step = max(1, TILE_ROWS // max(1, tile_src.numel()))
         chunks = []
         for lo in range(0, rows.numel(), step):
             part = slice(lo, lo + step)
+            n = rows[part].numel()
             cos, sin = _turns(angle[:, part].flatten(), inv_freq, head_dim, is_neox)
-            shape = (tile_src.numel(), 1, rows[part].numel(), 1, head_dim)
-            chunks.append(_Rows(rows[part], cos.view(shape), sin.view(shape), bias[part, None, None, :]))
-        groups.append(_Group(blocks, home % block_size, chunks))
+            shape = (tile_src.numel(), 1, n, 1, head_dim)
+            chunks.append(_Rows(rows[part], cos.view(shape), sin.view(shape),
+                                bias[:, part].view(tile_src.numel(), 1, n, 1, block_size)))
+        groups.append(_Group(blocks, chunks))
     return Prepared(groups, _pairs(head_dim, inv_freq.numel(), is_neox))
 
 
@@ -116,18 +119,24 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     kv_heads = key_cache.shape[2]
     group_size = num_heads // kv_heads
     perm = prepared.perm
+    keys_by_block = key_cache.permute(0, 2, 3, 1)  # [blocks, Hkv, D, bs]: vLLM's CPU key order
+    values_by_block = value_cache.permute(0, 2, 1, 3)  # [blocks, Hkv, bs, D]
     for g in prepared.groups:
-        tiles = g.blocks.shape[0]
-        keys = key_cache[g.blocks, g.offsets].float().permute(0, 2, 3, 1)  # [T, Hkv, D, TILE]
-        values = value_cache[g.blocks, g.offsets].float().permute(2, 0, 1, 3).reshape(kv_heads, -1, head_dim)
+        tiles = g.blocks.numel()
+        # index_select: a plain copy per block, where indexing takes a slow generic path
+        keys = torch.index_select(keys_by_block, 0, g.blocks).float()  # [T, Hkv, D, bs]
+        values = torch.index_select(values_by_block, 0, g.blocks).float()  # [T, Hkv, bs, D]
         for c in g.chunks:
             rows = c.rows.numel()
-            x = (q[c.rows].float() * scale).view(rows, kv_heads, group_size, head_dim).transpose(0, 1)
-            turned = x[None] * c.cos + x[..., perm][None] * c.sin  # [T, Hkv, R, G, D]
+            x = (torch.index_select(q, 0, c.rows).float() * scale).view(rows, kv_heads, group_size, head_dim)
+            x = x.transpose(0, 1)
+            turned = x[None] * c.cos + torch.index_select(x, -1, perm)[None] * c.sin  # [T, Hkv, R, G, D]
             scores = torch.matmul(turned.reshape(tiles, kv_heads, rows * group_size, head_dim), keys)
-            scores = scores.view(tiles, kv_heads, rows, group_size, TILE).permute(2, 1, 3, 0, 4)
-            probs = torch.softmax(scores.reshape(rows, kv_heads, group_size, -1) + c.bias, dim=-1)
-            o = torch.matmul(probs.transpose(0, 1).reshape(kv_heads, rows * group_size, -1), values)
-            out[c.rows] = o.view(kv_heads, rows, group_size, head_dim).transpose(0, 1).reshape(
-                rows, num_heads, head_dim).to(out.dtype)
+            scores = scores.view(tiles, kv_heads, rows, group_size, -1) + c.bias  # [T, Hkv, R, G, bs]
+            top = scores.amax(dim=(0, 4), keepdim=True)
+            weights = torch.exp(scores - top)
+            total = weights.sum(dim=(0, 4))  # [Hkv, R, G]
+            o = torch.matmul(weights.view(tiles, kv_heads, rows * group_size, -1), values).sum(0)
+            o = o.view(kv_heads, rows, group_size, head_dim) / total[..., None]
+            out[c.rows] = o.transpose(0, 1).reshape(rows, num_heads, head_dim).to(out.dtype)
     return out
