@@ -136,3 +136,28 @@ def test_model_without_rope_is_refused(tmp_path):
         llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=4, extra_args={"hogwild_workers": 2}))
     _KEEP.append(llm)
     _plain_works(llm)
+
+
+def test_engines_that_schedule_ahead_are_refused():
+    """vLLM's async scheduling (the CUDA default) would hand the planner stale tokens."""
+    from types import SimpleNamespace
+
+    from vllm_hogwild.vllm_glue import _check_engine
+
+    with pytest.raises(ValueError, match="--no-async-scheduling"):
+        _check_engine(SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=True)))
+    _check_engine(engine("llama").llm_engine.vllm_config)  # the CPU engine is synchronous
+
+
+def test_protocol_errors_name_the_field():
+    from vllm import SamplingParams
+
+    llm = engine("llama")
+    with pytest.raises(ValueError, match=r"max_tokens: hogwild_protocol=true needs max_tokens >= \d+"):
+        llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=5, extra_args={
+            "hogwild_workers": 2, "hogwild_protocol": True}), use_tqdm=False)
+    with pytest.raises(ValueError, match="ignore_eos: hogwild_protocol=true needs"):
+        llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=80, ignore_eos=True, extra_args={
+            "hogwild_workers": 2, "hogwild_protocol": True}), use_tqdm=False)
+    assert not scheduler(llm).requests
+    _plain_works(llm)

@@ -85,9 +85,13 @@ def _wrap(cls: type, name: str, make) -> None:
 
 
 def _check_engine(vllm_config: Any) -> None:
-    """Hogwild's hooks are in place on this engine: on CUDA, our backend and the V1 runner."""
+    """Hogwild's hooks are in place on this engine: synchronous scheduling (the planner and
+    the protocol read each step's sampled tokens) and, on CUDA, our backend and the V1 runner."""
     from vllm.platforms import current_platform
 
+    if vllm_config.scheduler_config.async_scheduling:
+        raise ValueError("hogwild_workers: needs synchronous scheduling; start vLLM with "
+                         "--no-async-scheduling (LLM(..., async_scheduling=False))")
     if not current_platform.is_cuda():
         return
     backend = vllm_config.attention_config.backend
@@ -160,10 +164,16 @@ def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int]) -> tuple[list
     return ids, prefixes, framing
 
 
+def _stop_tokens(sp: Any) -> set[int]:
+    """The tokens that end a request (vLLM's stop check), so that forcing one stops a worker."""
+    eos = {sp.eos_token_id} if sp.eos_token_id is not None else set()
+    return eos | set(sp.stop_token_ids or ())
+
+
 def _check_protocol(engine: Any, hog: Any, sp: Any) -> None:
-    if not sp.all_stop_token_ids:
-        raise ValueError("ignore_eos: hogwild_protocol=true needs the end-of-sequence token "
-                         "(its workers stop with it); set ignore_eos=false")
+    if not _stop_tokens(sp):
+        raise ValueError("ignore_eos: hogwild_protocol=true needs a stop token (its workers stop with "
+                         "it); set ignore_eos=false or give stop_token_ids")
     closing = len(runtime.encoder(engine.model_config)(prompts.CLOSING))
     need = GroupProtocol.reserve(hog.protocol, closing) + 1
     if sp.max_tokens < need:
@@ -537,7 +547,7 @@ class HogwildLogitsProcessor(_logits_processor_base()):
                 self._encode = runtime.encoder(self._model_config)
             config = parse(params.extra_args).protocol
             self._groups[key] = GroupProtocol(config, self._encode, self._decode,
-                                              params.all_stop_token_ids, params.max_tokens)
+                                              _stop_tokens(params), params.max_tokens)
         return self._groups[key]
 
     def apply(self, logits: Any) -> Any:
