@@ -45,3 +45,20 @@ def test_protocol_structure_on_smollm2():
     assert prompts.FINAL_HEADING in alice and prompts.FINAL_HEADING not in bob
     assert out.hogwild_final_answer == prompts.final_answer(alice) is not None
     assert [o.finish_reason for o in out.outputs] == ["stop", "stop"]
+
+
+def test_protocol_goes_into_the_chat_templates_user_turn():
+    """LLM.chat renders SmolLM2's template (with its default system turn) before the plugin
+    sees the prompt: the instruction goes at the start of the last user turn."""
+    from vllm import SamplingParams
+
+    llm = smollm2()
+    flags = {"hogwild_workers": 2, "hogwild_protocol": True, "hogwild_layout": "interleaved"}
+    out = llm.chat([{"role": "user", "content": PROBLEM}], SamplingParams(temperature=0, max_tokens=60, extra_args=flags),
+                   use_tqdm=False)[0]
+    prompt = llm.get_tokenizer().decode(out.prompt_token_ids)
+    system, user = prompt.split("<|im_start|>user\n")
+    assert system.startswith("<|im_start|>system\n") and "You are 2 assistants" not in system
+    assert user.startswith("You are 2 assistants, Alice and Bob,")
+    assert user.endswith(PROBLEM + "<|im_end|>\n<|im_start|>assistant\n" + prompts.PAST_STEPS)
+    assert out.hogwild_final_answer == prompts.final_answer(out.outputs[0].text) is not None
