@@ -76,6 +76,10 @@ def test_kv_pressure_holds_groups_back_whole():
     hog = SamplingParams(temperature=0, max_tokens=50, ignore_eos=True, logprobs=5,
                          extra_args={"hogwild_workers": 2, "hogwild_prefixes": NAMES[:2]})
     plain = SamplingParams(temperature=0, max_tokens=120, ignore_eos=True)
+    with pytest.raises(ValueError, match=r"max_tokens: 7 workers x max_tokens=34 need 14 KV blocks at worst, "
+                                         r"more than the cache holds \(\d+\); allowed: max_tokens <= \d+"):
+        llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(
+            temperature=0, max_tokens=34, extra_args={"hogwild_workers": 7}), use_tqdm=False)
     prompts = [ids, ids[:-3], ids[:-6], ids[2:]]
     alone = [llm.generate([TokensPrompt(prompt_token_ids=p)], hog if i < 3 else plain, use_tqdm=False)[0]
              for i, p in enumerate(prompts)]

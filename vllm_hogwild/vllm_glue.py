@@ -143,6 +143,29 @@ def _check_lengths(engine: Any, params: Any, prompt_len: int, prefixes: list[lis
     return params.max_tokens
 
 
+def _check_capacity(engine: Any, prompt_lens: list[int], max_tokens: int) -> None:
+    """A group that could never be admitted (too many workers, or a worst case larger than
+    the whole KV cache) is refused now instead of waiting forever."""
+    workers = len(prompt_lens)
+    seats = engine.vllm_config.scheduler_config.max_num_seqs
+    if workers > seats:
+        raise ValueError(f"hogwild_workers: {workers} workers run at once, more than max_num_seqs={seats}")
+    cache = engine.vllm_config.cache_config
+    if not cache.num_gpu_blocks:
+        return  # not known yet (engine start-up)
+    blocks = cache.num_gpu_blocks - 1
+
+    def need(tokens: int) -> int:
+        return GroupDemand(tuple(prompt_lens), tokens).worst_blocks(cache.block_size)
+
+    if need(max_tokens) > blocks:
+        allowed = max_tokens
+        while allowed > 0 and need(allowed) > blocks:
+            allowed -= 1
+        raise ValueError(f"max_tokens: {workers} workers x max_tokens={max_tokens} need {need(max_tokens)} KV "
+                         f"blocks at worst, more than the cache holds ({blocks}); allowed: max_tokens <= {allowed}")
+
+
 def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int]) -> tuple[list[int], list[list[int]], list]:
     """The protocol's prompt (instruction and layout heading around the user's text),
     each worker's first text, and worker 0's framing blocks, as token ids."""
@@ -223,6 +246,8 @@ def _patch_frontend() -> None:
             sp.max_tokens = _check_lengths(self, params, prompt_len, prefixes, sum(len(b[1]) for b in framing))
             if hog.protocol is not None:
                 _check_protocol(self, hog, sp)
+            framed = prompt_len + sum(len(b[1]) for b in framing)
+            _check_capacity(self, [framed + len(prefixes[0])] + [1 + len(p) for p in prefixes[1:]], sp.max_tokens)
             sp.extra_args = {**sp.extra_args, PROMPT_LEN_KEY: prompt_len, PREFIX_IDS_KEY: prefixes,
                              FRAMING_KEY: framing}
             sp.n = hog.workers
