@@ -1,13 +1,14 @@
 """CPU step time: one hogwild group of W workers vs W independent plain requests.
 
-    python benchmarks/cpu_step_bench.py --workers 4 --prompt-tokens 256 --decode-steps 64
+    python benchmarks/cpu_step_bench.py --workers 2 4 8 --prompt-tokens 256 --decode-steps 64
 
 Model: random weights in SmolLM2-135M's shape (30 layers, 9 query / 3 KV heads,
 head_dim 64, hidden 576), built locally; float32, vLLM CPU engine in-process. Both runs
 use the same engine, prompt and number of decode steps; the W independent requests
 each carry the whole prompt (what one would run without hogwild). Reported: median
 wall time of an engine step while all W sequences decode (prefill step excluded), over
-``--repeats`` alternating runs of each (this machine's step times drift by 10-20%).
+``--repeats`` alternating runs of each (this machine's step times drift by 10-20%), and
+the tokens/s that makes, next to one plain request's.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def step_times(llm, prompt_ids: list[int], params_list) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, nargs="+", default=[4])
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--decode-steps", type=int, default=64)
     parser.add_argument("--layout", default="combined")
@@ -77,24 +78,35 @@ def main() -> None:
     llm = LLM(model=path, dtype="float32", enforce_eager=True, block_size=32, max_model_len=4096,
               kv_cache_memory_bytes=1 << 30, max_num_seqs=16, seed=0)
     prompt = [5 + (i * 7) % 300 for i in range(args.prompt_tokens)]
-    steps = args.decode_steps
-    hog = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True,
-                         extra_args={"hogwild_workers": args.workers, "hogwild_layout": args.layout})
-    plain = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
-    step_times(llm, prompt, [plain] * args.workers)  # warm up
-    runs: dict[str, list[float]] = {"hogwild": [], "independent": []}
-    for _ in range(args.repeats):
-        runs["hogwild"] += step_times(llm, prompt, [hog])
-        runs["independent"] += step_times(llm, prompt, [plain] * args.workers)
+    plain = SamplingParams(temperature=0, max_tokens=args.decode_steps, ignore_eos=True)
+    step_times(llm, prompt, [plain] * max(args.workers))  # warm up
+    single: list[float] = []
+    by_workers = []
+    for workers in args.workers:
+        hog = SamplingParams(temperature=0, max_tokens=args.decode_steps, ignore_eos=True,
+                             extra_args={"hogwild_workers": workers, "hogwild_layout": args.layout})
+        runs: dict[str, list[float]] = {"hogwild": [], "independent": []}
+        for _ in range(args.repeats):
+            runs["hogwild"] += step_times(llm, prompt, [hog])
+            runs["independent"] += step_times(llm, prompt, [plain] * workers)
+            single += step_times(llm, prompt, [plain])
+        ms = {k: 1e3 * statistics.median(v) for k, v in runs.items()}
+        by_workers.append({
+            "workers": workers,
+            "median_step_ms": ms,
+            "ratio_hogwild_over_independent": ms["hogwild"] / ms["independent"],
+            "hogwild_tokens_per_s": workers * 1e3 / ms["hogwild"],
+        })
+    single_ms = 1e3 * statistics.median(single)
     result = {
         "command": "python benchmarks/cpu_step_bench.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "model_dir")),
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items() if k not in ("out", "model_dir")),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
-        "median_step_ms": {k: 1e3 * statistics.median(v) for k, v in runs.items()},
+        "single_request": {"median_step_ms": single_ms, "tokens_per_s": 1e3 / single_ms},
+        "groups": by_workers,
     }
-    result["ratio_hogwild_over_independent"] = (
-        result["median_step_ms"]["hogwild"] / result["median_step_ms"]["independent"])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
