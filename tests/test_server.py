@@ -17,8 +17,6 @@ import pytest
 from engines import engine, model_path
 from vllm_hogwild import prompts
 
-pytestmark = pytest.mark.slow
-
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 PROTOCOL = {"hogwild_workers": 2, "hogwild_protocol": True, "hogwild_answer_tokens": 4}
@@ -87,6 +85,7 @@ def stream(base: str, path: str, body: dict) -> list[dict]:
     return events
 
 
+@pytest.mark.slow
 def test_completions_return_one_choice_per_worker_and_the_final_answer(server):
     status, body = post(server, "/v1/completions", {"prompt": "Let x be the unknown.", "max_tokens": 80,
                                                     "vllm_xargs": PROTOCOL})
@@ -97,6 +96,7 @@ def test_completions_return_one_choice_per_worker_and_the_final_answer(server):
     assert prompts.FINAL_HEADING in body["choices"][0]["text"]
 
 
+@pytest.mark.slow
 def test_chat_completions_with_three_workers(server):
     status, body = post(server, "/v1/chat/completions", {
         "messages": [{"role": "user", "content": "Check: 2 * 4 + 3 = 11."}], "max_tokens": 80,
@@ -107,6 +107,7 @@ def test_chat_completions_with_three_workers(server):
     assert body["hogwild"]["final_answers"] == [prompts.final_answer(content)] != [None]
 
 
+@pytest.mark.slow
 def test_streaming_sends_each_workers_deltas_with_its_index(server):
     request = {"prompt": "We plan the work.", "max_tokens": 80, "vllm_xargs": PROTOCOL}
     _, whole = post(server, "/v1/completions", request)
@@ -125,6 +126,7 @@ def test_streaming_sends_each_workers_deltas_with_its_index(server):
     ({"hogwild_workers": 2, "hogwild_wrokers": 3}, "hogwild_wrokers"),
     ({"hogwild_workers": 2, "hogwild_protocol": "maybe"}, "hogwild_protocol"),
 ])
+@pytest.mark.slow
 def test_bad_fields_are_400_and_the_server_goes_on(server, xargs, field):
     for path, body in [("/v1/completions", {"prompt": "Let x"}),
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})]:
@@ -136,6 +138,7 @@ def test_bad_fields_are_400_and_the_server_goes_on(server, xargs, field):
     assert status == 200 and len(body["choices"]) == 1
 
 
+@pytest.mark.slow
 def test_a_group_that_cannot_fit_the_model_length_is_400(server):
     status, error = post(server, "/v1/completions", {"prompt": "Let x", "max_tokens": 900,
                                                      "vllm_xargs": {"hogwild_workers": 2}})
@@ -143,6 +146,7 @@ def test_a_group_that_cannot_fit_the_model_length_is_400(server):
     assert "max_model_len=1024" in error["error"]["message"] and "allowed: max_tokens <=" in error["error"]["message"]
 
 
+@pytest.mark.slow
 def test_ordinary_requests_are_untouched(server):
     from vllm import SamplingParams
 
@@ -151,3 +155,14 @@ def test_ordinary_requests_are_untouched(server):
     status, body = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 8})
     assert status == 200 and "hogwild" not in body
     assert [c["text"] for c in body["choices"]] == [offline[0].outputs[0].text]
+
+
+def test_vllm_serve_accepts_the_plugin_option():
+    """`vllm serve MODEL --plugin hogwild` parses (vLLM's own parser, with the plugin loaded)."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(["some-model", "--plugin", "hogwild"])
+    assert args.plugin == ["hogwild"] and args.model_tag == "some-model"
+    with pytest.raises(SystemExit):
+        make_arg_parser(FlexibleArgumentParser()).parse_args(["some-model", "--plugin", "nope"])

@@ -19,6 +19,7 @@ How a hogwild request flows:
 
 from __future__ import annotations
 
+import argparse
 import os
 import uuid
 from collections import defaultdict
@@ -49,6 +50,7 @@ def install() -> None:
     _installed = True
     from vllm.platforms import current_platform
 
+    _patch_cli()
     _patch_frontend()
     _patch_outputs()
     _patch_engine_core()
@@ -79,6 +81,40 @@ class HogwildRequestError(*_request_error_base()):
 def _wrap(cls: type, name: str, make) -> None:
     original = getattr(cls, name)
     setattr(cls, name, make(original))
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _enabled_plugin(name: str) -> str:
+    """``--plugin NAME``: a general plugin that is installed and enabled here."""
+    from importlib.metadata import entry_points
+
+    installed = {ep.name for ep in entry_points(group="vllm.general_plugins")}
+    allowed = os.environ.get("VLLM_PLUGINS")
+    enabled = installed if allowed is None else installed & set(allowed.split(","))
+    if name not in enabled:
+        raise argparse.ArgumentTypeError(
+            f"plugin {name!r} is not an enabled vLLM plugin; enabled: {', '.join(sorted(enabled)) or 'none'}")
+    return name
+
+
+def _patch_cli() -> None:
+    """Accept ``vllm serve MODEL --plugin hogwild``. vLLM loads plugins from entry points
+    (before it builds its parser), so the option only checks that each named plugin is
+    installed and enabled."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    original = EngineArgs.add_cli_args
+
+    def add_cli_args(parser, *args, **kwargs):
+        parser = original(parser, *args, **kwargs)
+        if not any("--plugin" in action.option_strings for action in parser._actions):
+            parser.add_argument("--plugin", action="append", type=_enabled_plugin, metavar="NAME",
+                                help="a vLLM general plugin that must be enabled (e.g. hogwild)")
+        return parser
+
+    EngineArgs.add_cli_args = staticmethod(add_cli_args)
 
 
 # ---------------------------------------------------------------- frontend
