@@ -1,4 +1,5 @@
-"""What both attention backends share: the model's RoPE and a step's hogwild rows.
+"""What both attention backends share: the model's RoPE, a step's hogwild rows, and the
+forward that splits a batch between vLLM's attention and the fragment op.
 
 vLLM's backends see batch rows and block tables, never requests; the planner's
 ``StepPlan`` says which rows are hogwild workers and what their views are. This module
@@ -77,3 +78,23 @@ def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Ten
         table = torch.cat([padded, extra])
     views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions) for s in plan.seqs]
     return StepRows(rows, views, table, rows.numel() == num_tokens)
+
+
+class HogwildForward:
+    """Mixed into a vLLM attention impl: vLLM's own attention for ordinary rows (skipped
+    when every row is a hogwild worker's), then ``_hogwild`` for the step's hogwild rows."""
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                output_scale=None, output_block_scale=None) -> torch.Tensor:
+        hog = getattr(attn_metadata, "hogwild", None)
+        if hog is None or not hog.all_rows:
+            super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                            output_scale, output_block_scale)
+        if hog is not None:
+            out = self._hogwild(query[hog.rows], kv_cache, hog, output_scale)
+            shape = (-1, self.num_heads, self.head_size)
+            output.view(shape)[hog.rows] = out.view(shape).to(output.dtype)
+        return output
+
+    def _hogwild(self, query: torch.Tensor, kv_cache: torch.Tensor, hog, output_scale) -> torch.Tensor:
+        raise NotImplementedError

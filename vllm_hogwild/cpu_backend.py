@@ -21,7 +21,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 
 from hogwild_kernels import build, cpu_op
 from vllm_hogwild import runtime
-from vllm_hogwild.attention import step_rows
+from vllm_hogwild.attention import HogwildForward, step_rows
 from vllm_hogwild.planner import StepPlan
 
 
@@ -71,19 +71,10 @@ def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows
     return HogwildRows(step.rows, prepared, step.all_rows)
 
 
-class HogwildCPUAttentionImpl(CPUAttentionBackendImpl):
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
-                output_scale=None, output_block_scale=None) -> torch.Tensor:
-        hog = getattr(attn_metadata, "hogwild", None)
-        if hog is None or not hog.all_rows:
-            super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                            output_scale, output_block_scale)
-        if hog is not None:
-            keys, values = cpu_caches(kv_cache)
-            out = cpu_op.fragment_attention(query[hog.rows], keys, values, hog.prepared, self.scale)
-            output.view(-1, self.num_heads, self.head_size)[hog.rows] = out.view(
-                -1, self.num_heads, self.head_size).to(output.dtype)
-        return output
+class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
+    def _hogwild(self, query, kv_cache, hog, output_scale) -> torch.Tensor:
+        keys, values = cpu_caches(kv_cache)
+        return cpu_op.fragment_attention(query, keys, values, hog.prepared, self.scale)
 
 
 class HogwildCPUBackend(CPUAttentionBackend):

@@ -25,7 +25,7 @@ from vllm.v1.attention.backends.triton_attn import (
 
 from hogwild_kernels import FragmentTable, build, triton_op
 from vllm_hogwild import runtime
-from vllm_hogwild.attention import step_rows
+from vllm_hogwild.attention import HogwildForward, step_rows
 
 
 @dataclass
@@ -64,24 +64,15 @@ class HogwildTritonMetadataBuilder(TritonAttentionMetadataBuilder):
         return meta
 
 
-class HogwildTritonImpl(TritonAttentionImpl):
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
-                output_scale=None, output_block_scale=None) -> torch.Tensor:
-        hog = getattr(attn_metadata, "hogwild", None)
-        if hog is None or not hog.all_rows:
-            super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                            output_scale, output_block_scale)
-        if hog is not None:
-            if self.kv_cache_dtype != "auto" or output_scale is not None:
-                raise NotImplementedError("hogwild on CUDA needs an unquantized KV cache and output "
-                                          f"(kv_cache_dtype={self.kv_cache_dtype!r})")
-            key_cache, value_cache = triton_caches(kv_cache, self.head_size)
-            rotary = runtime.rotary()
-            out = triton_op.fragment_attention(
-                query[hog.rows], key_cache, value_cache, hog.block_table, hog.table,
-                rotary.inv_freq, rotary.is_neox, self.scale, launch=hog.launch)
-            output.view(-1, self.num_heads, self.head_size)[hog.rows] = out.to(output.dtype)
-        return output
+class HogwildTritonImpl(HogwildForward, TritonAttentionImpl):
+    def _hogwild(self, query, kv_cache, hog, output_scale) -> torch.Tensor:
+        if self.kv_cache_dtype != "auto" or output_scale is not None:
+            raise NotImplementedError("hogwild on CUDA needs an unquantized KV cache and output "
+                                      f"(kv_cache_dtype={self.kv_cache_dtype!r})")
+        key_cache, value_cache = triton_caches(kv_cache, self.head_size)
+        rotary = runtime.rotary()
+        return triton_op.fragment_attention(query, key_cache, value_cache, hog.block_table, hog.table,
+                                            rotary.inv_freq, rotary.is_neox, self.scale, launch=hog.launch)
 
 
 class HogwildTritonBackend(TritonAttentionBackend):
