@@ -166,3 +166,17 @@ def test_vllm_serve_accepts_the_plugin_option():
     assert args.plugin == ["hogwild"] and args.model_tag == "some-model"
     with pytest.raises(SystemExit):
         make_arg_parser(FlexibleArgumentParser()).parse_args(["some-model", "--plugin", "nope"])
+
+
+def test_serve_command_line(monkeypatch):
+    from vllm_hogwild.cli import serve_command
+
+    monkeypatch.setenv("VLLM_PLUGINS", "other")
+    command, env = serve_command(["/models/m", "--plugin", "hogwild", "--port", "8001"])
+    assert command[1:] == ["-m", "vllm.entrypoints.openai.api_server", "--model", "/models/m", "--port", "8001",
+                           "--dtype", "float32"]  # no GPU here: the CPU path's dtype
+    assert env["VLLM_PLUGINS"] == "hogwild,other"
+    command, _ = serve_command(["--model", "/m", "--dtype", "bfloat16"])
+    assert command[3:] == ["--model", "/m", "--dtype", "bfloat16"]
+    with pytest.raises(SystemExit, match="--plugin: expected a plugin name"):
+        serve_command(["/m", "--plugin"])
