@@ -57,6 +57,9 @@ def test_presets_are_data_and_auto_picks_by_model():
 
 def test_one_worker_instruction_and_headers():
     assert prompts.instruction("interleaved", ["Solo"]).startswith("You are Solo, solving a problem")
+    # One worker has no others' steps in progress: combined frames like interleaved.
+    assert prompts.framing("combined", ["Solo"]) == prompts.framing("interleaved", ["Solo"])
+    assert "Steps in progress" not in prompts.instruction("combined", ["Solo"])
     assert prompts.first_step("Ann", 0).startswith("**Ann [1]:** Hi, I'm Ann.")
     assert prompts.step_header("Ann", 7) == "**Ann [7]:**"
 
@@ -259,7 +262,7 @@ def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80):
 
 @pytest.mark.parametrize("family,layout,workers,checks", [
     ("llama", "combined", 3, True), ("qwen3", "interleaved", 2, True), ("qwen2", "contiguous", 2, False),
-    ("llama3-scaled", "combined", 2, True),
+    ("llama3-scaled", "combined", 2, True), ("qwen3", "combined", 1, True),
 ])
 def test_protocol_in_vllm_equals_the_oracle(family, layout, workers, checks):
     out, runs = protocol_run(family, workers, layout)

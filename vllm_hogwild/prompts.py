@@ -81,11 +81,17 @@ def workspace_heading(name: str) -> str:
     return f"# {name}'s workspace\n\n"
 
 
+def _shown(layout: str, names: list[str]) -> str:
+    """The layout whose sections a view shows: one worker has no others' steps in progress."""
+    return "interleaved" if layout == "combined" and len(names) == 1 else layout
+
+
 def framing(layout: str, names: list[str]) -> list[tuple[str, str]]:
-    """The framing blocks (layout block name, text) that follow the prompt in worker 0's request."""
+    """The framing blocks (layout block name, text) that follow the prompt in worker 0's
+    request; every one of them is in worker 0's view."""
     if layout == "contiguous":
         return [(f"workspace:{w}", workspace_heading(n)) for w, n in enumerate(names)]
-    return list(FRAMING[layout])
+    return list(FRAMING[_shown(layout, names)])
 
 
 def instruction(layout: str, names: list[str]) -> str:
@@ -97,7 +103,7 @@ def instruction(layout: str, names: list[str]) -> str:
                "solving one problem together. You all write at the same time, and each of you "
                "sees what the others write the moment it is written.")
     return (
-        f"{who} {LAYOUT_GUIDE[layout]}\n\n"
+        f"{who} {LAYOUT_GUIDE[_shown(layout, names)]}\n\n"
         "How to work together: first agree on a plan and split the work. Try different approaches "
         "in parallel, tell the others what you find, and react to what they write. If someone finds "
         f"a mistake or a better way, change course. When you disagree, follow {names[0]}'s plan. If "

@@ -286,6 +286,8 @@ def _patch_frontend() -> None:
             _check_capacity(self, [framed + len(prefixes[0])] + [1 + len(p) for p in prefixes[1:]], sp.max_tokens)
             sp.extra_args = {**sp.extra_args, PROMPT_LEN_KEY: prompt_len, PREFIX_IDS_KEY: prefixes,
                              FRAMING_KEY: framing}
+            if hog.workers == 1:  # vLLM fans out only n > 1: the one worker is stamped here
+                sp.extra_args.update({WORKER_KEY: 0, GROUP_KEY: request.request_id})
             sp.n = hog.workers
             sp.skip_reading_prefix_cache = True
             # A salt of its own keeps the group's blocks (whose keys depend on the other
@@ -324,17 +326,26 @@ def _patch_outputs() -> None:
     responses as ``"hogwild": {"final_answers": [...]}`` (one per prompt)."""
     from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
     from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
-    from vllm.v1.engine.output_processor import RequestState
+    from vllm.v1.engine.output_processor import OutputProcessor, RequestState
+
+    def add_request(original):
+        def wrapper(self, request, *args, **kwargs):
+            original(self, request, *args, **kwargs)
+            state = self.request_states.get(request.request_id)
+            if state is not None:
+                state.hogwild_protocol = _protocol_on(request.sampling_params)
+
+        return wrapper
 
     def make_request_output(original):
         def wrapper(self, new_token_ids, pooling_output, finish_reason, *args, **kwargs):
-            parent = self.parent_req
-            if (parent is not None and finish_reason is not None and self.request_index == 0
-                    and self.detokenizer is not None and _protocol_on(parent.sampling_params)):
-                parent.hogwild_final_answer = prompts.final_answer(self.detokenizer.output_text)
+            group = self.parent_req if self.parent_req is not None else self  # W=1: no fan-out
+            if (finish_reason is not None and self.request_index == 0 and self.detokenizer is not None
+                    and getattr(self, "hogwild_protocol", False)):
+                group.hogwild_final_answer = prompts.final_answer(self.detokenizer.output_text)
             output = original(self, new_token_ids, pooling_output, finish_reason, *args, **kwargs)
-            if output is not None and hasattr(parent, "hogwild_final_answer"):
-                output.hogwild_final_answer = parent.hogwild_final_answer
+            if output is not None and hasattr(group, "hogwild_final_answer"):
+                output.hogwild_final_answer = group.hogwild_final_answer
             return output
 
         return wrapper
@@ -367,6 +378,7 @@ def _patch_outputs() -> None:
 
         return wrapper
 
+    _wrap(OutputProcessor, "add_request", add_request)
     _wrap(RequestState, "make_request_output", make_request_output)
     _wrap(OpenAIServingCompletion, "request_output_to_completion_response", completion_response)
     _wrap(OpenAIServingChat, "chat_completion_full_generator", chat_full)
