@@ -143,13 +143,17 @@ def test_model_without_rope_is_refused(tmp_path):
 
 
 def test_engines_that_schedule_ahead_are_refused():
-    """vLLM's async scheduling (the CUDA default) would hand the planner stale tokens."""
+    """vLLM's async scheduling (the CUDA default) would hand the planner stale tokens;
+    speculative decoding drops the logits processor and writes draft tokens."""
     from types import SimpleNamespace
 
     from vllm_hogwild.vllm_glue import _check_engine
 
     with pytest.raises(ValueError, match="--no-async-scheduling"):
         _check_engine(SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=True)))
+    with pytest.raises(ValueError, match="speculative decoding"):
+        _check_engine(SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=False),
+                                      speculative_config=object()))
     _check_engine(engine("llama").llm_engine.vllm_config)  # the CPU engine is synchronous
 
 

@@ -128,6 +128,9 @@ def _check_engine(vllm_config: Any) -> None:
     if vllm_config.scheduler_config.async_scheduling:
         raise ValueError("hogwild_workers: needs synchronous scheduling; start vLLM with "
                          "--no-async-scheduling (LLM(..., async_scheduling=False))")
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        raise ValueError("hogwild_workers: not supported with speculative decoding (vLLM then loads "
+                         "no logits-processor plugins, and draft tokens would enter the shared cache)")
     if not current_platform.is_cuda():
         return
     backend = vllm_config.attention_config.backend
