@@ -2,19 +2,26 @@
 
 How a hogwild request flows:
 
+* command line (``EngineArgs.add_cli_args``): ``--plugin NAME`` is accepted;
 * frontend (``InputProcessor.process_inputs``): the flag is validated before anything is
-  scheduled; the request then asks vLLM's own parallel-sampling fan-out for W children
-  (``n = W``; the greedy check on ``n`` ran when the user built ``SamplingParams`` with
-  n=1), so the W worker completions come back as one RequestOutput, in worker order;
-  ``ParentRequest.get_child_info`` stamps each child with its worker index and group;
+  scheduled (a bad one is a ``HogwildRequestError``: ValueError offline, 400 online);
+  with the protocol, the prompt, framing blocks and first headers are built
+  (``prompts.py``); the request then asks vLLM's own parallel-sampling fan-out for W
+  children (``n = W``; the greedy check on ``n`` ran when the user built
+  ``SamplingParams`` with n=1), so the W worker completions come back as one
+  RequestOutput, in worker order; ``ParentRequest.get_child_info`` stamps each child
+  with its worker index and group (W=1 is stamped in the frontend: no fan-out);
 * engine core (``EngineCore.preprocess_add_request``): each child's prompt becomes its
-  worker's request: worker 0 holds the shared prompt, every other worker only its own
-  copy of the prompt's last token; each then gets its prefix text;
+  worker's request: worker 0 holds the shared prompt and the framing blocks, every
+  other worker only its own copy of the prompt's last token; each then gets its prefix;
 * scheduler: a group is admitted whole (``admission.py``), its workers run before
   ordinary requests (vLLM preempts from the back), and a finished worker's blocks are
   freed only when its whole group has ended (or was aborted);
 * model runner (``_update_states``): worker requests are registered with the planner;
-  the attention backend (``backend.py``) asks it for the step's views.
+  the attention backends (``cpu_backend.py``, ``cuda_backend.py``) ask it for the views;
+* sampler (``HogwildLogitsProcessor``): the protocol's forced and greedy tokens;
+* outputs (``RequestState.make_request_output``, the OpenAI serving classes): the final
+  answer on RequestOutput and HTTP responses, per-worker choices when streaming.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ import os
 import uuid
 from collections import defaultdict
 from typing import Any
+
+from vllm.exceptions import VLLMValidationError
+from vllm.v1.sample.logits_processor import LogitsProcessor
 
 from vllm_hogwild import prompts, runtime
 from vllm_hogwild.admission import Capacity, GroupDemand, blocks_for
@@ -67,13 +77,7 @@ def install() -> None:
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 
-def _request_error_base() -> tuple[type, ...]:
-    from vllm.exceptions import VLLMValidationError
-
-    return VLLMValidationError, ValueError
-
-
-class HogwildRequestError(*_request_error_base()):
+class HogwildRequestError(VLLMValidationError, ValueError):
     """A bad hogwild request: a ValueError offline, HTTP 400 from the server (vLLM maps
     its validation errors to 400; a bare ValueError would be a 500)."""
 
@@ -569,13 +573,7 @@ def _patch_model_runner() -> None:
 # ---------------------------------------------------------------- sampler (protocol)
 
 
-def _logits_processor_base() -> type:
-    from vllm.v1.sample.logits_processor import LogitsProcessor
-
-    return LogitsProcessor
-
-
-class HogwildLogitsProcessor(_logits_processor_base()):
+class HogwildLogitsProcessor(LogitsProcessor):
     """Applies the protocol's per-step ``Action``s (``protocol.py``) to the logits rows of
     hogwild workers; every other row is left alone. Loaded in every engine through the
     ``vllm.logits_processors`` entry point."""
