@@ -71,14 +71,18 @@ def check_correctness() -> list[dict]:
                 cache.key, cache.value, q = cache.key.to(dtype), cache.value.to(dtype), q.to(dtype)
                 ref = naive_attention(q, cache, views, inv, neox, hd**-0.5)
                 table = build(views, "cuda")
-                out = torch.full(q.shape, float("nan"), dtype=dtype, device="cuda")
-                triton_op.fragment_attention(q.cuda(), cache.key.cuda(), cache.value.cuda(),
-                                             cache.block_table.cuda(), table, inv.cuda(), neox,
-                                             hd**-0.5, out=out)
-                torch.cuda.synchronize()
-                err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
-                rows.append({"dtype": str(dtype), "case": ci, "seed": seed, "rel_err": err,
-                             "unwritten": int(out.isnan().sum())})
+                # The caches as separate tensors, and as views of one vLLM Triton-layout cache.
+                kv = torch.cat([cache.key, cache.value], dim=-1).transpose(1, 2).contiguous().cuda()
+                layouts = {"separate": (cache.key.cuda(), cache.value.cuda()),
+                           "vllm_triton": triton_op.vllm_caches(kv, hd)}
+                for layout, (key_cache, value_cache) in layouts.items():
+                    out = torch.full(q.shape, float("nan"), dtype=dtype, device="cuda")
+                    triton_op.fragment_attention(q.cuda(), key_cache, value_cache, cache.block_table.cuda(),
+                                                 table, inv.cuda(), neox, hd**-0.5, out=out)
+                    torch.cuda.synchronize()
+                    err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
+                    rows.append({"dtype": str(dtype), "case": ci, "seed": seed, "layout": layout,
+                                 "rel_err": err, "unwritten": int(out.isnan().sum())})
     return rows
 
 

@@ -220,6 +220,14 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     )
 
 
+def vllm_caches(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value views ``[blocks, block_size, kv_heads, head_size]`` of vLLM's Triton
+    attention cache, which arrives as ``[blocks, kv_heads, block_size, 2 * head_size]``:
+    the kernel reads it in place, through strides."""
+    key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
+    return key_cache, value_cache
+
+
 def _check(q, key_cache, value_cache, inv_freq) -> None:
     if q.dim() != 3:
         raise ValueError(f"q must be [tokens, heads, head_dim], got shape {tuple(q.shape)}")

@@ -91,13 +91,11 @@ def test_cpu_op_matches_rerotated_keys(case):
 
 def test_triton_reads_vllms_triton_cache_layout_in_place():
     """The CUDA backend hands the kernel strided views of vLLM's [blocks, heads, bs, 2*D] cache."""
-    from vllm_hogwild.cuda_backend import triton_caches
-
     case = CASES[1]
     cache, views, q, inv_freq, neox, scale = _inputs(case, 3)
     d = cache.key.shape[-1]
     kv_cache = torch.cat([cache.key, cache.value], dim=-1).transpose(1, 2).contiguous()
-    key_cache, value_cache = triton_caches(kv_cache, d)
+    key_cache, value_cache = triton_op.vllm_caches(kv_cache, d)
     assert torch.equal(key_cache, cache.key) and torch.equal(value_cache, cache.value)
     assert key_cache.data_ptr() == kv_cache.data_ptr() and not key_cache.is_contiguous()
     out = torch.full_like(q, float("nan"))

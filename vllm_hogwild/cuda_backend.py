@@ -39,13 +39,6 @@ class HogwildLaunch:
     all_rows: bool
 
 
-def triton_caches(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value views ``[blocks, block_size, kv_heads, head_size]`` of vLLM's Triton
-    cache, which arrives as ``[blocks, kv_heads, block_size, 2 * head_size]``."""
-    key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
-    return key_cache, value_cache
-
-
 class HogwildTritonMetadataBuilder(TritonAttentionMetadataBuilder):
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
 
@@ -69,7 +62,7 @@ class HogwildTritonImpl(HogwildForward, TritonAttentionImpl):
         if self.kv_cache_dtype != "auto" or output_scale is not None:
             raise NotImplementedError("hogwild on CUDA needs an unquantized KV cache and output "
                                       f"(kv_cache_dtype={self.kv_cache_dtype!r})")
-        key_cache, value_cache = triton_caches(kv_cache, self.head_size)
+        key_cache, value_cache = triton_op.vllm_caches(kv_cache, self.head_size)
         rotary = runtime.rotary()
         return triton_op.fragment_attention(query, key_cache, value_cache, hog.block_table, hog.table,
                                             rotary.inv_freq, rotary.is_neox, self.scale, launch=hog.launch)
