@@ -104,10 +104,6 @@ class GroupProtocol:
                 self._start_answer()
         return {w: self._action(w) for w in outputs}
 
-    @property
-    def answering(self) -> bool:
-        return self.phase == "answer"
-
     def _start_answer(self) -> None:
         self.phase = "answer"
         self.workers[0].queue = list(self._closing)
