@@ -118,6 +118,22 @@ def test_streaming_sends_each_workers_deltas_with_its_index(server):
             texts[choice["index"]] += choice["text"]
     assert texts == {c["index"]: c["text"] for c in whole["choices"]}
     assert prompts.final_answer(texts[0]) is not None
+    # The last chunk carries the final answers, as the non-streaming response does.
+    assert events[-1]["choices"] == [] and events[-1]["hogwild"] == whole["hogwild"]
+
+
+@pytest.mark.slow
+def test_chat_streaming_ends_with_the_final_answer(server):
+    request = {"messages": [{"role": "user", "content": "We plan the work."}], "max_tokens": 80,
+               "vllm_xargs": PROTOCOL}
+    _, whole = post(server, "/v1/chat/completions", request)
+    events = stream(server, "/v1/chat/completions", request)
+    content = {0: "", 1: ""}
+    for event in events:
+        for choice in event["choices"]:
+            content[choice["index"]] += choice["delta"].get("content") or ""
+    assert content == {c["index"]: c["message"]["content"] for c in whole["choices"]}
+    assert events[-1]["hogwild"] == whole["hogwild"] and whole["hogwild"]["final_answers"][0] is not None
 
 
 @pytest.mark.parametrize("xargs,field", [

@@ -27,6 +27,8 @@ How a hogwild request flows:
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import os
 import uuid
 from collections import defaultdict
@@ -377,11 +379,34 @@ def _patch_outputs() -> None:
 
         return wrapper
 
-    def stream(original):
+    def stream(original, chunk_object: str):
         # The stream generators size their per-choice state from request.n; a hogwild
-        # request keeps n=1 (the flag fans it out), so they get a view with n=W.
+        # request keeps n=1 (the flag fans it out), so they get a view with n=W. The
+        # final answers go out as one more chunk (no choices) before [DONE].
+        signature = inspect.signature(original)
+
         def wrapper(self, request, *args, **kwargs):
-            return original(self, _with_worker_choices(request), *args, **kwargs)
+            bound = signature.bind(self, _with_worker_choices(request), *args, **kwargs)
+            answers: dict[int, Any] = {}
+
+            async def tap(results):
+                async for item in results:
+                    index, res = item if isinstance(item, tuple) else (0, item)
+                    if hasattr(res, "hogwild_final_answer"):
+                        answers[index] = res.hogwild_final_answer
+                    yield item
+
+            bound.arguments["result_generator"] = tap(bound.arguments["result_generator"])
+
+            async def chunks():
+                async for chunk in original(*bound.args, **bound.kwargs):
+                    if chunk.startswith("data: [DONE]") and answers:
+                        final = {"id": bound.arguments["request_id"], "object": chunk_object, "choices": [],
+                                 "hogwild": {"final_answers": [answers.get(i) for i in range(max(answers) + 1)]}}
+                        yield f"data: {json.dumps(final)}\n\n"
+                    yield chunk
+
+            return chunks()
 
         return wrapper
 
@@ -389,8 +414,8 @@ def _patch_outputs() -> None:
     _wrap(RequestState, "make_request_output", make_request_output)
     _wrap(OpenAIServingCompletion, "request_output_to_completion_response", completion_response)
     _wrap(OpenAIServingChat, "chat_completion_full_generator", chat_full)
-    _wrap(OpenAIServingCompletion, "completion_stream_generator", stream)
-    _wrap(OpenAIServingChat, "chat_completion_stream_generator", stream)
+    _wrap(OpenAIServingCompletion, "completion_stream_generator", lambda f: stream(f, "text_completion"))
+    _wrap(OpenAIServingChat, "chat_completion_stream_generator", lambda f: stream(f, "chat.completion.chunk"))
 
     def create(original):
         # A bad flag is a 400 before anything starts, streaming included.
