@@ -155,6 +155,14 @@ def test_bad_fields_are_400_and_the_server_goes_on(server, xargs, field):
 
 
 @pytest.mark.slow
+def test_n_with_hogwild_is_400(server):
+    for streaming in (False, True):
+        status, error = post(server, "/v1/completions", {"prompt": "Let x", "max_tokens": 4, "n": 2, "stream": streaming,
+                                                         "temperature": 0.5, "vllm_xargs": {"hogwild_workers": 2}})
+        assert status == 400 and error["error"]["param"] == "n", error
+
+
+@pytest.mark.slow
 def test_a_group_that_cannot_fit_the_model_length_is_400(server):
     status, error = post(server, "/v1/completions", {"prompt": "Let x", "max_tokens": 900,
                                                      "vllm_xargs": {"hogwild_workers": 2}})

@@ -126,6 +126,12 @@ def _patch_cli() -> None:
 # ---------------------------------------------------------------- frontend
 
 
+def _check_n(workers: int, n: int) -> None:
+    if n != 1:
+        raise ValueError(f"n: a hogwild request takes n=1 (got {n}); its hogwild_workers={workers} "
+                         "worker completions are the choices")
+
+
 def _check_engine(vllm_config: Any) -> None:
     """Hogwild's hooks are in place on this engine: synchronous scheduling (the planner and
     the protocol read each step's sampled tokens) and, on CUDA, our backend and the V1 runner."""
@@ -270,11 +276,7 @@ def _patch_frontend() -> None:
         def hogwild_inputs(self, request_id, prompt, params, *args, **kwargs):
             extra = params.extra_args
             hog = parse(extra)
-            if params.n != 1:
-                raise ValueError(
-                    f"n: a hogwild request takes n=1 (got {params.n}); its "
-                    f"hogwild_workers={hog.workers} worker completions are the choices"
-                )
+            _check_n(hog.workers, params.n)
             _check_model(self.model_config)
             _check_engine(self.vllm_config)
             request = original(self, request_id, prompt, params, *args, **kwargs)
@@ -423,7 +425,7 @@ def _patch_outputs() -> None:
             extra = getattr(request, "vllm_xargs", None)
             if is_hogwild(extra):
                 try:
-                    parse(extra)
+                    _check_n(parse(extra).workers, request.n or 1)
                 except ValueError as error:
                     return self.create_error_response(str(error), param=field_of(error))
             return await original(self, request, *args, **kwargs)
