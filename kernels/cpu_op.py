@@ -26,7 +26,7 @@ TILE_ROWS = 8192  # tiles x query rows turned at once (bounds the turned queries
 class _Rows:
     """Query rows of one group turned for every tile: ``turn(q) = q * cos + q[..., perm] * sin``."""
 
-    rows: torch.Tensor  # [R] query rows
+    rows: torch.Tensor  # [R] rows of q (and out)
     cos: torch.Tensor  # [T, 1, R, 1, D]
     sin: torch.Tensor
     bias: torch.Tensor  # [T, 1, R, 1, block_size]: 0 where the key is visible, -inf where not
@@ -72,10 +72,14 @@ def _turns(shift: torch.Tensor, inv_freq: torch.Tensor, head_dim: int,
 
 
 def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
-            inv_freq: torch.Tensor, is_neox: bool, head_dim: int) -> Prepared:
-    """Per-step work shared by every layer."""
+            inv_freq: torch.Tensor, is_neox: bool, head_dim: int,
+            row_index: torch.Tensor | None = None) -> Prepared:
+    """Per-step work shared by every layer. ``row_index[i]``: where the table's query row
+    ``i`` sits in the ``q`` and ``out`` that ``fragment_attention`` gets (default: row ``i``),
+    so that a backend can hand over its whole batch without gathering the rows first."""
     qsl = table.query_start_loc.tolist()
     ptr = table.group_src_ptr.tolist()
+    seq_group = table.seq_group.tolist()
     groups = []
     for g in range(table.num_groups):
         sources = torch.arange(ptr[g], ptr[g + 1])
@@ -88,7 +92,7 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
         home = tile_block[:, None] * block_size + torch.arange(block_size)[None, :]  # [T, bs]
         outside = (home < table.src_start[tile_src].long()[:, None]) | (home >= table.src_end[tile_src].long()[:, None])
         blocks = block_table[table.src_row[tile_src].long(), tile_block].long()
-        seqs = [s for s in range(len(qsl) - 1) if int(table.seq_group[s]) == g]
+        seqs = [s for s in range(len(qsl) - 1) if seq_group[s] == g]
         rows = torch.cat([torch.arange(qsl[s], qsl[s + 1]) for s in seqs])
         slots = torch.repeat_interleave(table.seq_slot[seqs].long(), torch.tensor([qsl[s + 1] - qsl[s] for s in seqs]))
         offset = table.src_offset[tile_src][:, slots].long()  # [T, R]
@@ -105,7 +109,8 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
             n = rows[part].numel()
             cos, sin = _turns(angle[:, part].flatten(), inv_freq, head_dim, is_neox)
             shape = (tile_src.numel(), 1, n, 1, head_dim)
-            chunks.append(_Rows(rows[part], cos.view(shape), sin.view(shape),
+            at = rows[part] if row_index is None else row_index[rows[part]]
+            chunks.append(_Rows(at, cos.view(shape), sin.view(shape),
                                 bias[:, part].view(tile_src.numel(), 1, n, 1, block_size)))
         groups.append(_Group(blocks, chunks))
     return Prepared(groups, _pairs(head_dim, inv_freq.numel(), is_neox))
@@ -113,7 +118,8 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
 
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                        prepared: Prepared, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention of ``q [T, Hq, D]``; caches ``[blocks, block_size, Hkv, D]`` (any strides)."""
+    """Attention of ``q [T, Hq, D]``; caches ``[blocks, block_size, Hkv, D]`` (any strides).
+    Only the prepared rows of ``out`` are written."""
     out = torch.empty_like(q) if out is None else out
     num_heads, head_dim = q.shape[1], q.shape[2]
     kv_heads = key_cache.shape[2]

@@ -82,7 +82,7 @@ def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Ten
 
 class HogwildForward:
     """Mixed into a vLLM attention impl: vLLM's own attention for ordinary rows (skipped
-    when every row is a hogwild worker's), then ``_hogwild`` for the step's hogwild rows."""
+    when every row is a hogwild worker's), then ``_hogwild`` writes the hogwild rows."""
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
                 output_scale=None, output_block_scale=None) -> torch.Tensor:
@@ -91,10 +91,10 @@ class HogwildForward:
             super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                             output_scale, output_block_scale)
         if hog is not None:
-            out = self._hogwild(query[hog.rows], kv_cache, hog, output_scale)
-            shape = (-1, self.num_heads, self.head_size)
-            output.view(shape)[hog.rows] = out.view(shape).to(output.dtype)
+            self._hogwild(query, kv_cache, hog, output_scale, output.view(-1, self.num_heads, self.head_size))
         return output
 
-    def _hogwild(self, query: torch.Tensor, kv_cache: torch.Tensor, hog, output_scale) -> torch.Tensor:
+    def _hogwild(self, query: torch.Tensor, kv_cache: torch.Tensor, hog, output_scale,
+                 output: torch.Tensor) -> None:
+        """Write the step's hogwild rows of ``output [tokens, heads, head_size]``."""
         raise NotImplementedError

@@ -29,8 +29,7 @@ from vllm_hogwild.planner import StepPlan
 class HogwildRows:
     """Per-step inputs of the fragment op, shared by every layer."""
 
-    rows: torch.Tensor  # token indices of hogwild query rows, in table order
-    prepared: cpu_op.Prepared  # gathers, rotations and masks of this step
+    prepared: cpu_op.Prepared  # gathers, rotations and masks of this step (batch rows)
     all_rows: bool  # every token of the batch is a hogwild row
 
 
@@ -67,14 +66,14 @@ def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows
                      common.num_reqs, common.num_actual_tokens)
     rotary = runtime.rotary()
     prepared = cpu_op.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq,
-                              rotary.is_neox, head_dim)
-    return HogwildRows(step.rows, prepared, step.all_rows)
+                              rotary.is_neox, head_dim, row_index=step.rows)
+    return HogwildRows(prepared, step.all_rows)
 
 
 class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
-    def _hogwild(self, query, kv_cache, hog, output_scale) -> torch.Tensor:
+    def _hogwild(self, query, kv_cache, hog, output_scale, output) -> None:
         keys, values = cpu_caches(kv_cache)
-        return cpu_op.fragment_attention(query, keys, values, hog.prepared, self.scale)
+        cpu_op.fragment_attention(query, keys, values, hog.prepared, self.scale, out=output)
 
 
 class HogwildCPUBackend(CPUAttentionBackend):

@@ -58,14 +58,15 @@ class HogwildTritonMetadataBuilder(TritonAttentionMetadataBuilder):
 
 
 class HogwildTritonImpl(HogwildForward, TritonAttentionImpl):
-    def _hogwild(self, query, kv_cache, hog, output_scale) -> torch.Tensor:
+    def _hogwild(self, query, kv_cache, hog, output_scale, output) -> None:
         if self.kv_cache_dtype != "auto" or output_scale is not None:
             raise NotImplementedError("hogwild on CUDA needs an unquantized KV cache and output "
                                       f"(kv_cache_dtype={self.kv_cache_dtype!r})")
         key_cache, value_cache = triton_op.vllm_caches(kv_cache, self.head_size)
         rotary = runtime.rotary()
-        return triton_op.fragment_attention(query, key_cache, value_cache, hog.block_table, hog.table,
-                                            rotary.inv_freq, rotary.is_neox, self.scale, launch=hog.launch)
+        out = triton_op.fragment_attention(query[hog.rows], key_cache, value_cache, hog.block_table, hog.table,
+                                           rotary.inv_freq, rotary.is_neox, self.scale, launch=hog.launch)
+        output[hog.rows] = out.to(output.dtype)
 
 
 class HogwildTritonBackend(TritonAttentionBackend):

@@ -217,7 +217,15 @@ def _check_capacity(engine: Any, prompt_lens: list[int], max_tokens: int) -> Non
                          f"blocks at worst, more than the cache holds ({blocks}); allowed: max_tokens <= {allowed}")
 
 
-def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int]) -> tuple[list[int], list[list[int]], list]:
+def _worker_prompt(shared: list[int], framing: list, prefixes: list[list[int]], worker: int) -> list[int]:
+    """A worker's request: worker 0 holds the shared prompt and the framing blocks, every
+    other worker its own copy of the prompt's last token; then its prefix."""
+    own = list(shared) + [t for _, ids in framing for t in ids] if worker == 0 else list(shared[-1:])
+    return own + list(prefixes[worker])
+
+
+def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int],
+                     encode) -> tuple[list[int], list[list[int]], list]:
     """The protocol's prompt (instruction and layout heading around the user's text),
     each worker's first text, and worker 0's framing blocks, as token ids."""
     tokenizer = engine.tokenizer
@@ -232,7 +240,6 @@ def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int]) -> tuple[list
         text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
     full = prompts.prompt_text(preset, hog.layout, names, text)
     ids = tokenizer.encode(full, add_special_tokens=preset.special_tokens)
-    encode = runtime.encoder(engine.model_config)
     prefixes = [encode(prompts.first_step(n, w)) for w, n in enumerate(names)]
     framing = [[name, encode(block)] for name, block in prompts.framing(hog.layout, names)]
     return ids, prefixes, framing
@@ -244,11 +251,11 @@ def _stop_tokens(sp: Any) -> set[int]:
     return eos | set(sp.stop_token_ids or ())
 
 
-def _check_protocol(engine: Any, hog: Any, sp: Any) -> None:
+def _check_protocol(hog: Any, sp: Any, encode) -> None:
     if not _stop_tokens(sp):
         raise ValueError("ignore_eos: hogwild_protocol=true needs a stop token (its workers stop with "
                          "it); set ignore_eos=false or give stop_token_ids")
-    closing = len(runtime.encoder(engine.model_config)(prompts.CLOSING))
+    closing = len(encode(prompts.CLOSING))
     need = GroupProtocol.reserve(hog.protocol, closing) + 1
     if sp.max_tokens < need:
         raise ValueError(f"max_tokens: hogwild_protocol=true needs max_tokens >= {need} (the closing "
@@ -282,19 +289,20 @@ def _patch_frontend() -> None:
             request = original(self, request_id, prompt, params, *args, **kwargs)
             if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
                 raise ValueError("prompt: hogwild takes a non-empty text or token-id prompt (no embeddings or images)")
+            encode = runtime.encoder(self.model_config)
             framing: list = []
             if hog.protocol is not None:
-                request.prompt_token_ids, prefixes, framing = _protocol_inputs(self, hog, request.prompt_token_ids)
+                request.prompt_token_ids, prefixes, framing = _protocol_inputs(
+                    self, hog, request.prompt_token_ids, encode)
             else:
-                encode = runtime.encoder(self.model_config)
                 prefixes = [encode(p) for p in hog.prefixes] or [[] for _ in range(hog.workers)]
             prompt_len = len(request.prompt_token_ids)
             sp = request.sampling_params
             sp.max_tokens = _check_lengths(self, params, prompt_len, prefixes, sum(len(b[1]) for b in framing))
             if hog.protocol is not None:
-                _check_protocol(self, hog, sp)
-            framed = prompt_len + sum(len(b[1]) for b in framing)
-            _check_capacity(self, [framed + len(prefixes[0])] + [1 + len(p) for p in prefixes[1:]], sp.max_tokens)
+                _check_protocol(hog, sp, encode)
+            lengths = [len(_worker_prompt(request.prompt_token_ids, framing, prefixes, w)) for w in range(hog.workers)]
+            _check_capacity(self, lengths, sp.max_tokens)
             sp.extra_args = {**sp.extra_args, PROMPT_LEN_KEY: prompt_len, PREFIX_IDS_KEY: prefixes,
                              FRAMING_KEY: framing}
             if hog.workers == 1:  # vLLM fans out only n > 1: the one worker is stamped here
@@ -464,10 +472,9 @@ def _patch_engine_core() -> None:
             sp = request.sampling_params
             extra = sp.extra_args if sp is not None else None
             if extra and WORKER_KEY in extra:
-                worker, prompt_len = int(extra[WORKER_KEY]), int(extra[PROMPT_LEN_KEY])
-                shared = list(request.prompt_token_ids[:prompt_len])
-                own = shared + [t for _, ids in extra[FRAMING_KEY] for t in ids] if worker == 0 else shared[-1:]
-                request.prompt_token_ids = own + list(extra[PREFIX_IDS_KEY][worker])
+                shared = request.prompt_token_ids[: int(extra[PROMPT_LEN_KEY])]
+                request.prompt_token_ids = _worker_prompt(shared, extra[FRAMING_KEY], extra[PREFIX_IDS_KEY],
+                                                          int(extra[WORKER_KEY]))
             return original(self, request)
 
         return wrapper
@@ -626,9 +633,12 @@ class HogwildLogitsProcessor(LogitsProcessor):
         for index, params, _, output_ids in batch_update.added:
             self._rows.pop(index, None)
             extra = params.extra_args if params is not None else None
-            if extra and WORKER_KEY in extra and parse(extra).protocol is not None:
-                self._rows[index] = (str(extra[GROUP_KEY]), int(extra[WORKER_KEY]), output_ids)
-                self._group(str(extra[GROUP_KEY]), params)
+            config = parse(extra).protocol if extra and WORKER_KEY in extra else None
+            if config is not None:
+                key = str(extra[GROUP_KEY])
+                self._rows[index] = (key, int(extra[WORKER_KEY]), output_ids)
+                if key not in self._groups:
+                    self._groups[key] = self._protocol(config, params)
         for a, b, direction in batch_update.moved:
             row_a, row_b = self._rows.pop(a, None), self._rows.pop(b, None)
             if row_a is not None:
@@ -641,15 +651,11 @@ class HogwildLogitsProcessor(LogitsProcessor):
                 del self._groups[group]
                 self._ended.pop(group, None)
 
-    def _group(self, key: str, params: Any) -> GroupProtocol:
-        if key not in self._groups:
-            if self._decode is None:
-                self._decode = runtime.token_texts(self._model_config)
-                self._encode = runtime.encoder(self._model_config)
-            config = parse(params.extra_args).protocol
-            self._groups[key] = GroupProtocol(config, self._encode, self._decode,
-                                              _stop_tokens(params), params.max_tokens)
-        return self._groups[key]
+    def _protocol(self, config: Any, params: Any) -> GroupProtocol:
+        if self._decode is None:
+            self._decode = runtime.token_texts(self._model_config)
+            self._encode = runtime.encoder(self._model_config)
+        return GroupProtocol(config, self._encode, self._decode, _stop_tokens(params), params.max_tokens)
 
     def apply(self, logits: Any) -> Any:
         if not self._rows:
