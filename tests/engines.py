@@ -25,6 +25,19 @@ def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024):
                max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, max_num_seqs=16, seed=0)
 
 
+def output_dict(out) -> dict:
+    """A RequestOutput as plain data (logprobs keyed by token id), to compare or to send."""
+    return {
+        "prompt_token_ids": list(out.prompt_token_ids),
+        "final_answer": getattr(out, "hogwild_final_answer", None),
+        "outputs": [
+            {"index": o.index, "token_ids": list(o.token_ids), "text": o.text, "finish_reason": o.finish_reason,
+             "logprobs": [{t: lp.logprob for t, lp in step.items()} for step in (o.logprobs or [])]}
+            for o in out.outputs
+        ],
+    }
+
+
 def scheduler(llm):
     """The engine core's scheduler of an in-process LLM."""
     return llm.llm_engine.engine_core.engine_core.scheduler

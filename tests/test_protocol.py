@@ -238,26 +238,36 @@ def test_worker_zero_aborted_stops_the_others_without_answer():
 RULE = BoundaryRule(" ", False)
 
 
-def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80):
-    from vllm import SamplingParams
+def protocol_flags(workers: int, layout: str) -> dict:
+    return {"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_protocol": True,
+            "hogwild_boundary": RULE.marker, "hogwild_boundary_sentence": RULE.sentence,
+            "hogwild_check_tokens": 5, "hogwild_answer_tokens": 3}
 
-    flags = {"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_protocol": True,
-             "hogwild_boundary": RULE.marker, "hogwild_boundary_sentence": RULE.sentence,
-             "hogwild_check_tokens": 5, "hogwild_answer_tokens": 3}
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=3, extra_args=flags)
-    out = engine(family).generate([PROBLEM], params, use_tqdm=False)[0]
+
+def protocol_oracle(family: str, workers: int, layout: str, max_tokens: int):
+    """(prompt ids, oracle runs) of PROBLEM under ``protocol_flags``."""
     tok = tokenizer(family)
     names = list(prompts.NAMES[:workers])
     prompt = tok.encode(prompts.prompt_text(prompts.PRESETS["plain"], layout, names, PROBLEM))
-    assert list(out.prompt_token_ids) == prompt
     enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
-    config = parse(flags).protocol
+    config = parse(protocol_flags(workers, layout)).protocol
     proto = GroupProtocol(config, enc, decoder(family), {tok.eos_token_id}, max_tokens)
     framing = [(name, enc(text)) for name, text in prompts.framing(layout, names)]
     oracle = Oracle(hf_model(family), decoder(family), layout, RULE, prompt,
                     [enc(prompts.first_step(n, w)) for w, n in enumerate(names)], max_tokens,
                     {tok.eos_token_id}, framing, proto)
-    return out, oracle.run()
+    return prompt, oracle.run()
+
+
+def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80):
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=3,
+                            extra_args=protocol_flags(workers, layout))
+    out = engine(family).generate([PROBLEM], params, use_tqdm=False)[0]
+    prompt, runs = protocol_oracle(family, workers, layout, max_tokens)
+    assert list(out.prompt_token_ids) == prompt
+    return out, runs
 
 
 @pytest.mark.parametrize("family,layout,workers,checks", [

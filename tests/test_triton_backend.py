@@ -1,0 +1,112 @@
+"""The CUDA attention backend inside vLLM, on the CPU: vLLM's V1 runner with
+``HogwildTritonBackend``, vLLM's Triton kernels and ours run by the Triton interpreter,
+block size 16 (see triton_engine.py). Every group equals the recompute oracle."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+
+from engines import hf_model
+from test_oracle import assert_matches, group_params, oracle_runs, prompt_ids
+from test_protocol import PROBLEM, protocol_flags, protocol_oracle
+from vllm_hogwild import prompts
+
+pytestmark = pytest.mark.slow
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PLAIN = "Check: 2 * 4 + 3 = 11."
+PROTOCOL_TOKENS = 50  # the least the protocol takes with 3 answer tokens
+
+
+def _early_stop(runs) -> int:
+    """The earliest token only one worker emits: stopping on it ends that worker early."""
+    streams = [r.generated for r in runs]
+    return min((s.index(t), t) for s in streams for t in s if sum(t in o for o in streams) == 1)[1]
+
+
+@functools.lru_cache(maxsize=None)
+def expected() -> dict:
+    """The requests, and what the oracle (or transformers, for a plain request) says they give."""
+    stop = (_early_stop(oracle_runs("qwen3", prompt_ids("qwen3"), 3, "combined", 14)),)
+    plain_ids = prompt_ids("qwen3", PLAIN)
+    with torch.no_grad():
+        plain = hf_model("qwen3").generate(torch.tensor([plain_ids]), max_new_tokens=8, do_sample=False)
+    return {
+        "combined": oracle_runs("llama", prompt_ids("llama"), 3, "combined"),
+        "interleaved": oracle_runs("qwen3", prompt_ids("qwen3"), 2, "interleaved"),
+        "plain": plain[0, len(plain_ids):].tolist(),
+        "stop": stop,
+        "early": oracle_runs("qwen3", prompt_ids("qwen3"), 3, "combined", 14, stop),
+        "protocol": protocol_oracle("qwen3", 2, "combined", PROTOCOL_TOKENS),
+    }
+
+
+def requests() -> list[dict]:
+    return [
+        {"family": "llama", "batches": [[
+            {"prompt_ids": prompt_ids("llama"), "params": group_params(3, "combined")}]]},
+        {"family": "qwen3", "batches": [
+            # A group and a plain request share the batch: vLLM's own kernel serves the plain rows.
+            [{"prompt_ids": prompt_ids("qwen3"), "params": group_params(2, "interleaved")},
+             {"prompt_ids": prompt_ids("qwen3", PLAIN), "params": dict(temperature=0, max_tokens=8)}],
+            [{"prompt_ids": prompt_ids("qwen3"), "params": group_params(3, "combined", 14, expected()["stop"])}],
+            [{"prompt": PROBLEM, "params": dict(temperature=0, max_tokens=PROTOCOL_TOKENS, logprobs=3,
+                                                extra_args=protocol_flags(2, "combined"))}]]},
+    ]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec, out = os.path.join(tmp, "requests.json"), os.path.join(tmp, "results.json")
+        with open(spec, "w") as f:
+            json.dump(requests(), f)
+        run = subprocess.run([sys.executable, os.path.join(HERE, "triton_engine.py"), spec, out],
+                             capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+        with open(out) as f:
+            cases = json.load(f)
+    for case in cases:
+        for batch in case["batches"]:
+            for request in batch:
+                for o in request["outputs"]:
+                    o["logprobs"] = [{int(t): lp for t, lp in step.items()} for step in o["logprobs"]]
+    return {case["family"]: case for case in cases}
+
+
+def test_the_engine_ran_the_cuda_backend(results):
+    assert {family: case["impls"] for family, case in results.items()} == {
+        "llama": ["HogwildTritonImpl"], "qwen3": ["HogwildTritonImpl"]}
+
+
+def test_a_group_equals_the_oracle(results):
+    assert_matches(results["llama"]["batches"][0][0], expected()["combined"])
+
+
+def test_a_group_and_a_plain_request_share_a_batch(results):
+    group, plain = results["qwen3"]["batches"][0]
+    assert_matches(group, expected()["interleaved"])
+    assert plain["outputs"][0]["token_ids"] == expected()["plain"]
+
+
+def test_a_finished_worker_stays_visible(results):
+    out = results["qwen3"]["batches"][1][0]
+    lengths = sorted(len(o["token_ids"]) for o in out["outputs"])
+    assert lengths[0] < lengths[-1]
+    assert_matches(out, expected()["early"])
+
+
+def test_the_protocol_equals_the_oracle(results):
+    out = results["qwen3"]["batches"][2][0]
+    prompt, runs = expected()["protocol"]
+    assert out["prompt_token_ids"] == prompt
+    assert_matches(out, runs)
+    assert out["final_answer"] == prompts.final_answer(out["outputs"][0]["text"]) is not None
