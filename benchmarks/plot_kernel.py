@@ -13,7 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"ours": "fragment kernel (1 group)", "paged_independent": "paged decode, W independent",
+LABELS = {"ours": "fragment kernel (1 group)", "ours_fused_merge": "fragment kernel, fused merge",
+          "paged_independent": "paged decode, W independent",
           "sdpa_independent": "SDPA, W independent", "naive_rerotate": "gather + re-rotate + SDPA"}
 
 
@@ -24,7 +25,7 @@ def main(path: str) -> None:
     for ax, c in zip(axes[0], contexts):
         rows = sorted((r for r in result["decode"] if r["context"] == c), key=lambda r: r["workers"])
         ws = [r["workers"] for r in rows]
-        for key, label in LABELS.items():
+        for key, label in ((k, v) for k, v in LABELS.items() if k in rows[0]["ms"]):  # older runs lack some
             ax.plot(ws, [r["ms"][key] * 1e3 for r in rows], marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -6,7 +6,8 @@ tile it loads keys and values once, rotates every row's query by that row's
 ``theta = (v - p) - D_f`` for the tile's source (cos/sin from ``inv_freq``, in-kernel),
 masks by view position, and updates an online softmax. Rows of all W workers of a group
 share the tile, so a decode step reads the group's shared cache once, not W times.
-Splits are merged by a second small kernel.
+Splits are merged by a second small kernel or, with ``fused_merge``, by the last program
+of each row tile to finish (an atomic counter per tile; one launch instead of two).
 """
 
 from __future__ import annotations
@@ -23,17 +24,61 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
+def _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, qt, kv_head,
+              GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The query rows of tile ``qt``: (tokens of one group) x (query heads of ``kv_head``)."""
+    group = tl.load(qt_group_ptr + qt)
+    r0 = tl.load(qt_start_ptr + qt)
+    r1 = tl.load(qt_end_ptr + qt)
+    r = tl.arange(0, BLOCK_M * GROUP_P)
+    tok_i = r // GROUP_P
+    head_i = r % GROUP_P
+    row_ok = (r0 + tok_i < r1) & (head_i < GROUP)
+    tok = tl.load(group_rows_ptr + r0 + tok_i, mask=row_ok, other=0)
+    return group, tok, kv_head * GROUP + head_i, row_ok
+
+
+@triton.jit
+def _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, head, row_ok, num_heads, num_splits,
+                  stride_ot, stride_oh, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr):
+    """Combine the splits' partial softmax states of a row tile and write its output.
+
+    Workspace loads bypass L1 (``.cg``): in the fused merge they read what other programs
+    just wrote."""
+    dv = tl.arange(0, HEAD_DIM_P)
+    base = (tok * num_heads + head) * num_splits
+    m_run = tl.full(tok.shape, -1.0e30, tl.float32)
+    l_run = tl.zeros(tok.shape, tl.float32)
+    o_run = tl.zeros([tok.shape[0], HEAD_DIM_P], tl.float32)
+    for sp in range(num_splits):
+        m_s = tl.load(ws_ml_ptr + (base + sp) * 2, mask=row_ok, other=-1.0e30, cache_modifier=".cg")
+        l_s = tl.load(ws_ml_ptr + (base + sp) * 2 + 1, mask=row_ok, other=0.0, cache_modifier=".cg")
+        a_s = tl.load(ws_acc_ptr + (base + sp)[:, None] * HEAD_DIM_P + dv[None, :], mask=row_ok[:, None],
+                      other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_run, m_s)
+        c_run = tl.exp2(m_run - m_new)
+        c_s = tl.exp2(m_s - m_new)
+        l_run = l_run * c_run + l_s * c_s
+        o_run = o_run * c_run[:, None] + a_s * c_s[:, None]
+        m_run = m_new
+    o = o_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
+    o_ptr = out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + dv[None, :]
+    tl.store(o_ptr, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (dv < HEAD_DIM)[None, :])
+
+
+@triton.jit
 def _fragment_attn_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr,
+    q_ptr, k_ptr, v_ptr, bt_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr, lock_ptr,
     inv_freq_ptr, q_pos_ptr, q_view_ptr, row_slot_ptr,
     qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
-    kvt_ptr_ptr, kvt_src_ptr, kvt_start_ptr, src_tile_ptr,
+    kvt_ptr_ptr, kvt_src_ptr, src_tile_ptr,
     src_row_ptr, src_start_ptr, src_end_ptr, src_off_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ot, stride_oh, max_slots, scale_log2, num_splits,
     BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
     HALF: tl.constexpr, PASS_P: tl.constexpr, IS_NEOX: tl.constexpr, IEEE: tl.constexpr,
+    FUSED_MERGE: tl.constexpr,
 ):
     qt = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -41,15 +86,8 @@ def _fragment_attn_kernel(
     ROWS: tl.constexpr = BLOCK_M * GROUP_P
     PREC: tl.constexpr = "ieee" if IEEE else "tf32"
 
-    group = tl.load(qt_group_ptr + qt)
-    r0 = tl.load(qt_start_ptr + qt)
-    r1 = tl.load(qt_end_ptr + qt)
-    r = tl.arange(0, ROWS)
-    tok_i = r // GROUP_P
-    head_i = r % GROUP_P
-    row_ok = (r0 + tok_i < r1) & (head_i < GROUP)
-    tok = tl.load(group_rows_ptr + r0 + tok_i, mask=row_ok, other=0)
-    head = kv_head * GROUP + head_i
+    group, tok, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, qt, kv_head,
+                                         GROUP, GROUP_P, BLOCK_M)
     pos = tl.load(q_pos_ptr + tok, mask=row_ok, other=0)
     view = tl.load(q_view_ptr + tok, mask=row_ok, other=0)
     slot = tl.load(row_slot_ptr + tok, mask=row_ok, other=0)
@@ -100,10 +138,11 @@ def _fragment_attn_kernel(
         qp_r = qp.to(k_ptr.dtype.element_ty)
         limit = (view - shift)[:, None]  # key visible iff home + shift <= view
         present = (offset >= 0)[:, None]
-        tile_lo = tl.maximum(tl.load(src_tile_ptr + src), t_lo)
+        src_tile = tl.load(src_tile_ptr + src)
+        tile_lo = tl.maximum(src_tile, t_lo)
         tile_hi = tl.minimum(tl.load(src_tile_ptr + src + 1), t_hi)
         for t in range(tile_lo, tile_hi):
-            home = tl.load(kvt_start_ptr + t) + n
+            home = s_start + (t - src_tile) * BLOCK_N + n
             key_ok = home < s_end
             blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
             k_base = k_ptr + blk * stride_kb + (home % BLOCK_SIZE) * stride_ks + kv_head * stride_kh
@@ -130,33 +169,33 @@ def _fragment_attn_kernel(
         o_ptr = out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + dv[None, :]
         tl.store(o_ptr, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
     else:
-        ws_row = (tok * tl.num_programs(1) * GROUP + head) * num_splits + split
+        num_heads = tl.num_programs(1) * GROUP
+        ws_row = (tok * num_heads + head) * num_splits + split
         tl.store(ws_acc_ptr + ws_row[:, None] * HEAD_DIM_P + dv[None, :], acc, mask=row_ok[:, None])
         tl.store(ws_ml_ptr + ws_row * 2, m_i, mask=row_ok)
         tl.store(ws_ml_ptr + ws_row * 2 + 1, l_i, mask=row_ok)
+        if FUSED_MERGE:
+            # Every thread's stores precede the counter's release; the last split to arrive
+            # acquires them all, merges, and resets the counter for the next launch.
+            tl.debug_barrier()
+            lock = lock_ptr + qt * tl.num_programs(1) + kv_head
+            if tl.atomic_add(lock, 1, sem="acq_rel") == num_splits - 1:
+                tl.store(lock, 0)
+                _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, head, row_ok, num_heads, num_splits,
+                              stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P)
 
 
 @triton.jit
 def _merge_splits_kernel(
-    ws_acc_ptr, ws_ml_ptr, out_ptr, num_heads, stride_ot, stride_oh, num_splits,
-    SPLITS_P: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+    ws_acc_ptr, ws_ml_ptr, out_ptr, qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
+    stride_ot, stride_oh, num_splits,
+    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
 ):
-    row = tl.program_id(0)  # token * num_heads + head
-    sp = tl.arange(0, SPLITS_P)
-    sp_ok = sp < num_splits
-    base = row * num_splits + sp
-    m = tl.load(ws_ml_ptr + base * 2, mask=sp_ok, other=-1.0e30)
-    l = tl.load(ws_ml_ptr + base * 2 + 1, mask=sp_ok, other=0.0)
-    m_max = tl.max(m, axis=0)
-    w = tl.exp2(m - m_max) * tl.where(sp_ok, 1.0, 0.0)
-    dv = tl.arange(0, HEAD_DIM_P)
-    acc = tl.load(ws_acc_ptr + base[:, None] * HEAD_DIM_P + dv[None, :], mask=sp_ok[:, None], other=0.0)
-    num = tl.sum(acc * w[:, None], axis=0)
-    den = tl.sum(l * w, axis=0)
-    o = num / tl.where(den > 0, den, 1.0)
-    tok = row // num_heads
-    head = row % num_heads
-    tl.store(out_ptr + tok * stride_ot + head * stride_oh + dv, o.to(out_ptr.dtype.element_ty), mask=dv < HEAD_DIM)
+    _, tok, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
+                                     tl.program_id(0), tl.program_id(1), GROUP, GROUP_P, BLOCK_M)
+    _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, head, row_ok, tl.num_programs(1) * GROUP, num_splits,
+                  stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P)
 
 
 @dataclass
@@ -170,7 +209,6 @@ class LaunchPlan:
     qt_end: torch.Tensor
     kvt_ptr: torch.Tensor
     kvt_src: torch.Tensor
-    kvt_start: torch.Tensor
     src_tile: torch.Tensor  # [NS+1] first KV tile of each source
     block_m: int
     block_n: int
@@ -204,8 +242,6 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     lengths = (table.src_end - table.src_start).cpu().long()
     ntiles = (lengths + block_n - 1) // block_n
     kvt_src = torch.repeat_interleave(torch.arange(lengths.numel()), ntiles)
-    src_first_tile = torch.cumsum(ntiles, 0) - ntiles
-    kvt_start = table.src_start.cpu().long()[kvt_src] + (torch.arange(kvt_src.numel()) - src_first_tile[kvt_src]) * block_n
     tiles_per_src_cum = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(ntiles, 0)])
     kvt_ptr = tiles_per_src_cum[table.group_src_ptr.cpu().long()]
     per_group = kvt_ptr[1:] - kvt_ptr[:-1]
@@ -215,7 +251,7 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
 
     return LaunchPlan(
         dev(row_slot), dev(group_rows), dev(qt_group), dev(qt_start), dev(qt_end),
-        dev(kvt_ptr), dev(kvt_src), dev(kvt_start), dev(tiles_per_src_cum), block_m, block_n,
+        dev(kvt_ptr), dev(kvt_src), dev(tiles_per_src_cum), block_m, block_n,
         int(per_group.max()) if per_group.numel() else 0,
     )
 
@@ -226,6 +262,19 @@ def vllm_caches(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, t
     the kernel reads it in place, through strides."""
     key_cache, value_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
     return key_cache, value_cache
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters for the fused merge, one per (row tile, KV head). The last
+    split resets its counter, so one buffer per device is zeroed once and reused (one
+    launch at a time per device: vLLM runs attention on one stream)."""
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < n:
+        counters = _COUNTERS[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return counters
 
 
 def _check(q, key_cache, value_cache, inv_freq) -> None:
@@ -269,8 +318,11 @@ def fragment_attention(
     split_factor: int = 2,
     num_warps: int = 4,
     num_stages: int = 3,
+    fused_merge: bool = False,
 ) -> torch.Tensor:
-    """Same contract as ``reference.fragment_attention``; caches ``[blocks, block_size, Hkv, D]``."""
+    """Same contract as ``reference.fragment_attention``; caches ``[blocks, block_size, Hkv, D]``.
+
+    ``fused_merge``: the last split of each row tile merges the splits (one launch, not two)."""
     _check(q, key_cache, value_cache, inv_freq)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = key_cache.shape[2]
@@ -293,11 +345,13 @@ def fragment_attention(
         ws_ml = torch.empty(num_tokens * num_heads * num_splits, 2, device=q.device, dtype=torch.float32)
     else:
         ws_acc = ws_ml = out
+    fused_merge = fused_merge and num_splits > 1
+    counters = _split_counters(q.device, num_qt * num_kv_heads) if fused_merge else out
     _fragment_attn_kernel[(num_qt, num_kv_heads, num_splits)](
-        q, key_cache, value_cache, block_table, out, ws_acc, ws_ml,
+        q, key_cache, value_cache, block_table, out, ws_acc, ws_ml, counters,
         inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_slot,
         launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows,
-        launch.kvt_ptr, launch.kvt_src, launch.kvt_start, launch.src_tile,
+        launch.kvt_ptr, launch.kvt_src, launch.src_tile,
         table.src_row, table.src_start, table.src_end, table.src_offset,
         q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
@@ -305,12 +359,13 @@ def fragment_attention(
         scale * 1.4426950408889634, num_splits,
         BLOCK_SIZE=key_cache.shape[1], GROUP=group, GROUP_P=_next_pow2(group),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
-        HALF=half, PASS_P=pass_p, IS_NEOX=is_neox, IEEE=q.dtype == torch.float32,
+        HALF=half, PASS_P=pass_p, IS_NEOX=is_neox, IEEE=q.dtype == torch.float32, FUSED_MERGE=fused_merge,
         num_warps=num_warps, num_stages=num_stages,
     )
-    if num_splits > 1:
-        _merge_splits_kernel[(num_tokens * num_heads,)](
-            ws_acc, ws_ml, out, num_heads, out.stride(0), out.stride(1), num_splits,
-            SPLITS_P=_next_pow2(num_splits), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
+    if num_splits > 1 and not fused_merge:
+        _merge_splits_kernel[(num_qt, num_kv_heads)](
+            ws_acc, ws_ml, out, launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows,
+            out.stride(0), out.stride(1), num_splits,
+            GROUP=group, GROUP_P=_next_pow2(group), BLOCK_M=launch.block_m, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         )
     return out

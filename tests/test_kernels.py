@@ -46,12 +46,13 @@ def test_triton_matches_reference(case):
     cache, views, q, inv_freq, neox, scale = _inputs(case, 7)
     table = build(views)
     expect = naive_attention(q, cache, views, inv_freq, neox, scale)
-    for splits in (1, 3):
+    for splits, fused in ((1, False), (3, False), (3, True)):
         out = torch.full_like(q, float("nan"))  # poison: every element must be written
         triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq,
-                                     neox, scale, out=out, num_splits=splits)
+                                     neox, scale, out=out, num_splits=splits, fused_merge=fused)
         assert not out.isnan().any()
         assert torch.allclose(out.double(), expect, atol=1e-4, rtol=1e-4)
+    assert not triton_op._COUNTERS[q.device].any()  # the fused merge leaves its counters reset
 
 
 def test_group_sources_are_shared():
