@@ -24,9 +24,11 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, qt, kv_head,
+def _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr, qt, kv_head,
               GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The query rows of tile ``qt``: (tokens of one group) x (query heads of ``kv_head``)."""
+    """The query rows of tile ``qt``: (tokens of one group) x (query heads of ``kv_head``).
+
+    ``tok`` indexes the table's rows, ``brow`` the rows of ``q`` and ``out``."""
     group = tl.load(qt_group_ptr + qt)
     r0 = tl.load(qt_start_ptr + qt)
     r1 = tl.load(qt_end_ptr + qt)
@@ -35,11 +37,12 @@ def _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, qt, kv_hea
     head_i = r % GROUP_P
     row_ok = (r0 + tok_i < r1) & (head_i < GROUP)
     tok = tl.load(group_rows_ptr + r0 + tok_i, mask=row_ok, other=0)
-    return group, tok, kv_head * GROUP + head_i, row_ok
+    brow = tl.load(batch_rows_ptr + r0 + tok_i, mask=row_ok, other=0)
+    return group, tok, brow, kv_head * GROUP + head_i, row_ok
 
 
 @triton.jit
-def _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, head, row_ok, num_heads, num_splits,
+def _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, num_heads, num_splits,
                   stride_ot, stride_oh, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr):
     """Combine the splits' partial softmax states of a row tile and write its output.
 
@@ -62,7 +65,7 @@ def _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, head, row_ok, num_heads, 
         o_run = o_run * c_run[:, None] + a_s * c_s[:, None]
         m_run = m_new
     o = o_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
-    o_ptr = out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + dv[None, :]
+    o_ptr = out_ptr + brow[:, None] * stride_ot + head[:, None] * stride_oh + dv[None, :]
     tl.store(o_ptr, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (dv < HEAD_DIM)[None, :])
 
 
@@ -70,7 +73,7 @@ def _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, head, row_ok, num_heads, 
 def _fragment_attn_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr, lock_ptr,
     inv_freq_ptr, q_pos_ptr, q_view_ptr, row_slot_ptr,
-    qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
+    qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr,
     kvt_ptr_ptr, kvt_src_ptr, src_tile_ptr,
     src_row_ptr, src_start_ptr, src_end_ptr, src_off_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
@@ -86,8 +89,8 @@ def _fragment_attn_kernel(
     ROWS: tl.constexpr = BLOCK_M * GROUP_P
     PREC: tl.constexpr = "ieee" if IEEE else "tf32"
 
-    group, tok, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, qt, kv_head,
-                                         GROUP, GROUP_P, BLOCK_M)
+    group, tok, brow, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
+                                               batch_rows_ptr, qt, kv_head, GROUP, GROUP_P, BLOCK_M)
     pos = tl.load(q_pos_ptr + tok, mask=row_ok, other=0)
     view = tl.load(q_view_ptr + tok, mask=row_ok, other=0)
     slot = tl.load(row_slot_ptr + tok, mask=row_ok, other=0)
@@ -102,7 +105,7 @@ def _fragment_attn_kernel(
         dim_b = 2 * hd + 1
     dim_p = 2 * HALF + tl.arange(0, PASS_P)
     pass_ok = dim_p < HEAD_DIM
-    q_row = q_ptr + tok[:, None] * stride_qt + head[:, None] * stride_qh
+    q_row = q_ptr + brow[:, None] * stride_qt + head[:, None] * stride_qh
     qa = tl.load(q_row + dim_a[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     qb = tl.load(q_row + dim_b[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     qp = tl.load(q_row + dim_p[None, :], mask=row_ok[:, None] & pass_ok[None, :], other=0.0)
@@ -166,7 +169,7 @@ def _fragment_attn_kernel(
 
     if num_splits == 1:
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        o_ptr = out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + dv[None, :]
+        o_ptr = out_ptr + brow[:, None] * stride_ot + head[:, None] * stride_oh + dv[None, :]
         tl.store(o_ptr, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
     else:
         num_heads = tl.num_programs(1) * GROUP
@@ -181,20 +184,20 @@ def _fragment_attn_kernel(
             lock = lock_ptr + qt * tl.num_programs(1) + kv_head
             if tl.atomic_add(lock, 1, sem="acq_rel") == num_splits - 1:
                 tl.store(lock, 0)
-                _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, head, row_ok, num_heads, num_splits,
+                _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, num_heads, num_splits,
                               stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P)
 
 
 @triton.jit
 def _merge_splits_kernel(
-    ws_acc_ptr, ws_ml_ptr, out_ptr, qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
+    ws_acc_ptr, ws_ml_ptr, out_ptr, qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr,
     stride_ot, stride_oh, num_splits,
     GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_M: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
 ):
-    _, tok, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
-                                     tl.program_id(0), tl.program_id(1), GROUP, GROUP_P, BLOCK_M)
-    _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, head, row_ok, tl.num_programs(1) * GROUP, num_splits,
+    _, tok, brow, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr,
+                                           tl.program_id(0), tl.program_id(1), GROUP, GROUP_P, BLOCK_M)
+    _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, tl.num_programs(1) * GROUP, num_splits,
                   stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P)
 
 
@@ -203,7 +206,8 @@ class LaunchPlan:
     """Per-step launch tensors derived from a FragmentTable; reused by every layer."""
 
     row_slot: torch.Tensor
-    group_rows: torch.Tensor
+    group_rows: torch.Tensor  # table rows, grouped
+    batch_rows: torch.Tensor  # where each of group_rows sits in q and out
     qt_group: torch.Tensor
     qt_start: torch.Tensor
     qt_end: torch.Tensor
@@ -219,14 +223,20 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int | None = None) -> LaunchPlan:
-    """Query tiles (rows of one group) and KV tiles (one source each) for a table."""
+def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int | None = None,
+         row_index: torch.Tensor | None = None) -> LaunchPlan:
+    """Query tiles (rows of one group) and KV tiles (one source each) for a table.
+
+    ``row_index[i]``: where the table's query row ``i`` sits in the ``q`` and ``out`` that
+    ``fragment_attention`` gets (default: row ``i``), so that a backend can hand over its
+    whole batch without gathering the rows first."""
     device = table.query_start_loc.device
     qsl = table.query_start_loc.cpu()
     counts = (qsl[1:] - qsl[:-1]).long()
     row_slot = torch.repeat_interleave(table.seq_slot.cpu(), counts)
     row_group = torch.repeat_interleave(table.seq_group.cpu(), counts)
     group_rows = torch.sort(row_group, stable=True).indices
+    batch_rows = group_rows if row_index is None else row_index.cpu().long()[group_rows]
     rows_per_group = torch.bincount(row_group, minlength=table.num_groups)
     if block_m is None:
         lo = max(1, 16 // _next_pow2(group_size))  # tl.dot wants >= 16 rows
@@ -250,7 +260,7 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
         return torch.as_tensor(x, dtype=torch.int32).to(device)
 
     return LaunchPlan(
-        dev(row_slot), dev(group_rows), dev(qt_group), dev(qt_start), dev(qt_end),
+        dev(row_slot), dev(group_rows), dev(batch_rows), dev(qt_group), dev(qt_start), dev(qt_end),
         dev(kvt_ptr), dev(kvt_src), dev(tiles_per_src_cum), block_m, block_n,
         int(per_group.max()) if per_group.numel() else 0,
     )
@@ -322,13 +332,16 @@ def fragment_attention(
 ) -> torch.Tensor:
     """Same contract as ``reference.fragment_attention``; caches ``[blocks, block_size, Hkv, D]``.
 
-    ``fused_merge``: the last split of each row tile merges the splits (one launch, not two)."""
+    With a ``launch`` planned with ``row_index``, ``q`` and ``out`` are a whole batch and only
+    the table's rows are read and written. ``fused_merge``: the last split of each row tile
+    merges the splits (one launch, not two)."""
     _check(q, key_cache, value_cache, inv_freq)
-    num_tokens, num_heads, head_dim = q.shape
+    _, num_heads, head_dim = q.shape
+    num_rows = table.q_pos.numel()
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(q) if out is None else out
-    if num_tokens == 0:
+    if num_rows == 0:
         return out
     launch = launch or plan(table, group)
     num_qt = launch.qt_group.numel()
@@ -341,8 +354,8 @@ def fragment_attention(
     rest = head_dim - 2 * half
     pass_p = max(16, _next_pow2(rest)) if rest else 1  # tl.dot wants K >= 16
     if num_splits > 1:
-        ws_acc = torch.empty(num_tokens * num_heads * num_splits, head_dim_p, device=q.device, dtype=torch.float32)
-        ws_ml = torch.empty(num_tokens * num_heads * num_splits, 2, device=q.device, dtype=torch.float32)
+        ws_acc = torch.empty(num_rows * num_heads * num_splits, head_dim_p, device=q.device, dtype=torch.float32)
+        ws_ml = torch.empty(num_rows * num_heads * num_splits, 2, device=q.device, dtype=torch.float32)
     else:
         ws_acc = ws_ml = out
     fused_merge = fused_merge and num_splits > 1
@@ -350,7 +363,7 @@ def fragment_attention(
     _fragment_attn_kernel[(num_qt, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_table, out, ws_acc, ws_ml, counters,
         inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_slot,
-        launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows,
+        launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows, launch.batch_rows,
         launch.kvt_ptr, launch.kvt_src, launch.src_tile,
         table.src_row, table.src_start, table.src_end, table.src_offset,
         q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
@@ -365,7 +378,7 @@ def fragment_attention(
     if num_splits > 1 and not fused_merge:
         _merge_splits_kernel[(num_qt, num_kv_heads)](
             ws_acc, ws_ml, out, launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows,
-            out.stride(0), out.stride(1), num_splits,
+            launch.batch_rows, out.stride(0), out.stride(1), num_splits,
             GROUP=group, GROUP_P=_next_pow2(group), BLOCK_M=launch.block_m, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         )
     return out

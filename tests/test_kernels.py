@@ -46,12 +46,19 @@ def test_triton_matches_reference(case):
     cache, views, q, inv_freq, neox, scale = _inputs(case, 7)
     table = build(views)
     expect = naive_attention(q, cache, views, inv_freq, neox, scale)
-    for splits, fused in ((1, False), (3, False), (3, True)):
-        out = torch.full_like(q, float("nan"))  # poison: every element must be written
-        triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq,
-                                     neox, scale, out=out, num_splits=splits, fused_merge=fused)
-        assert not out.isnan().any()
-        assert torch.allclose(out.double(), expect, atol=1e-4, rtol=1e-4)
+    # The rows may also sit anywhere in a larger batch (row_index), which is read and written in place.
+    rows = torch.randperm(q.shape[0] + 2, generator=torch.Generator().manual_seed(1))[: q.shape[0]]
+    batch_q = torch.zeros(q.shape[0] + 2, *q.shape[1:])
+    batch_q[rows] = q
+    for splits, fused, in_batch in ((1, False, False), (3, False, False), (3, True, False), (2, True, True)):
+        launch = triton_op.plan(table, q.shape[1] // cache.key.shape[2], row_index=rows if in_batch else None)
+        out = torch.full_like(batch_q if in_batch else q, float("nan"))  # poison: every row must be written
+        triton_op.fragment_attention(batch_q if in_batch else q, cache.key, cache.value, cache.block_table, table,
+                                     inv_freq, neox, scale, out=out, launch=launch, num_splits=splits,
+                                     fused_merge=fused)
+        got = out[rows] if in_batch else out
+        assert not got.isnan().any() and out.isnan().sum() == out.numel() - got.numel()
+        assert torch.allclose(got.double(), expect, atol=1e-4, rtol=1e-4)
     assert not triton_op._COUNTERS[q.device].any()  # the fused merge leaves its counters reset
 
 
@@ -106,7 +113,8 @@ def test_triton_reads_vllms_triton_cache_layout_in_place():
 
 
 def test_cuda_impl_writes_hogwild_rows_of_the_output(monkeypatch):
-    """HogwildTritonImpl.forward on the interpreter: rows mapped back, output [tokens, heads*D]."""
+    """HogwildTritonImpl.forward on the interpreter: the kernel reads and writes the batch's
+    hogwild rows in place (batch order != view order) and leaves every other row alone."""
     from types import SimpleNamespace
 
     from vllm_hogwild import runtime
@@ -118,15 +126,19 @@ def test_cuda_impl_writes_hogwild_rows_of_the_output(monkeypatch):
     heads, d = q.shape[1], q.shape[2]
     kv_cache = torch.cat([cache.key, cache.value], dim=-1).transpose(1, 2).contiguous()
     table = build(views)
-    rows = torch.randperm(q.shape[0], generator=torch.Generator().manual_seed(0))  # batch order != view order
-    batch_q = torch.empty_like(q)
+    batch = q.shape[0] + 3  # three rows that are not hogwild rows
+    rows = torch.randperm(batch, generator=torch.Generator().manual_seed(0))[: q.shape[0]]
+    batch_q = torch.randn(batch, heads, d)
     batch_q[rows] = q
     monkeypatch.setattr(runtime, "rotary", lambda: Rotary(inv_freq, neox))
     impl = HogwildTritonImpl(heads, d, scale, cache.key.shape[2], None, None, "auto")
-    meta = SimpleNamespace(hogwild=HogwildLaunch(rows, table, triton_op.plan(table, heads // cache.key.shape[2]),
-                                                 cache.block_table, all_rows=True))
-    output = torch.full((q.shape[0], heads * d), float("nan"))
+    launch = triton_op.plan(table, heads // cache.key.shape[2], row_index=rows)
+    meta = SimpleNamespace(hogwild=HogwildLaunch(table, launch, cache.block_table, all_rows=True))
+    output = torch.full((batch, heads * d), float("nan"))
     impl.forward(None, batch_q, None, None, kv_cache, meta, output)
     expect = naive_attention(q, cache, views, inv_freq, neox, scale)
-    got = output.view(-1, heads, d)[rows]
-    assert torch.allclose(got.double(), expect, atol=1e-4, rtol=1e-4)
+    got = output.view(-1, heads, d)
+    assert torch.allclose(got[rows].double(), expect, atol=1e-4, rtol=1e-4)
+    others = torch.ones(batch, dtype=torch.bool)
+    others[rows] = False
+    assert got[others].isnan().all()

@@ -32,7 +32,6 @@ from vllm_hogwild.attention import HogwildForward, step_rows
 class HogwildLaunch:
     """Per-step inputs of the Triton fragment kernel, shared by every layer (on the GPU)."""
 
-    rows: torch.Tensor
     table: FragmentTable
     launch: triton_op.LaunchPlan
     block_table: torch.Tensor
@@ -51,9 +50,8 @@ class HogwildTritonMetadataBuilder(TritonAttentionMetadataBuilder):
             step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
                              common.num_reqs, common.num_actual_tokens)
             table = build(step.views, self.device)
-            launch = triton_op.plan(table, self.num_heads_q // self.num_heads_kv)
-            meta.hogwild = HogwildLaunch(step.rows.to(self.device), table, launch,
-                                         step.block_table.to(self.device), step.all_rows)
+            launch = triton_op.plan(table, self.num_heads_q // self.num_heads_kv, row_index=step.rows)
+            meta.hogwild = HogwildLaunch(table, launch, step.block_table.to(self.device), step.all_rows)
         return meta
 
 
@@ -64,9 +62,10 @@ class HogwildTritonImpl(HogwildForward, TritonAttentionImpl):
                                       f"(kv_cache_dtype={self.kv_cache_dtype!r})")
         key_cache, value_cache = triton_op.vllm_caches(kv_cache, self.head_size)
         rotary = runtime.rotary()
-        out = triton_op.fragment_attention(query[hog.rows], key_cache, value_cache, hog.block_table, hog.table,
-                                           rotary.inv_freq, rotary.is_neox, self.scale, launch=hog.launch)
-        output[hog.rows] = out.to(output.dtype)
+        # The kernel reads the batch's hogwild rows of `query` and writes them into `output`
+        # in place (the launch plan knows where they sit).
+        triton_op.fragment_attention(query, key_cache, value_cache, hog.block_table, hog.table, rotary.inv_freq,
+                                     rotary.is_neox, self.scale, out=output, launch=hog.launch)
 
 
 class HogwildTritonBackend(TritonAttentionBackend):
