@@ -204,3 +204,9 @@ def test_serve_command_line(monkeypatch):
     assert command[3:] == ["--model", "/m", "--dtype", "bfloat16"]
     with pytest.raises(SystemExit, match="--plugin: expected a plugin name"):
         serve_command(["/m", "--plugin"])
+    # With a GPU: the plugin's backend and synchronous scheduling, unless the user chose.
+    monkeypatch.setattr("vllm_hogwild.cli._has_accelerator", lambda: True)
+    command, _ = serve_command(["/m"])
+    assert command[3:] == ["--model", "/m", "--attention-backend", "CUSTOM", "--no-async-scheduling"]
+    command, _ = serve_command(["/m", "--attention-backend=TRITON_ATTN", "--async-scheduling"])
+    assert command[3:] == ["--model", "/m", "--attention-backend=TRITON_ATTN", "--async-scheduling"]

@@ -78,7 +78,9 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
     MODEL defaults to the embedded SmolLM2; ``--plugin NAME`` (repeatable, as in ``vllm serve
     ... --plugin hogwild`` elsewhere) becomes ``VLLM_PLUGINS``, which always includes hogwild;
-    on a CPU-only machine ``--dtype float32`` is added unless given (the CPU path's only dtype).
+    on a CPU-only machine ``--dtype float32`` is added unless given (the CPU path's only dtype);
+    with a GPU, what hogwild needs there is added unless given: the plugin's attention backend
+    (``--attention-backend CUSTOM``) and synchronous scheduling (``--no-async-scheduling``).
     """
     args, plugins = list(argv), []
     while "--plugin" in args:
@@ -97,8 +99,15 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     if plugins or "VLLM_PLUGINS" in env:
         names = plugins + [p for p in env.get("VLLM_PLUGINS", "").split(",") if p]
         env["VLLM_PLUGINS"] = ",".join(dict.fromkeys(["hogwild"] + names))
-    if "--dtype" not in args and not _has_accelerator():
-        args += ["--dtype", "float32"]
+    given = {a.split("=", 1)[0] for a in args}
+    if not _has_accelerator():
+        if "--dtype" not in given:
+            args += ["--dtype", "float32"]
+    else:
+        if not given & {"--attention-backend", "--attention-config"}:
+            args += ["--attention-backend", "CUSTOM"]
+        if not given & {"--async-scheduling", "--no-async-scheduling"}:
+            args += ["--no-async-scheduling"]
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env
 
 
