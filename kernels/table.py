@@ -13,6 +13,8 @@ boundary any worker of the group uses, so that identical runs become one source.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -63,26 +65,42 @@ class FragmentTable:
 
 
 def _group_sources(views: list[SeqView], num_slots: int) -> list[tuple[int, int, int, list[int]]]:
-    """Cut the group's fragments at common boundaries and merge identical pieces."""
-    cuts: dict[int, set[int]] = {}
-    for v in views:
-        for row, start, end, _ in v.fragments:
-            cuts.setdefault(row, set()).update((start, end))
+    """Cut the group's fragments at common boundaries and merge identical pieces.
+
+    A fragment that every view holds at the same offset (the shared history, most of a
+    long view) is cut and indexed once for all slots; only the rest is done per view.
+    This keeps the per-step cost near one view's fragments rather than W views'."""
+    counts = Counter(f for v in views for f in set(v.fragments))
+    everywhere = {f for f, n in counts.items() if n == len(views)}
+    cut_sets: dict[int, set[int]] = {}
+    for row, start, end, _ in counts:
+        cut_sets.setdefault(row, set()).update((start, end))
+    cuts = {row: sorted(points) for row, points in cut_sets.items()}
     sources: list[tuple[int, int, int, list[int]]] = []
-    index: dict[tuple[int, int, int, int], int] = {}  # (row, start, end, occurrence)
-    for v in views:
+    index: dict[tuple, int] = {}  # (row, start, end, occurrence[, "all"]) -> source
+
+    def add(fragments, slots: list[int], tag: tuple) -> None:
         seen: dict[tuple[int, int, int], int] = {}
-        for row, start, end, offset in v.fragments:
-            points = sorted(p for p in cuts[row] if start <= p <= end)
+        for row, start, end, offset in fragments:
+            row_cuts = cuts[row]
+            points = row_cuts[bisect_left(row_cuts, start):bisect_right(row_cuts, end)]
             for a, b in zip(points, points[1:]):
                 key3 = (row, a, b)
                 occurrence = seen.get(key3, 0)
                 seen[key3] = occurrence + 1
-                key = key3 + (occurrence,)
+                key = key3 + (occurrence,) + tag
                 if key not in index:
                     index[key] = len(sources)
                     sources.append((row, a, b, [-1] * num_slots))
-                sources[index[key]][3][v.slot] = offset + (a - start)
+                seen_at = sources[index[key]][3]
+                for slot in slots:
+                    seen_at[slot] = offset + (a - start)
+
+    # Shared fragments get their own key space ("all"): a view may also hold the same
+    # tokens elsewhere, at another offset, which must stay a separate source.
+    add(sorted(everywhere, key=lambda f: f[3]), [v.slot for v in views], ("all",))
+    for v in views:
+        add([f for f in v.fragments if f not in everywhere], [v.slot], ())
     return sources
 
 

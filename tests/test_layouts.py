@@ -77,3 +77,28 @@ def test_unknown_layout_names_the_allowed_ones():
 def test_paper_boundary(texts, expected):
     scanner = StepScanner(BoundaryRule())
     assert [scanner.ends_step(t) for t in texts] == expected
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "combined"])
+def test_history_kept_across_steps_equals_views_built_afresh(layout):
+    """The committed steps are merged into fragments once and extended as steps commit:
+    every step's views equal those of a fresh state holding the same history."""
+    import copy
+    import random
+
+    rng = random.Random(0)
+    t = tracker(layout, workers=3)
+    lengths = [5, 1, 1]
+    for _ in range(60):
+        texts = {}
+        for w in range(3):
+            step = [rng.choice(["a", "b", "|"]) for _ in range(rng.randint(0, 3))]
+            texts[w] = step
+            lengths[w] += len(step)
+        t.commit_written(texts)
+        kept = t.views(lengths)
+        fresh = copy.copy(t.state)
+        fresh.history = list(t.state.history)
+        fresh._history_view = None
+        assert kept == views(layout, fresh)
+    assert len(t.state.history) > 20

@@ -74,16 +74,17 @@ class GroupState:
 
     prompt_len: int
     workers: list[WorkerState]
-    history: list[Span] = field(default_factory=list)
+    history: list[Span] = field(default_factory=list)  # append-only: commits are final
     framing: dict[str, Span] = field(default_factory=dict)
+    _history_view: _HistoryView | None = field(default=None, repr=False, compare=False)
 
 
 class _ViewBuilder:
     """Appends spans at increasing view offsets, merging runs that continue each other."""
 
-    def __init__(self) -> None:
+    def __init__(self, offset: int = 0) -> None:
         self.fragments: list[Fragment] = []
-        self.offset = 0
+        self.offset = offset
 
     def add(self, worker: int, start: int, end: int) -> None:
         if end <= start:
@@ -98,6 +99,29 @@ class _ViewBuilder:
     def add_span(self, span: Span | None) -> None:
         if span is not None:
             self.add(span.worker, span.start, span.end)
+
+    def extend(self, other: _ViewBuilder) -> None:
+        """Append ``other``'s fragments, built from this builder's current offset on."""
+        if not other.fragments:
+            return
+        first, last = other.fragments[0], self.fragments[-1] if self.fragments else None
+        if last is not None and last.source == first.source and last.end == first.start:
+            self.fragments[-1] = Fragment(first.source, last.start, first.end, last.offset)
+            self.fragments.extend(other.fragments[1:])
+        else:
+            self.fragments.extend(other.fragments)
+        self.offset = other.offset
+
+
+@dataclass
+class _HistoryView:
+    """The committed steps as fragments from view offset ``prompt_len`` on, where every
+    viewer's history starts; extended as steps commit, so a step's views copy them
+    instead of re-adding every span (a long run commits thousands of steps)."""
+
+    builder: _ViewBuilder
+    history: list[Span]
+    spans: int = 0
 
 
 def _prompt(state: GroupState, viewer: int, view: _ViewBuilder) -> None:
@@ -119,8 +143,14 @@ def contiguous(state: GroupState, viewer: int) -> list[Fragment]:
 
 
 def _history(state: GroupState, view: _ViewBuilder) -> None:
-    for span in state.history:
-        view.add(span.worker, span.start, span.end)
+    cache = state._history_view
+    if cache is None or cache.history is not state.history or cache.spans > len(state.history):
+        cache = state._history_view = _HistoryView(_ViewBuilder(state.prompt_len), state.history)
+    for span in state.history[cache.spans:]:
+        cache.builder.add(span.worker, span.start, span.end)
+    cache.spans = len(state.history)
+    assert view.offset == state.prompt_len, "history follows the prompt"
+    view.extend(cache.builder)
 
 
 def interleaved(state: GroupState, viewer: int) -> list[Fragment]:
