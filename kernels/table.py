@@ -67,19 +67,29 @@ class FragmentTable:
 def _group_sources(views: list[SeqView], num_slots: int) -> list[tuple[int, int, int, list[int]]]:
     """Cut the group's fragments at common boundaries and merge identical pieces.
 
-    A fragment that every view holds at the same offset (the shared history, most of a
-    long view) is cut and indexed once for all slots; only the rest is done per view.
-    This keeps the per-step cost near one view's fragments rather than W views'."""
+    A fragment that every view holds at the same offset (the shared history: most of a
+    long view) is already shared: it becomes one source as it is, with that offset for
+    every slot. Only the other fragments are cut and matched, view by view, so the
+    per-step cost stays near the number of distinct fragments, not W times it."""
     counts = Counter(f for v in views for f in set(v.fragments))
     everywhere = {f for f, n in counts.items() if n == len(views)}
-    cut_sets: dict[int, set[int]] = {}
-    for row, start, end, _ in counts:
-        cut_sets.setdefault(row, set()).update((start, end))
-    cuts = {row: sorted(points) for row, points in cut_sets.items()}
+    slots = [v.slot for v in views]
     sources: list[tuple[int, int, int, list[int]]] = []
-    index: dict[tuple, int] = {}  # (row, start, end, occurrence[, "all"]) -> source
+    for row, start, end, offset in sorted(everywhere, key=lambda f: f[3]):
+        if end > start:
+            seen_at = [-1] * num_slots
+            for slot in slots:
+                seen_at[slot] = offset
+            sources.append((row, start, end, seen_at))
 
-    def add(fragments, slots: list[int], tag: tuple) -> None:
+    rest = [[f for f in v.fragments if f not in everywhere] for v in views]
+    cut_sets: dict[int, set[int]] = {}
+    for fragments in rest:
+        for row, start, end, _ in fragments:
+            cut_sets.setdefault(row, set()).update((start, end))
+    cuts = {row: sorted(points) for row, points in cut_sets.items()}
+    index: dict[tuple[int, int, int, int], int] = {}  # (row, start, end, occurrence) -> source
+    for v, fragments in zip(views, rest):
         seen: dict[tuple[int, int, int], int] = {}
         for row, start, end, offset in fragments:
             row_cuts = cuts[row]
@@ -88,19 +98,11 @@ def _group_sources(views: list[SeqView], num_slots: int) -> list[tuple[int, int,
                 key3 = (row, a, b)
                 occurrence = seen.get(key3, 0)
                 seen[key3] = occurrence + 1
-                key = key3 + (occurrence,) + tag
+                key = key3 + (occurrence,)
                 if key not in index:
                     index[key] = len(sources)
                     sources.append((row, a, b, [-1] * num_slots))
-                seen_at = sources[index[key]][3]
-                for slot in slots:
-                    seen_at[slot] = offset + (a - start)
-
-    # Shared fragments get their own key space ("all"): a view may also hold the same
-    # tokens elsewhere, at another offset, which must stay a separate source.
-    add(sorted(everywhere, key=lambda f: f[3]), [v.slot for v in views], ("all",))
-    for v in views:
-        add([f for f in v.fragments if f not in everywhere], [v.slot], ())
+                sources[index[key]][3][v.slot] = offset + (a - start)
     return sources
 
 

@@ -65,6 +65,13 @@ class StepPlan:
     extra_blocks: list[list[int]]
 
 
+def _tokens(state: RequestState, start: int, end: int) -> list[int]:
+    """Tokens ``[start, end)`` of a request, without copying the whole (growing) request."""
+    prompt = state.prompt_token_ids
+    n = len(prompt)
+    return list(prompt[start:min(end, n)]) + list(state.output_token_ids[max(start - n, 0):max(end - n, 0)])
+
+
 def framing_spans(prompt_len: int, blocks: Sequence[tuple[str, Sequence[int]]]) -> dict[str, Span]:
     """Where worker 0's framing blocks sit: right after the prompt, in the given order."""
     spans, at = {}, prompt_len
@@ -155,8 +162,7 @@ class Planner:
             before = rows[batch[rid]][2] - rows[batch[rid]][1] if rid in batch else m.written
             start = group.tracker.scanned(m.worker)
             if before > start:
-                tokens = list(m.state.prompt_token_ids) + list(m.state.output_token_ids)
-                texts[m.worker] = [self._decode(t) for t in tokens[start:before]]
+                texts[m.worker] = [self._decode(t) for t in _tokens(m.state, start, before)]
             if rid in batch:
                 m.written = rows[batch[rid]][2]
         group.tracker.commit_written(texts)
