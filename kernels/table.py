@@ -60,8 +60,24 @@ class FragmentTable:
         return self.group_src_ptr.numel() - 1
 
     def to(self, device: torch.device | str) -> FragmentTable:
-        fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
-        return FragmentTable(**fields)
+        return tensors_to(self, device)
+
+
+def tensors_to(obj, device: torch.device | str):
+    """A copy of dataclass ``obj`` with its int32 tensor fields on ``device``, moved in one
+    copy: the per-step tables are a dozen small tensors, and each host-to-GPU copy of its
+    own costs a synchronisation."""
+    fields = dict(vars(obj))
+    names = [k for k, v in fields.items() if isinstance(v, torch.Tensor)]
+    if all(fields[k].device == torch.device(device) and fields[k].dtype == torch.int32 for k in names):
+        return obj
+    flat = torch.cat([fields[k].reshape(-1).to(torch.int32) for k in names])
+    if torch.device(device).type == "cuda":
+        flat = flat.pin_memory()
+    moved = flat.to(device, non_blocking=True).split([fields[k].numel() for k in names])
+    for k, part in zip(names, moved):
+        fields[k] = part.view(fields[k].shape)
+    return type(obj)(**fields)
 
 
 def _group_sources(views: list[SeqView], num_slots: int) -> list[tuple[int, int, int, list[int]]]:
@@ -129,9 +145,9 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
         qsl.append(qsl[-1] + v.num_rows)
 
     def i32(x: list) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.int32, device=device)
+        return torch.tensor(x, dtype=torch.int32)
 
-    return FragmentTable(
+    table = FragmentTable(
         query_start_loc=i32(qsl),
         seq_group=i32([group_index[v.group] for v in views]),
         seq_slot=i32([v.slot for v in views]),
@@ -145,3 +161,4 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
         max_slots=max_slots,
         max_rows=max((v.num_rows for v in views), default=0),
     )
+    return table.to(device)

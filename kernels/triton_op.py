@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .table import FragmentTable
+from .table import FragmentTable, tensors_to
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -218,6 +218,9 @@ class LaunchPlan:
     block_n: int
     max_group_tiles: int
 
+    def to(self, device: torch.device | str) -> LaunchPlan:
+        return tensors_to(self, device)
+
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
@@ -256,14 +259,15 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     kvt_ptr = tiles_per_src_cum[table.group_src_ptr.cpu().long()]
     per_group = kvt_ptr[1:] - kvt_ptr[:-1]
 
-    def dev(x) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=torch.int32).to(device)
+    def i32(x) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.int32)
 
-    return LaunchPlan(
-        dev(row_slot), dev(group_rows), dev(batch_rows), dev(qt_group), dev(qt_start), dev(qt_end),
-        dev(kvt_ptr), dev(kvt_src), dev(tiles_per_src_cum), block_m, block_n,
+    launch = LaunchPlan(
+        i32(row_slot), i32(group_rows), i32(batch_rows), i32(qt_group), i32(qt_start), i32(qt_end),
+        i32(kvt_ptr), i32(kvt_src), i32(tiles_per_src_cum), block_m, block_n,
         int(per_group.max()) if per_group.numel() else 0,
     )
+    return launch.to(device)
 
 
 def vllm_caches(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -155,3 +155,21 @@ def test_cuda_impl_writes_hogwild_rows_of_the_output(monkeypatch):
     others = torch.ones(batch, dtype=torch.bool)
     others[rows] = False
     assert got[others].isnan().all()
+
+
+def test_tables_move_in_one_copy_and_keep_their_values():
+    import dataclasses
+
+    cache, views, q, *_ = _inputs(CASES[1], 3)
+    table = build(views)
+    launch = triton_op.plan(table, 3)
+    for obj in (table, launch):
+        assert obj.to("cpu") is obj  # already there: nothing copied
+        wide = dataclasses.replace(obj, **{k: v.long() for k, v in vars(obj).items() if isinstance(v, torch.Tensor)})
+        moved = wide.to("cpu")  # packed into one int32 buffer, then split into views
+        for k, v in vars(obj).items():
+            got = getattr(moved, k)
+            if isinstance(v, torch.Tensor):
+                assert got.dtype == torch.int32 and torch.equal(got, v), k
+            else:
+                assert got == v

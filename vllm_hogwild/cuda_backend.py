@@ -49,9 +49,11 @@ class HogwildTritonMetadataBuilder(TritonAttentionMetadataBuilder):
             common = common_attn_metadata
             step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
                              common.num_reqs, common.num_actual_tokens)
-            table = build(step.views, self.device)
+            # Planned on the host, then moved in two copies (the launch plan reads the table).
+            table = build(step.views)
             launch = triton_op.plan(table, self.num_heads_q // self.num_heads_kv, row_index=step.rows)
-            meta.hogwild = HogwildLaunch(table, launch, step.block_table.to(self.device), step.all_rows)
+            meta.hogwild = HogwildLaunch(table.to(self.device), launch.to(self.device),
+                                         step.block_table.to(self.device), step.all_rows)
         return meta
 
 
