@@ -42,12 +42,11 @@ def _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows
 
 
 @triton.jit
-def _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, num_heads, num_splits,
-                  stride_ot, stride_oh, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr):
-    """Combine the splits' partial softmax states of a row tile and write its output.
-
-    Workspace loads bypass L1 (``.cg``): in the fused merge they read what other programs
-    just wrote."""
+def _merge_tile_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, num_heads, num_splits,
+                       stride_ot, stride_oh, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr):
+    """The fused merge: combine the splits' partial softmax states of a row tile and write
+    its output. Workspace loads bypass L1 (``.cg``): they read what other programs of the
+    same launch just wrote."""
     dv = tl.arange(0, HEAD_DIM_P)
     base = (tok * num_heads + head) * num_splits
     m_run = tl.full(tok.shape, -1.0e30, tl.float32)
@@ -184,21 +183,33 @@ def _fragment_attn_kernel(
             lock = lock_ptr + qt * tl.num_programs(1) + kv_head
             if tl.atomic_add(lock, 1, sem="acq_rel") == num_splits - 1:
                 tl.store(lock, 0)
-                _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, num_heads, num_splits,
-                              stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P)
+                _merge_tile_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, num_heads, num_splits,
+                                   stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P)
 
 
 @triton.jit
 def _merge_splits_kernel(
-    ws_acc_ptr, ws_ml_ptr, out_ptr, qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr,
-    stride_ot, stride_oh, num_splits,
-    GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_M: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+    ws_acc_ptr, ws_ml_ptr, out_ptr, row_out_ptr, num_heads, stride_ot, stride_oh, num_splits,
+    SPLITS_P: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
 ):
-    _, tok, brow, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr,
-                                           tl.program_id(0), tl.program_id(1), GROUP, GROUP_P, BLOCK_M)
-    _merge_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, tl.num_programs(1) * GROUP, num_splits,
-                  stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P)
+    """The separate merge: one program per (query row, head), all splits at once (the
+    fused merge, by contrast, runs in one program per row tile)."""
+    row = tl.program_id(0)  # table row * num_heads + head
+    sp = tl.arange(0, SPLITS_P)
+    sp_ok = sp < num_splits
+    base = row * num_splits + sp
+    m = tl.load(ws_ml_ptr + base * 2, mask=sp_ok, other=-1.0e30)
+    l = tl.load(ws_ml_ptr + base * 2 + 1, mask=sp_ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    w = tl.exp2(m - m_max) * tl.where(sp_ok, 1.0, 0.0)
+    dv = tl.arange(0, HEAD_DIM_P)
+    acc = tl.load(ws_acc_ptr + base[:, None] * HEAD_DIM_P + dv[None, :], mask=sp_ok[:, None], other=0.0)
+    num = tl.sum(acc * w[:, None], axis=0)
+    den = tl.sum(l * w, axis=0)
+    o = num / tl.where(den > 0, den, 1.0)
+    brow = tl.load(row_out_ptr + row // num_heads)
+    head = row % num_heads
+    tl.store(out_ptr + brow * stride_ot + head * stride_oh + dv, o.to(out_ptr.dtype.element_ty), mask=dv < HEAD_DIM)
 
 
 @dataclass
@@ -208,6 +219,7 @@ class LaunchPlan:
     row_slot: torch.Tensor
     group_rows: torch.Tensor  # table rows, grouped
     batch_rows: torch.Tensor  # where each of group_rows sits in q and out
+    row_out: torch.Tensor  # where each table row sits in q and out
     qt_group: torch.Tensor
     qt_start: torch.Tensor
     qt_end: torch.Tensor
@@ -239,7 +251,8 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     row_slot = torch.repeat_interleave(table.seq_slot.cpu(), counts)
     row_group = torch.repeat_interleave(table.seq_group.cpu(), counts)
     group_rows = torch.sort(row_group, stable=True).indices
-    batch_rows = group_rows if row_index is None else row_index.cpu().long()[group_rows]
+    row_out = torch.arange(group_rows.numel()) if row_index is None else row_index.cpu().long()
+    batch_rows = row_out[group_rows]
     rows_per_group = torch.bincount(row_group, minlength=table.num_groups)
     if block_m is None:
         lo = max(1, 16 // _next_pow2(group_size))  # tl.dot wants >= 16 rows
@@ -263,7 +276,7 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
         return torch.as_tensor(x, dtype=torch.int32)
 
     launch = LaunchPlan(
-        i32(row_slot), i32(group_rows), i32(batch_rows), i32(qt_group), i32(qt_start), i32(qt_end),
+        i32(row_slot), i32(group_rows), i32(batch_rows), i32(row_out), i32(qt_group), i32(qt_start), i32(qt_end),
         i32(kvt_ptr), i32(kvt_src), i32(tiles_per_src_cum), block_m, block_n,
         int(per_group.max()) if per_group.numel() else 0,
     )
@@ -380,9 +393,8 @@ def fragment_attention(
         num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1 and not fused_merge:
-        _merge_splits_kernel[(num_qt, num_kv_heads)](
-            ws_acc, ws_ml, out, launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows,
-            launch.batch_rows, out.stride(0), out.stride(1), num_splits,
-            GROUP=group, GROUP_P=_next_pow2(group), BLOCK_M=launch.block_m, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
+        _merge_splits_kernel[(num_rows * num_heads,)](
+            ws_acc, ws_ml, out, launch.row_out, num_heads, out.stride(0), out.stride(1), num_splits,
+            SPLITS_P=_next_pow2(num_splits), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         )
     return out
