@@ -251,6 +251,9 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     row_slot = torch.repeat_interleave(table.seq_slot.cpu(), counts)
     row_group = torch.repeat_interleave(table.seq_group.cpu(), counts)
     group_rows = torch.sort(row_group, stable=True).indices
+    if row_index is not None and row_index.shape != group_rows.shape:
+        raise ValueError(f"row_index must hold one batch row per query row of the table ({group_rows.numel()}), "
+                         f"got shape {tuple(row_index.shape)}")
     row_out = torch.arange(group_rows.numel()) if row_index is None else row_index.cpu().long()
     batch_rows = row_out[group_rows]
     rows_per_group = torch.bincount(row_group, minlength=table.num_groups)
@@ -360,7 +363,12 @@ def fragment_attention(
     out = torch.empty_like(q) if out is None else out
     if num_rows == 0:
         return out
-    launch = launch or plan(table, group)
+    if launch is None:
+        if q.shape[0] < num_rows:
+            raise ValueError(f"q has {q.shape[0]} rows but the table has {num_rows} query rows")
+        launch = plan(table, group)
+    elif launch.row_out.numel() != num_rows:
+        raise ValueError(f"launch plan is for {launch.row_out.numel()} query rows, the table has {num_rows}")
     num_qt = launch.qt_group.numel()
     if num_splits is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1

@@ -95,6 +95,12 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="rotary_dim"):
         triton_op.fragment_attention(torch.randn(1, 2, 64), cache.key, cache.value, cache.block_table,
                                      build([]), inv_freq_for(8), True, 1.0)
+    cache, views, q, inv_freq, neox, scale = _inputs(CASES[0], 1)
+    table = build(views)
+    with pytest.raises(ValueError, match="q has 1 rows but the table has"):
+        triton_op.fragment_attention(q[:1], cache.key, cache.value, cache.block_table, table, inv_freq, neox, scale)
+    with pytest.raises(ValueError, match="row_index must hold one batch row per query row"):
+        triton_op.plan(table, 4, row_index=torch.arange(q.shape[0] + 1))
 
 
 @pytest.mark.parametrize("case", CASES)
