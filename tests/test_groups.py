@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines import engine, model_path, scheduler, tokenizer
-from test_oracle import NAMES, PROMPT, assert_matches, hogwild, prompt_ids
+from engines import engine, scheduler, tokenizer
+from test_oracle import NAMES, PROMPT, prompt_ids
 
 
 def _plain_works(llm) -> None:
