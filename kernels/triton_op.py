@@ -218,8 +218,8 @@ class LaunchPlan:
 
     row_slot: torch.Tensor
     group_rows: torch.Tensor  # table rows, grouped
-    batch_rows: torch.Tensor  # where each of group_rows sits in q and out
     row_out: torch.Tensor  # where each table row sits in q and out
+    batch_rows: torch.Tensor  # row_out[group_rows], kept to spare the kernel a dependent load
     qt_group: torch.Tensor
     qt_start: torch.Tensor
     qt_end: torch.Tensor
@@ -279,7 +279,7 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
         return torch.as_tensor(x, dtype=torch.int32)
 
     launch = LaunchPlan(
-        i32(row_slot), i32(group_rows), i32(batch_rows), i32(row_out), i32(qt_group), i32(qt_start), i32(qt_end),
+        i32(row_slot), i32(group_rows), i32(row_out), i32(batch_rows), i32(qt_group), i32(qt_start), i32(qt_end),
         i32(kvt_ptr), i32(kvt_src), i32(tiles_per_src_cum), block_m, block_n,
         int(per_group.max()) if per_group.numel() else 0,
     )

@@ -102,15 +102,11 @@ class _ViewBuilder:
 
     def extend(self, other: _ViewBuilder) -> None:
         """Append ``other``'s fragments, built from this builder's current offset on."""
-        if not other.fragments:
-            return
-        first, last = other.fragments[0], self.fragments[-1] if self.fragments else None
-        if last is not None and last.source == first.source and last.end == first.start:
-            self.fragments[-1] = Fragment(first.source, last.start, first.end, last.offset)
+        if other.fragments:
+            first = other.fragments[0]
+            self.add(first.source, first.start, first.end)  # may continue our last fragment
             self.fragments.extend(other.fragments[1:])
-        else:
-            self.fragments.extend(other.fragments)
-        self.offset = other.offset
+            self.offset = other.offset
 
 
 @dataclass
