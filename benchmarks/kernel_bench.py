@@ -5,8 +5,11 @@
 1. Correctness in compiled mode: the Triton kernel against a float64 oracle that
    re-rotates keys, on fresh random paged inputs, fp32 / fp16 / bf16, several shapes.
 2. Decode timing, Qwen3-8B-like heads (32 query, 8 KV, head_dim 128), bf16: one group of
-   W workers over a shared context of C tokens (contiguous layout: prompt, every worker's
-   stream, each worker's query its own last token), against
+   W workers over a shared context of C tokens, each worker's query its own last token,
+   with the views the plugin's layouts build (``vllm_hogwild.layouts``, pure Python):
+   contiguous (a long prompt, then every worker's stream: few long fragments) and
+   combined (a short prompt, then a history of 20-token steps of all workers, then their
+   current steps: hundreds of short fragments, as real runs have). Against
    (a) W independent sequences of C tokens each: torch SDPA, and the same Triton kernel
        with W one-worker groups (standard paged decode, each over its own copy);
    (b) the naive way: gather and re-rotate the keys of each worker's view, then SDPA.
@@ -41,6 +44,7 @@ def _load_kernels():
         sys.modules["hogwild_kernels"] = module
         spec.loader.exec_module(module)
     sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, ROOT)
 
 
 _load_kernels()
@@ -51,6 +55,7 @@ from hogwild_kernels import build, triton_op  # noqa: E402
 from hogwild_kernels.rotary import rotate  # noqa: E402
 from hogwild_kernels.table import SeqView  # noqa: E402
 from paged import inv_freq_for, naive_attention, random_cache, random_views  # noqa: E402
+from vllm_hogwild import layouts  # noqa: E402  (pure Python: no vLLM needed)
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 16
 
@@ -102,36 +107,62 @@ def gpu_cache(lengths: list[int], gen: torch.Generator):
     return k, torch.randn_like(k), table.block_table.cuda()
 
 
+def group_views(workers: int, context: int, layout: str, step_tokens: int = 20) -> tuple[list[int], list[SeqView]]:
+    """Request lengths and the W views of one decode step of a group, as the plugin's
+    layouts build them. Request 0 holds the prompt then worker 0's stream; request w,
+    its copy of the prompt's last token then its stream."""
+    if layout == "contiguous":
+        stream = min(512, context // (2 * workers))
+        prompt = context - workers * stream - (workers - 1)  # C tokens in all
+        generated = [stream] * workers
+        history = []
+    else:
+        prompt = 256
+        generated = [(context - prompt) // workers] * workers
+        history = []  # committed steps, round robin; each worker's last step still open
+        for i in range(sum(g // step_tokens - 1 for g in generated)):
+            w = i % workers
+            start = (prompt if w == 0 else 1) + (i // workers) * step_tokens
+            history.append(layouts.Span(w, start, start + step_tokens))
+    stream_start = [prompt] + [1] * (workers - 1)
+    lengths = [s + g for s, g in zip(stream_start, generated)]
+    committed = [s + (g // step_tokens - 1) * step_tokens for s, g in zip(stream_start, generated)]
+    state = layouts.GroupState(prompt, [layouts.WorkerState(prompt - 1 if w == 0 else 0, stream_start[w], lengths[w],
+                                                            committed[w] if history else -1)
+                                        for w in range(workers)], history)
+    views = []
+    for w, fragments in enumerate(layouts.views(layout, state)):
+        home = lengths[w] - 1
+        frags = [(f.source, f.start, f.end, f.offset) for f in fragments]
+        views.append(SeqView(0, w, 1, home, frags, [layouts.view_position(fragments, w, home)]))
+    return lengths, views
+
+
 def decode_case(workers: int, context: int, inv: torch.Tensor, opts: dict | None = None,
-                only_ours: bool = False) -> dict:
+                only_ours: bool = False, layout: str = "contiguous") -> dict:
     opts = dict(opts or {})
     block_n = opts.pop("block_n", 64)
-    stream = min(512, context // (2 * workers))
-    prompt = context - workers * stream
-    # Request 0 holds the prompt then worker 0's stream; request w holds worker w's stream.
-    lengths = [prompt + stream] + [stream] * (workers - 1)
-    copies = max(1, math.ceil(256 * 2**20 / (context * HKV * D * 2 * 2)))  # defeat L2
+    pack_shared = opts.pop("pack_shared", True)
+    lengths, views = group_views(workers, context, layout)
+    tokens = sum(lengths)
+    copies = max(1, math.ceil(256 * 2**20 / (tokens * HKV * D * 2 * 2)))  # defeat L2
     gen = torch.Generator().manual_seed(workers * 7 + context)
     caches = [gpu_cache(lengths, gen) for _ in range(copies)]
-    starts = [prompt] + [0] * (workers - 1)
-    views = []
-    for w in range(workers):
-        frags, off = [(0, 0, prompt, 0)], prompt
-        for u in [u for u in range(workers) if u != w] + [w]:
-            frags.append((u, starts[u], starts[u] + stream, off))
-            off += stream
-        views.append(SeqView(0, w, 1, starts[w] + stream - 1, frags, [off - 1]))
     table = build(views, "cuda")
-    launch = triton_op.plan(table, HQ // HKV, block_n=block_n)
+    launches = {pack: triton_op.plan(table, HQ // HKV, block_n=block_n, pack_shared=pack) for pack in (True, False)}
     q = torch.randn(workers, HQ, D, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(q)
     scale = D**-0.5
-    def ours(i, **more):
+    def ours(i, pack=pack_shared, **more):
         k, v, bt = caches[i % copies]
-        triton_op.fragment_attention(q, k, v, bt, table, inv, True, scale, out=out, launch=launch, **opts, **more)
+        triton_op.fragment_attention(q, k, v, bt, table, inv, True, scale, out=out, launch=launches[pack],
+                                     **opts, **more)
 
     def ours_fused(i):
         ours(i, fused_merge=True)
+
+    def ours_unpacked(i):
+        ours(i, pack=False)
 
     if only_ours:
         ours(0)
@@ -187,13 +218,14 @@ def decode_case(workers: int, context: int, inv: torch.Tensor, opts: dict | None
 
     expect = torch.stack([o[0, :, 0] for o in naive(0)]).float()
     check = 0.0
-    for fn in (ours, ours_fused):
+    for fn in (ours, ours_fused, ours_unpacked):
         out.fill_(float("nan"))
         fn(0)
         check = max(check, ((out.float() - expect).norm() / expect.norm()).item())
 
     times = {}
-    for name, fn in [("ours", ours), ("ours_fused_merge", ours_fused), ("paged_independent", paged_independent),
+    for name, fn in [("ours", ours), ("ours_fused_merge", ours_fused), ("ours_unpacked", ours_unpacked),
+                     ("paged_independent", paged_independent),
                      ("sdpa_independent", sdpa_independent), ("naive_rerotate", naive)]:
         # One CUDA graph runs every copy (so L2 holds none of them); time per call.
         fn(0)
@@ -201,22 +233,23 @@ def decode_case(workers: int, context: int, inv: torch.Tensor, opts: dict | None
         ms = triton.testing.do_bench_cudagraph(lambda: [fn(i) for i in range(copies)], rep=200,
                                                return_mode="median")
         times[name] = ms / copies
-    bytes_moved = context * HKV * D * 2 * 2 + 2 * workers * HQ * D * 2
-    return {"workers": workers, "context": context, "ms": times, "bytes": bytes_moved, "rel_err_vs_naive": check,
-            "ours_GBps": bytes_moved / (times["ours"] * 1e-3) / 1e9}
+    bytes_moved = tokens * HKV * D * 2 * 2 + 2 * workers * HQ * D * 2
+    return {"layout": layout, "workers": workers, "context": context, "tokens": tokens,
+            "fragments_per_view": len(views[0].fragments), "sources": table.src_row.numel(), "ms": times,
+            "bytes": bytes_moved, "rel_err_vs_naive": check, "ours_GBps": bytes_moved / (times["ours"] * 1e-3) / 1e9}
 
 
-def sweep(inv: torch.Tensor) -> list[dict]:
+def sweep(inv: torch.Tensor, layouts_: list[str]) -> list[dict]:
     """Tile size, split factor, warps, stages and merge for the kernel at C=16k."""
     rows = []
     # Split factor 1 and 32-key tiles lost everywhere in the first sweep (kernel_h100_sweep_v1).
-    grid = itertools.product((4, 8), (64, 128), (2, 4), (4, 8), (2, 3), (False, True))
-    for workers, block_n, split_factor, num_warps, num_stages, fused_merge in grid:
+    grid = itertools.product(layouts_, (4, 8), (64, 128), (2, 4), (4, 8), (2, 3), (False, True))
+    for layout, workers, block_n, split_factor, num_warps, num_stages, fused_merge in grid:
         opts = dict(block_n=block_n, split_factor=split_factor, num_warps=num_warps, num_stages=num_stages,
                     fused_merge=fused_merge)
-        ms = decode_case(workers, 16384, inv, opts, only_ours=True)["ms"]["ours"]
-        rows.append({"workers": workers, **opts, "us": ms * 1e3})
-        print(f"sweep W={workers} {opts}: {ms * 1e3:.1f} us", flush=True)
+        ms = decode_case(workers, 16384, inv, opts, only_ours=True, layout=layout)["ms"]["ours"]
+        rows.append({"layout": layout, "workers": workers, **opts, "us": ms * 1e3})
+        print(f"sweep {layout} W={workers} {opts}: {ms * 1e3:.1f} us", flush=True)
     return rows
 
 
@@ -225,6 +258,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "kernel"))
     parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--contexts", default="4096,16384,65536")
+    parser.add_argument("--layouts", default="contiguous,combined")
     parser.add_argument("--sweep", action="store_true", help="tune tile / split / warps at C=16k")
     args = parser.parse_args()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -242,18 +276,19 @@ def main() -> None:
     print(f"copy bandwidth: {result['copy_GBps']:.0f} GB/s (read + write)", flush=True)
     inv = inv_freq_for(D, 1e6).cuda()
     if args.sweep:
-        result["sweep"] = sweep(inv)
+        result["sweep"] = sweep(inv, args.layouts.split(","))
     result["decode"] = []
-    for c in map(int, args.contexts.split(",")):
-        for w in map(int, args.workers.split(",")):
-            r = decode_case(w, c, inv)
-            r["ours_frac_copy_bw"] = r["ours_GBps"] / result["copy_GBps"]
-            result["decode"].append(r)
-            ms = r["ms"]
-            print(f"C={c:6d} W={w}: ours {ms['ours'] * 1e3:8.1f} us  fused-merge {ms['ours_fused_merge'] * 1e3:8.1f}"
-                  f"  paged-indep {ms['paged_independent'] * 1e3:8.1f}"
-                  f"  sdpa-indep {ms['sdpa_independent'] * 1e3:8.1f}  naive {ms['naive_rerotate'] * 1e3:8.1f}"
-                  f"  err {r['rel_err_vs_naive']:.1e}  {r['ours_GBps']:6.0f} GB/s ({100 * r['ours_frac_copy_bw']:.0f}% of copy)", flush=True)
+    for layout, c, w in itertools.product(args.layouts.split(","), map(int, args.contexts.split(",")),
+                                          map(int, args.workers.split(","))):
+        r = decode_case(w, c, inv, layout=layout)
+        r["ours_frac_copy_bw"] = r["ours_GBps"] / result["copy_GBps"]
+        result["decode"].append(r)
+        ms = {k: v * 1e3 for k, v in r["ms"].items()}
+        print(f"{layout:10s} C={c:6d} W={w} ({r['sources']} sources): ours {ms['ours']:8.1f} us"
+              f"  fused-merge {ms['ours_fused_merge']:8.1f}  unpacked {ms['ours_unpacked']:8.1f}"
+              f"  paged-indep {ms['paged_independent']:8.1f}  sdpa-indep {ms['sdpa_independent']:8.1f}"
+              f"  naive {ms['naive_rerotate']:8.1f}  err {r['rel_err_vs_naive']:.1e}"
+              f"  {r['ours_GBps']:6.0f} GB/s ({100 * r['ours_frac_copy_bw']:.0f}% of copy)", flush=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
 

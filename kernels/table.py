@@ -8,7 +8,9 @@ worker sees it, or -1 if it does not. The W workers of a group see nearly the sa
 tokens, so a kernel can load each source tile once for the whole group.
 
 ``build`` turns per-sequence views into that form: it cuts every fragment at every
-boundary any worker of the group uses, so that identical runs become one source.
+boundary any worker of the group uses, so that identical runs become one source. A
+group's first sources are its *shared* ones, in view order: those every sequence of the
+group sees at one offset (the prompt and the committed history, most of a long view).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class FragmentTable:
     q_pos: torch.Tensor  # [T] home position of each query row (vLLM rotated q there)
     q_view: torch.Tensor  # [T] view position of each query row
     group_src_ptr: torch.Tensor  # [G+1] sources of group g: [ptr[g], ptr[g+1])
+    group_shared: torch.Tensor  # [G] how many of them, first, every sequence sees at one offset
     src_row: torch.Tensor  # [NS]
     src_start: torch.Tensor  # [NS]
     src_end: torch.Tensor  # [NS]
@@ -80,8 +83,9 @@ def tensors_to(obj, device: torch.device | str):
     return type(obj)(**fields)
 
 
-def _group_sources(views: list[SeqView], num_slots: int) -> list[tuple[int, int, int, list[int]]]:
-    """Cut the group's fragments at common boundaries and merge identical pieces.
+def _group_sources(views: list[SeqView], num_slots: int) -> tuple[list[tuple[int, int, int, list[int]]], int]:
+    """Cut the group's fragments at common boundaries and merge identical pieces; also
+    return how many sources, first, are shared.
 
     A fragment that every view holds at the same offset (the shared history: most of a
     long view) is already shared: it becomes one source as it is, with that offset for
@@ -97,6 +101,7 @@ def _group_sources(views: list[SeqView], num_slots: int) -> list[tuple[int, int,
             for slot in slots:
                 seen_at[slot] = offset
             sources.append((row, start, end, seen_at))
+    shared = len(sources)
 
     rest = [[f for f in v.fragments if f not in everywhere] for v in views]
     cut_sets: dict[int, set[int]] = {}
@@ -119,7 +124,7 @@ def _group_sources(views: list[SeqView], num_slots: int) -> list[tuple[int, int,
                     index[key] = len(sources)
                     sources.append((row, a, b, [-1] * num_slots))
                 sources[index[key]][3][v.slot] = offset + (a - start)
-    return sources
+    return sources, shared
 
 
 def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> FragmentTable:
@@ -130,9 +135,11 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
     by_group: dict[int, list[SeqView]] = {g: [] for g in groups}
     for v in views:
         by_group[v.group].append(v)
-    ptr, rows, starts, ends, offsets = [0], [], [], [], []
+    ptr, shared, rows, starts, ends, offsets = [0], [], [], [], [], []
     for g in groups:
-        for row, start, end, offs in _group_sources(by_group[g], max_slots):
+        sources, num_shared = _group_sources(by_group[g], max_slots)
+        shared.append(num_shared)
+        for row, start, end, offs in sources:
             rows.append(row)
             starts.append(start)
             ends.append(end)
@@ -154,6 +161,7 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
         q_pos=i32([v.first_home + i for v in views for i in range(v.num_rows)]),
         q_view=i32([p for v in views for p in v.view_positions]),
         group_src_ptr=i32(ptr),
+        group_shared=i32(shared),
         src_row=i32(rows),
         src_start=i32(starts),
         src_end=i32(ends),

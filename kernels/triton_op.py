@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -69,14 +70,61 @@ def _merge_tile_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, 
 
 
 @triton.jit
+def _rotate(xa, xb, angle):
+    """Turn rotary pairs ``(xa, xb)`` by ``angle`` (float32)."""
+    cos = tl.cos(angle)
+    sin = tl.sin(angle)
+    return xa * cos - xb * sin, xb * cos + xa * sin
+
+
+@triton.jit
+def _load_kv(k_ptr, v_ptr, bt_ptr, bt_row, home, key_ok, kv_head, dim_a, dim_b, dim_p, pass_ok, dv, dv_ok,
+             stride_bt, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+             BLOCK_SIZE: tl.constexpr, PASS_P: tl.constexpr):
+    """Keys (rotary pairs and the rest) and values of a tile, one token per ``home``."""
+    blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
+    k_base = k_ptr + blk * stride_kb + (home % BLOCK_SIZE) * stride_ks + kv_head * stride_kh
+    v_base = v_ptr + blk * stride_vb + (home % BLOCK_SIZE) * stride_vs + kv_head * stride_vh
+    ka = tl.load(k_base[:, None] + dim_a[None, :], mask=key_ok[:, None], other=0.0)
+    kb = tl.load(k_base[:, None] + dim_b[None, :], mask=key_ok[:, None], other=0.0)
+    if PASS_P > 1:
+        kp = tl.load(k_base[:, None] + dim_p[None, :], mask=key_ok[:, None] & pass_ok[None, :], other=0.0)
+    else:
+        kp = ka  # unused: no dimensions past rotary_dim
+    vv = tl.load(v_base[:, None] + dv[None, :], mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+    return ka, kb, kp, vv
+
+
+@triton.jit
+def _scores(qa, qb, qp, ka, kb, kp, PREC: tl.constexpr, PASS_P: tl.constexpr):
+    s = tl.dot(qa, tl.trans(ka), input_precision=PREC)
+    s += tl.dot(qb, tl.trans(kb), input_precision=PREC)
+    if PASS_P > 1:
+        s += tl.dot(qp, tl.trans(kp), input_precision=PREC)
+    return s
+
+
+@triton.jit
+def _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC: tl.constexpr):
+    """One tile of the online softmax: masked scores ``s`` against values ``vv``."""
+    s = tl.where(visible, s * scale_log2, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _fragment_attn_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr, lock_ptr,
     inv_freq_ptr, q_pos_ptr, q_view_ptr, row_slot_ptr,
     qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr,
-    kvt_ptr_ptr, kvt_src_ptr, src_tile_ptr,
+    kvt_ptr_ptr, kvt_src_ptr, src_tile_ptr, src_pack_ptr, grp_pack_ptr, grp_shared_tiles_ptr,
     src_row_ptr, src_start_ptr, src_end_ptr, src_off_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_bt, stride_ot, stride_oh, max_slots, scale_log2, num_splits,
+    stride_bt, stride_ot, stride_oh, max_slots, num_sources, scale_log2, num_splits,
     BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
     HALF: tl.constexpr, PASS_P: tl.constexpr, IS_NEOX: tl.constexpr, IEEE: tl.constexpr,
@@ -87,6 +135,7 @@ def _fragment_attn_kernel(
     split = tl.program_id(2)
     ROWS: tl.constexpr = BLOCK_M * GROUP_P
     PREC: tl.constexpr = "ieee" if IEEE else "tf32"
+    DT = k_ptr.dtype.element_ty
 
     group, tok, brow, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
                                                batch_rows_ptr, qt, kv_head, GROUP, GROUP_P, BLOCK_M)
@@ -107,7 +156,7 @@ def _fragment_attn_kernel(
     q_row = q_ptr + brow[:, None] * stride_qt + head[:, None] * stride_qh
     qa = tl.load(q_row + dim_a[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     qb = tl.load(q_row + dim_b[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    qp = tl.load(q_row + dim_p[None, :], mask=row_ok[:, None] & pass_ok[None, :], other=0.0)
+    qp = tl.load(q_row + dim_p[None, :], mask=row_ok[:, None] & pass_ok[None, :], other=0.0).to(DT)
     inv_freq = tl.load(inv_freq_ptr + hd)
 
     dv = tl.arange(0, HEAD_DIM_P)
@@ -122,49 +171,66 @@ def _fragment_attn_kernel(
     t_lo = t_begin + split * per_split
     t_hi = tl.minimum(t_lo + per_split, t_begin + t_count)
     n = tl.arange(0, BLOCK_N)
-    src_lo = tl.load(kvt_src_ptr + t_lo, mask=t_lo < t_hi, other=0)
-    src_hi = tl.load(kvt_src_ptr + t_hi - 1, mask=t_lo < t_hi, other=-1) + 1
-    # Outer loop over sources: the query rotation is computed once per source, not per tile.
+
+    # Shared tiles first: the group's shared sources packed end to end, BLOCK_N keys a
+    # tile whatever the sources' lengths. Every row sees them at the same offsets, so the
+    # keys (not the queries) are turned, from home to view position, once for all rows.
+    shared_end = t_begin + tl.load(grp_shared_tiles_ptr + group)
+    pack_lo = tl.load(grp_pack_ptr + group)
+    pack_hi = tl.load(grp_pack_ptr + group + 1)
+    any_slot = tl.max(tl.where(row_ok, slot, 0), axis=0)  # all of them see shared sources alike
+    qa_v, qb_v = _rotate(qa, qb, (view - pos).to(tl.float32)[:, None] * inv_freq[None, :])
+    qa_v = qa_v.to(DT)
+    qb_v = qb_v.to(DT)
+    for t in range(t_lo, tl.minimum(t_hi, shared_end)):
+        packed = pack_lo + (t - t_begin) * BLOCK_N + n
+        in_pack = packed < pack_hi
+        first = tl.load(kvt_src_ptr + t)
+        # Each key's source: the first of the tile plus the sources that start at or before it.
+        later = first + 1 + n
+        later_pack = tl.load(src_pack_ptr + later, mask=later <= num_sources, other=2147483647)
+        key_src = first + tl.sum((later_pack[None, :] <= packed[:, None]).to(tl.int32), axis=1)
+        into = packed - tl.load(src_pack_ptr + key_src, mask=in_pack, other=0)
+        key_home = tl.load(src_start_ptr + key_src, mask=in_pack, other=0) + into
+        key_view = tl.load(src_off_ptr + key_src * max_slots + any_slot, mask=in_pack, other=0) + into
+        key_row = tl.load(src_row_ptr + key_src, mask=in_pack, other=0)
+        ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, bt_ptr, key_row, key_home, in_pack, kv_head, dim_a, dim_b, dim_p,
+                                  pass_ok, dv, dv_ok, stride_bt, stride_kb, stride_ks, stride_kh,
+                                  stride_vb, stride_vs, stride_vh, BLOCK_SIZE, PASS_P)
+        ka_v, kb_v = _rotate(ka.to(tl.float32), kb.to(tl.float32),
+                             (key_view - key_home).to(tl.float32)[:, None] * inv_freq[None, :])
+        s = _scores(qa_v, qb_v, qp, ka_v.to(DT), kb_v.to(DT), kp, PREC, PASS_P)
+        visible = in_pack[None, :] & (key_view[None, :] <= view[:, None])
+        m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
+
+    # Then one source at a time (sources the rows see at different offsets, or not at
+    # all): the query rotation is computed once per source, not per tile.
+    u_lo = tl.maximum(t_lo, shared_end)
+    src_lo = tl.load(kvt_src_ptr + u_lo, mask=u_lo < t_hi, other=0)
+    src_hi = tl.load(kvt_src_ptr + t_hi - 1, mask=u_lo < t_hi, other=-1) + 1
     for src in range(src_lo, src_hi):
         s_start = tl.load(src_start_ptr + src)
         s_end = tl.load(src_end_ptr + src)
         bt_row = tl.load(src_row_ptr + src)
         offset = tl.load(src_off_ptr + src * max_slots + slot, mask=row_ok, other=-1)
         shift = offset - s_start
-        theta = ((view - pos) - shift).to(tl.float32)
-        angle = theta[:, None] * inv_freq[None, :]
-        cos = tl.cos(angle)
-        sin = tl.sin(angle)
-        qa_r = (qa * cos - qb * sin).to(k_ptr.dtype.element_ty)
-        qb_r = (qb * cos + qa * sin).to(k_ptr.dtype.element_ty)
-        qp_r = qp.to(k_ptr.dtype.element_ty)
+        qa_r, qb_r = _rotate(qa, qb, ((view - pos) - shift).to(tl.float32)[:, None] * inv_freq[None, :])
+        qa_r = qa_r.to(DT)
+        qb_r = qb_r.to(DT)
         limit = (view - shift)[:, None]  # key visible iff home + shift <= view
         present = (offset >= 0)[:, None]
         src_tile = tl.load(src_tile_ptr + src)
-        tile_lo = tl.maximum(src_tile, t_lo)
-        tile_hi = tl.minimum(tl.load(src_tile_ptr + src + 1), t_hi)
+        tile_lo = tl.maximum(src_tile, u_lo)
+        tile_hi = tl.minimum(src_tile + tl.cdiv(s_end - s_start, BLOCK_N), t_hi)
         for t in range(tile_lo, tile_hi):
             home = s_start + (t - src_tile) * BLOCK_N + n
             key_ok = home < s_end
-            blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
-            k_base = k_ptr + blk * stride_kb + (home % BLOCK_SIZE) * stride_ks + kv_head * stride_kh
-            v_base = v_ptr + blk * stride_vb + (home % BLOCK_SIZE) * stride_vs + kv_head * stride_vh
-            ka = tl.load(k_base[:, None] + dim_a[None, :], mask=key_ok[:, None], other=0.0)
-            kb = tl.load(k_base[:, None] + dim_b[None, :], mask=key_ok[:, None], other=0.0)
-            vv = tl.load(v_base[:, None] + dv[None, :], mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
-            s = tl.dot(qa_r, tl.trans(ka), input_precision=PREC)
-            s += tl.dot(qb_r, tl.trans(kb), input_precision=PREC)
-            if PASS_P > 1:
-                kp = tl.load(k_base[:, None] + dim_p[None, :], mask=key_ok[:, None] & pass_ok[None, :], other=0.0)
-                s += tl.dot(qp_r, tl.trans(kp), input_precision=PREC)
+            ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, bt_ptr, bt_row, home, key_ok, kv_head, dim_a, dim_b, dim_p,
+                                      pass_ok, dv, dv_ok, stride_bt, stride_kb, stride_ks, stride_kh,
+                                      stride_vb, stride_vs, stride_vh, BLOCK_SIZE, PASS_P)
+            s = _scores(qa_r, qb_r, qp, ka, kb, kp, PREC, PASS_P)
             visible = present & key_ok[None, :] & (home[None, :] <= limit)
-            s = tl.where(visible, s * scale_log2, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
-            m_i = m_new
+            m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
 
     if num_splits == 1:
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -223,9 +289,12 @@ class LaunchPlan:
     qt_group: torch.Tensor
     qt_start: torch.Tensor
     qt_end: torch.Tensor
-    kvt_ptr: torch.Tensor
-    kvt_src: torch.Tensor
-    src_tile: torch.Tensor  # [NS+1] first KV tile of each source
+    kvt_ptr: torch.Tensor  # [G+1] KV tiles of group g: [ptr[g], ptr[g+1]), its shared tiles first
+    kvt_src: torch.Tensor  # the source of each KV tile (of a shared tile: the source of its first key)
+    src_tile: torch.Tensor  # [NS] first KV tile of each unshared source
+    src_pack: torch.Tensor  # [NS+1] where each source starts in the packed shared keys (unshared: empty)
+    grp_pack: torch.Tensor  # [G+1] the packed shared keys of group g: [grp_pack[g], grp_pack[g+1])
+    grp_shared_tiles: torch.Tensor  # [G]
     block_m: int
     block_n: int
     max_group_tiles: int
@@ -239,27 +308,31 @@ def _next_pow2(x: int) -> int:
 
 
 def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int | None = None,
-         row_index: torch.Tensor | None = None) -> LaunchPlan:
-    """Query tiles (rows of one group) and KV tiles (one source each) for a table.
+         row_index: torch.Tensor | None = None, pack_shared: bool = True) -> LaunchPlan:
+    """Query tiles (rows of one group) and KV tiles for a table.
 
-    ``row_index[i]``: where the table's query row ``i`` sits in the ``q`` and ``out`` that
-    ``fragment_attention`` gets (default: row ``i``), so that a backend can hand over its
-    whole batch without gathering the rows first."""
+    A group's shared sources (``table.group_shared``) are packed end to end into full
+    tiles, however short they are: a committed history of ~20-token steps would otherwise
+    fill a third of each 64-key tile. ``pack_shared=False`` gives every source tiles of its
+    own (for the benchmark). ``row_index[i]``: where the table's query row ``i`` sits in the
+    ``q`` and ``out`` that ``fragment_attention`` gets (default: row ``i``), so that a
+    backend can hand over its whole batch without gathering the rows first."""
+    # numpy, not torch: the plan is ~30 small integer ops a step, and a torch op on the
+    # host costs ~10 us where numpy's costs ~1 us.
     device = table.query_start_loc.device
-    qsl = table.query_start_loc.cpu()
-    counts = (qsl[1:] - qsl[:-1]).long()
-    row_slot = torch.repeat_interleave(table.seq_slot.cpu(), counts)
-    row_group = torch.repeat_interleave(table.seq_group.cpu(), counts)
-    group_rows = torch.sort(row_group, stable=True).indices
-    if row_index is not None and row_index.shape != group_rows.shape:
-        raise ValueError(f"row_index must hold one batch row per query row of the table ({group_rows.numel()}), "
+    qsl = table.query_start_loc.cpu().numpy().astype(np.int64)
+    counts = qsl[1:] - qsl[:-1]
+    row_slot = np.repeat(table.seq_slot.cpu().numpy(), counts)
+    row_group = np.repeat(table.seq_group.cpu().numpy(), counts)
+    group_rows = np.argsort(row_group, kind="stable")
+    if row_index is not None and tuple(row_index.shape) != group_rows.shape:
+        raise ValueError(f"row_index must hold one batch row per query row of the table ({group_rows.size}), "
                          f"got shape {tuple(row_index.shape)}")
-    row_out = torch.arange(group_rows.numel()) if row_index is None else row_index.cpu().long()
-    batch_rows = row_out[group_rows]
-    rows_per_group = torch.bincount(row_group, minlength=table.num_groups)
+    row_out = np.arange(group_rows.size) if row_index is None else row_index.cpu().numpy()
+    rows_per_group = np.bincount(row_group, minlength=table.num_groups)
     if block_m is None:
         lo = max(1, 16 // _next_pow2(group_size))  # tl.dot wants >= 16 rows
-        most = int(rows_per_group.max()) if rows_per_group.numel() else 1
+        most = int(rows_per_group.max()) if rows_per_group.size else 1
         block_m = min(max(_next_pow2(most), lo), max(lo, 64 // _next_pow2(group_size)))
     qt_group, qt_start, qt_end, first = [], [], [], 0
     for g, nrows in enumerate(rows_per_group.tolist()):
@@ -268,20 +341,41 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
             qt_start.append(s)
             qt_end.append(min(s + block_m, first + nrows))
         first += nrows
-    lengths = (table.src_end - table.src_start).cpu().long()
-    ntiles = (lengths + block_n - 1) // block_n
-    kvt_src = torch.repeat_interleave(torch.arange(lengths.numel()), ntiles)
-    tiles_per_src_cum = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(ntiles, 0)])
-    kvt_ptr = tiles_per_src_cum[table.group_src_ptr.cpu().long()]
+
+    def exclusive_cumsum(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(x)]).astype(np.int64)
+
+    ptr = table.group_src_ptr.cpu().numpy().astype(np.int64)
+    num_groups, num_sources = ptr.size - 1, int(ptr[-1])
+    lengths = (table.src_end - table.src_start).cpu().numpy().astype(np.int64)
+    src_group = np.repeat(np.arange(num_groups), ptr[1:] - ptr[:-1])
+    shared_count = table.group_shared.cpu().numpy() if pack_shared else np.zeros(num_groups, np.int64)
+    shared = np.arange(num_sources) < (ptr[:-1] + shared_count)[src_group]
+    src_pack = exclusive_cumsum(np.where(shared, lengths, 0))
+    grp_pack = src_pack[ptr]
+    shared_tiles = -(-(grp_pack[1:] - grp_pack[:-1]) // block_n)
+    ntiles = np.where(shared, 0, -(-lengths // block_n))
+    tiles_cum = exclusive_cumsum(ntiles)
+    kvt_ptr = exclusive_cumsum(shared_tiles + tiles_cum[ptr[1:]] - tiles_cum[ptr[:-1]])
+    src_tile = (kvt_ptr[:-1] + shared_tiles - tiles_cum[ptr[:-1]])[src_group] + tiles_cum[:-1]
+    kvt_src = np.empty(int(kvt_ptr[-1]), dtype=np.int64)
+    # Unshared sources: tiles of their own.
+    within = np.arange(int(tiles_cum[-1])) - np.repeat(tiles_cum[:-1], ntiles)
+    kvt_src[np.repeat(src_tile, ntiles) + within] = np.repeat(np.arange(num_sources), ntiles)
+    # Shared tiles: the source holding each tile's first packed key.
+    tile_group = np.repeat(np.arange(num_groups), shared_tiles)
+    k = np.arange(tile_group.size) - exclusive_cumsum(shared_tiles)[tile_group]
+    kvt_src[kvt_ptr[tile_group] + k] = np.searchsorted(src_pack[1:], grp_pack[tile_group] + k * block_n,
+                                                       side="right")
     per_group = kvt_ptr[1:] - kvt_ptr[:-1]
 
     def i32(x) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=torch.int32)
+        return torch.from_numpy(np.asarray(x, dtype=np.int32))
 
     launch = LaunchPlan(
-        i32(row_slot), i32(group_rows), i32(row_out), i32(batch_rows), i32(qt_group), i32(qt_start), i32(qt_end),
-        i32(kvt_ptr), i32(kvt_src), i32(tiles_per_src_cum), block_m, block_n,
-        int(per_group.max()) if per_group.numel() else 0,
+        i32(row_slot), i32(group_rows), i32(row_out), i32(row_out[group_rows]), i32(qt_group), i32(qt_start),
+        i32(qt_end), i32(kvt_ptr), i32(kvt_src), i32(src_tile), i32(src_pack), i32(grp_pack), i32(shared_tiles),
+        block_m, block_n, int(per_group.max()) if per_group.size else 0,
     )
     return launch.to(device)
 
@@ -389,11 +483,11 @@ def fragment_attention(
         q, key_cache, value_cache, block_table, out, ws_acc, ws_ml, counters,
         inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_slot,
         launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows, launch.batch_rows,
-        launch.kvt_ptr, launch.kvt_src, launch.src_tile,
+        launch.kvt_ptr, launch.kvt_src, launch.src_tile, launch.src_pack, launch.grp_pack, launch.grp_shared_tiles,
         table.src_row, table.src_start, table.src_end, table.src_offset,
         q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_table.stride(0), out.stride(0), out.stride(1), table.max_slots,
+        block_table.stride(0), out.stride(0), out.stride(1), table.max_slots, table.src_row.numel(),
         scale * 1.4426950408889634, num_splits,
         BLOCK_SIZE=key_cache.shape[1], GROUP=group, GROUP_P=_next_pow2(group),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,

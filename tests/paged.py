@@ -66,11 +66,13 @@ def inv_freq_for(rotary_dim: int, base: float = 10000.0) -> torch.Tensor:
 
 
 def random_views(rng: random.Random, groups: int, workers: int, block_size: int,
-                 max_len: int, decode: bool) -> tuple[list[int], list[SeqView]]:
+                 max_len: int, decode: bool, shared: bool = False) -> tuple[list[int], list[SeqView]]:
     """Groups of workers over requests of random lengths, with random fragment views.
 
     Every worker's view holds random (possibly empty, mid-block) runs of the group's
     requests, then its own last tokens as query rows (decode: one row; else several).
+    ``shared``: every view of a group starts with the same runs at the same offsets (a
+    committed history), many of them a few tokens long.
     """
     lengths: list[int] = []
     views: list[SeqView] = []
@@ -78,8 +80,15 @@ def random_views(rng: random.Random, groups: int, workers: int, block_size: int,
         base = len(lengths)
         lens = [rng.randint(1, max_len) for _ in range(workers)]
         lengths += lens
+        history, history_len = [], 0
+        for _ in range(rng.randint(3, 12) if shared else 0):
+            src = rng.randrange(workers)
+            a = rng.randint(0, lens[src] - 1)
+            b = min(lens[src] - 1, a + rng.choice([0, 1, 2, 5, 20]))
+            history.append((base + src, a, b, history_len))
+            history_len += b - a
         for w in range(workers):
-            frags, offset = [], 0
+            frags, offset = list(history), history_len
             for _ in range(rng.randint(0, 4)):
                 src = base + rng.randrange(workers)
                 a = rng.randint(0, lens[src - base])

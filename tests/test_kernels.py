@@ -21,11 +21,11 @@ CASES = [
 ]
 
 
-def _inputs(case, seed: int):
+def _inputs(case, seed: int, shared: bool = False):
     block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode = case
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    lengths, views = random_views(rng, 2, workers, block_size, 70, decode)
+    lengths, views = random_views(rng, 2, workers, block_size, 70, decode, shared)
     cache = random_cache(lengths, block_size, kv_heads, head_dim, gen=gen)
     rows = sum(v.num_rows for v in views)
     q = torch.randn(rows, kv_heads * group, head_dim, generator=gen)
@@ -34,24 +34,29 @@ def _inputs(case, seed: int):
 
 @pytest.mark.parametrize("case", CASES)
 def test_reference_matches_rerotated_keys(case):
-    for seed in range(3):
-        cache, views, q, inv_freq, neox, scale = _inputs(case, seed)
+    for seed in range(4):
+        cache, views, q, inv_freq, neox, scale = _inputs(case, seed, shared=seed % 2 == 1)
         out = fragment_attention(q, cache.key, cache.value, cache.block_table, build(views), inv_freq, neox, scale)
         expect = naive_attention(q, cache, views, inv_freq, neox, scale)
         assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own-views", "shared-history"])
 @pytest.mark.parametrize("case", CASES)
-def test_triton_matches_reference(case):
-    cache, views, q, inv_freq, neox, scale = _inputs(case, 7)
+def test_triton_matches_reference(case, shared):
+    cache, views, q, inv_freq, neox, scale = _inputs(case, 7, shared)
     table = build(views)
     expect = naive_attention(q, cache, views, inv_freq, neox, scale)
     # The rows may also sit anywhere in a larger batch (row_index), which is read and written in place.
     rows = torch.randperm(q.shape[0] + 2, generator=torch.Generator().manual_seed(1))[: q.shape[0]]
     batch_q = torch.zeros(q.shape[0] + 2, *q.shape[1:])
     batch_q[rows] = q
-    for splits, fused, in_batch in ((1, False, False), (3, False, False), (3, True, False), (2, True, True)):
-        launch = triton_op.plan(table, q.shape[1] // cache.key.shape[2], row_index=rows if in_batch else None)
+    # Shared sources packed into 16-key tiles (several sources a tile), or given tiles of their own.
+    configs = ((1, False, False, 16, True), (3, False, False, 64, False), (3, True, False, 16, True),
+               (2, True, True, 32, True))
+    for splits, fused, in_batch, block_n, pack in configs:
+        launch = triton_op.plan(table, q.shape[1] // cache.key.shape[2], block_n=block_n,
+                                row_index=rows if in_batch else None, pack_shared=pack)
         out = torch.full_like(batch_q if in_batch else q, float("nan"))  # poison: every row must be written
         triton_op.fragment_attention(batch_q if in_batch else q, cache.key, cache.value, cache.block_table, table,
                                      inv_freq, neox, scale, out=out, launch=launch, num_splits=splits,
@@ -84,6 +89,7 @@ def test_group_sources_are_shared():
     table = build(views)
     assert table.src_row.tolist().count(0) == 1
     assert table.src_offset[table.src_row.tolist().index(0)].tolist() == [0, 0, 0]
+    assert table.group_shared.tolist() == [1]  # the run every view holds at one offset
 
 
 def test_bad_shapes_are_refused():
