@@ -195,7 +195,7 @@ def decode_case(workers: int, context: int, inv: torch.Tensor, opts: dict | None
     gather_idx, shifts = [], []
     for view in views:
         slots, shift = [], []
-        for src, a, b, o in view.fragments:
+        for src, a, b, o in view.all_fragments():
             home = torch.arange(a, b)
             slots.append(caches[0][2][src].cpu()[home // BLOCK].long() * BLOCK + home % BLOCK)
             shift.append(torch.full((b - a,), o - a))

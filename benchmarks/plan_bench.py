@@ -68,7 +68,7 @@ def run(workers: int, layout: str, context: int, step_tokens: int, prompt: int, 
         if step >= steps - sample:
             for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
                 times[name].append(dt * 1e3)
-            fragments = sum(len(s.fragments) for s in plan.seqs)
+            fragments = sum(len(s.fragments) + (0 if s.shared is None else s.shared[0].size) for s in plan.seqs)
             sources = table.src_row.numel()
         for w, r in enumerate(requests.values()):
             # Workers end their steps at staggered times, as real ones do.

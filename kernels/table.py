@@ -9,8 +9,11 @@ tokens, so a kernel can load each source tile once for the whole group.
 
 ``build`` turns per-sequence views into that form: it cuts every fragment at every
 boundary any worker of the group uses, so that identical runs become one source. A
-group's first sources are its *shared* ones, in view order: those every sequence of the
-group sees at one offset (the prompt and the committed history, most of a long view).
+group's first sources are its *shared* ones: those every sequence of the group sees at
+one offset (the prompt and the committed history, most of a long view). A caller that
+knows a group's shared fragments (the plugin's planner: the committed history) hands
+them over once per group as arrays (``SeqView.shared``), so that a long history costs
+array copies per step, not Python work per fragment.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
+
+Shared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # rows, starts, ends, offsets
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,8 @@ class SeqView:
     ``first_home``: home position of its first query row (rows are consecutive tokens).
     ``fragments``: ``(block-table row, home start, home end, view offset)`` tuples.
     ``view_positions``: one per query row, the row's position in this view.
+    ``shared``: more fragments of the view, as arrays, that every sequence of the group
+    sees at the same offsets; the same object for all of the group's sequences.
     """
 
     group: int
@@ -38,6 +46,12 @@ class SeqView:
     first_home: int
     fragments: Sequence[tuple[int, int, int, int]]
     view_positions: Sequence[int]
+    shared: Shared | None = None
+
+    def all_fragments(self) -> list[tuple[int, int, int, int]]:
+        """The whole view (in no particular order: each fragment carries its offset)."""
+        shared = [] if self.shared is None else list(zip(*(a.tolist() for a in self.shared)))
+        return shared + list(self.fragments)
 
 
 @dataclass
@@ -84,12 +98,12 @@ def tensors_to(obj, device: torch.device | str):
 
 
 def _group_sources(views: list[SeqView], num_slots: int) -> tuple[list[tuple[int, int, int, list[int]]], int]:
-    """Cut the group's fragments at common boundaries and merge identical pieces; also
-    return how many sources, first, are shared.
+    """Cut the group's fragments at common boundaries and merge identical pieces; the
+    shared ones first, and how many they are.
 
-    A fragment that every view holds at the same offset (the shared history: most of a
-    long view) is already shared: it becomes one source as it is, with that offset for
-    every slot. Only the other fragments are cut and matched, view by view, so the
+    A fragment that every view holds at the same offset (the prompt, or a history not
+    handed over as ``SeqView.shared``) is already shared: it becomes one source as it is,
+    with that offset for every slot. Only the other fragments are cut and matched, view by view, so the
     per-step cost stays near the number of distinct fragments, not W times it."""
     counts = Counter(f for v in views for f in set(v.fragments))
     everywhere = {f for f, n in counts.items() if n == len(views)}
@@ -101,8 +115,6 @@ def _group_sources(views: list[SeqView], num_slots: int) -> tuple[list[tuple[int
             for slot in slots:
                 seen_at[slot] = offset
             sources.append((row, start, end, seen_at))
-    shared = len(sources)
-
     rest = [[f for f in v.fragments if f not in everywhere] for v in views]
     cut_sets: dict[int, set[int]] = {}
     for fragments in rest:
@@ -124,7 +136,10 @@ def _group_sources(views: list[SeqView], num_slots: int) -> tuple[list[tuple[int
                     index[key] = len(sources)
                     sources.append((row, a, b, [-1] * num_slots))
                 sources[index[key]][3][v.slot] = offset + (a - start)
-    return sources, shared
+    # Pieces that every view holds at one offset (cut out of different fragments) are shared too.
+    alike = [sum(1 for slot in slots if seen_at[slot] == seen_at[slots[0]] >= 0) == len(slots)
+             for _, _, _, seen_at in sources]
+    return [x for x, a in zip(sources, alike) if a] + [x for x, a in zip(sources, alike) if not a], sum(alike)
 
 
 def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> FragmentTable:
@@ -135,24 +150,33 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
     by_group: dict[int, list[SeqView]] = {g: [] for g in groups}
     for v in views:
         by_group[v.group].append(v)
-    ptr, shared, rows, starts, ends, offsets = [0], [], [], [], [], []
+    ptr, num_shared, parts = [0], [], []  # parts: [4 + max_slots, n] int arrays
     for g in groups:
-        sources, num_shared = _group_sources(by_group[g], max_slots)
-        shared.append(num_shared)
-        for row, start, end, offs in sources:
-            rows.append(row)
-            starts.append(start)
-            ends.append(end)
-            offsets.append(offs)
-        ptr.append(len(rows))
+        members = by_group[g]
+        given = members[0].shared
+        if any(v.shared is not given for v in members):
+            raise ValueError(f"the sequences of group {g} must hand over one and the same `shared` object")
+        sources, found = _group_sources(members, max_slots)
+        cols = np.array([(row, start, end, *offs) for row, start, end, offs in sources],
+                        dtype=np.int64).reshape(-1, 3 + max_slots).T
+        group_parts = [cols[:, :found]]
+        if given is not None:
+            seen_at = np.full((max_slots, given[0].size), -1, dtype=np.int64)
+            seen_at[[v.slot for v in members]] = given[3]
+            group_parts.append(np.concatenate([np.stack(given[:3]), seen_at]))
+        group_parts.append(cols[:, found:])
+        parts += group_parts
+        num_shared.append(found + (0 if given is None else given[0].size))
+        ptr.append(ptr[-1] + sum(p.shape[1] for p in group_parts))
+    src = np.concatenate(parts, axis=1) if parts else np.zeros((3 + max_slots, 0), dtype=np.int64)
     qsl = [0]
     for v in views:
         if len(v.view_positions) != v.num_rows:
             raise ValueError("one view position per query row")
         qsl.append(qsl[-1] + v.num_rows)
 
-    def i32(x: list) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.int32)
+    def i32(x) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int32))
 
     table = FragmentTable(
         query_start_loc=i32(qsl),
@@ -161,11 +185,11 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
         q_pos=i32([v.first_home + i for v in views for i in range(v.num_rows)]),
         q_view=i32([p for v in views for p in v.view_positions]),
         group_src_ptr=i32(ptr),
-        group_shared=i32(shared),
-        src_row=i32(rows),
-        src_start=i32(starts),
-        src_end=i32(ends),
-        src_offset=i32(offsets).reshape(len(rows), max_slots),
+        group_shared=i32(num_shared),
+        src_row=i32(src[0]),
+        src_start=i32(src[1]),
+        src_end=i32(src[2]),
+        src_offset=i32(src[3:].T),
         max_slots=max_slots,
         max_rows=max((v.num_rows for v in views), default=0),
     )

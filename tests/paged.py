@@ -43,7 +43,7 @@ def naive_attention(q: torch.Tensor, cache: PagedCache, views: list[SeqView], in
     row = 0
     for v in views:
         keys, vals, kpos = [], [], []
-        for src, start, end, offset in v.fragments:
+        for src, start, end, offset in v.all_fragments():
             k = gather_keys(cache.key, cache.block_table[src], start, end).double()
             keys.append(rotate(k, torch.full((end - start, 1), offset - start), inv_freq, is_neox))
             vals.append(gather_keys(cache.value, cache.block_table[src], start, end).double())

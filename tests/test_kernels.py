@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+
+import numpy as np
 
 import pytest
 import torch
@@ -65,6 +68,41 @@ def test_triton_matches_reference(case, shared):
         assert not got.isnan().any() and out.isnan().sum() == out.numel() - got.numel()
         assert torch.allclose(got.double(), expect, atol=1e-4, rtol=1e-4)
     assert not triton_op._COUNTERS[q.device].any()  # the fused merge leaves its counters reset
+
+
+def _hand_over_history(views: list) -> list:
+    """The same views, each group's common leading fragments handed over once as arrays
+    (``SeqView.shared``), as the plugin's planner hands over the committed history."""
+    out = []
+    for g in sorted({v.group for v in views}):
+        members = [v for v in views if v.group == g]
+        n = 0
+        while all(len(v.fragments) > n + 1 and v.fragments[n] == members[0].fragments[n] for v in members):
+            n += 1
+        shared = tuple(np.array(col, dtype=np.int64).reshape(-1)
+                       for col in zip(*members[0].fragments[:n])) if n else None
+        out += [dataclasses.replace(v, fragments=v.fragments[n:], shared=shared) for v in members]
+    return out
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]])
+def test_history_handed_over_as_arrays(case):
+    cache, views, q, inv_freq, neox, scale = _inputs(case, 4, shared=True)
+    handed = _hand_over_history(views)
+    assert handed[0].shared is not None
+    expect = naive_attention(q, cache, views, inv_freq, neox, scale)
+    table = build(handed)
+    assert table.group_shared[0] >= handed[0].shared[0].size
+    ref = fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq, neox, scale)
+    assert torch.allclose(ref.double(), expect, atol=2e-5, rtol=1e-4)
+    out = torch.full_like(q, float("nan"))
+    launch = triton_op.plan(table, q.shape[1] // cache.key.shape[2], block_n=16)
+    triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq, neox, scale,
+                                 out=out, num_splits=2, launch=launch)
+    assert torch.allclose(out.double(), expect, atol=1e-4, rtol=1e-4)
+    copy = dataclasses.replace(handed[0], shared=tuple(a.copy() for a in handed[0].shared))
+    with pytest.raises(ValueError, match="one and the same `shared` object"):
+        build([handed[0], copy])
 
 
 def test_triton_in_half_precision():
@@ -170,8 +208,6 @@ def test_cuda_impl_writes_hogwild_rows_of_the_output(monkeypatch):
 
 
 def test_tables_move_in_one_copy_and_keep_their_values():
-    import dataclasses
-
     cache, views, q, *_ = _inputs(CASES[1], 3)
     table = build(views)
     launch = triton_op.plan(table, 3)

@@ -6,7 +6,7 @@ import pytest
 
 from vllm_hogwild.group import GroupTracker
 from vllm_hogwild.layouts import Fragment as F
-from vllm_hogwild.layouts import Span, view_length, view_position, views
+from vllm_hogwild.layouts import Span, split_view, view_length, view_position, views
 from vllm_hogwild.steps import BoundaryRule, StepScanner
 
 
@@ -31,9 +31,13 @@ def test_interleaved_sees_history_and_own_step_only():
     # worker 0 wrote "a|b" at [5,8): step [5,7) commits; worker 1 wrote "x" [1,2), "|" at 2.
     t.commit_written({0: ["a", "|", "b"], 1: ["x", "|", "y"]})
     v = t.views([9, 5])
-    # Runs that continue each other merge: worker 0's prompt and its committed step.
-    assert v[0] == [F(0, 0, 7, 0), F(1, 1, 3, 7), F(0, 7, 9, 9)]
-    assert v[1] == [F(0, 0, 4, 0), F(1, 0, 1, 4), F(0, 5, 7, 5), F(1, 1, 5, 7)]
+    # Runs that continue each other merge (worker 0's prompt and its copy of the last
+    # prompt token), but never across the ends of the history, which every view shares.
+    assert v[0] == [F(0, 0, 5, 0), F(0, 5, 7, 5), F(1, 1, 3, 7), F(0, 7, 9, 9)]
+    assert v[1] == [F(0, 0, 4, 0), F(1, 0, 1, 4), F(0, 5, 7, 5), F(1, 1, 3, 7), F(1, 3, 5, 9)]
+    history = t.shared_history()
+    assert history == [F(0, 5, 7, 5), F(1, 1, 3, 7)]
+    assert split_view(v[1], history) == ([F(0, 0, 4, 0), F(1, 0, 1, 4)], [F(1, 3, 5, 9)])
 
 
 def test_combined_adds_others_current_steps_before_own():

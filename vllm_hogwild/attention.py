@@ -76,7 +76,8 @@ def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Ten
         padded = torch.zeros(table.shape[0], width, dtype=table.dtype, device=table.device)
         padded[:, : table.shape[1]] = table
         table = torch.cat([padded, extra])
-    views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions) for s in plan.seqs]
+    views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions, s.shared)
+             for s in plan.seqs]
     return StepRows(rows, views, table, rows.numel() == num_tokens)
 
 

@@ -60,6 +60,11 @@ class GroupTracker:
                     self.state.history.append(Span(w, worker.committed, pos + 1))
                     worker.committed = pos + 1
 
+    def shared_history(self) -> list[Fragment]:
+        """The fragments that every view holds alike (``layouts.shared_history``); empty
+        for the contiguous layout, whose views do not show the history."""
+        return layouts.shared_history(self.state) if self.layout != "contiguous" else []
+
     def views(self, lengths: list[int]) -> list[list[Fragment]]:
         """Every worker's view once this step's tokens are written."""
         for worker, length in zip(self.state.workers, lengths):

@@ -85,11 +85,12 @@ class _ViewBuilder:
     def __init__(self, offset: int = 0) -> None:
         self.fragments: list[Fragment] = []
         self.offset = offset
+        self.sealed = 0  # fragments before this index are never merged into
 
     def add(self, worker: int, start: int, end: int) -> None:
         if end <= start:
             return
-        last = self.fragments[-1] if self.fragments else None
+        last = self.fragments[-1] if len(self.fragments) > self.sealed else None
         if last is not None and last.source == worker and last.end == start:
             self.fragments[-1] = Fragment(worker, last.start, end, last.offset)
         else:
@@ -99,14 +100,6 @@ class _ViewBuilder:
     def add_span(self, span: Span | None) -> None:
         if span is not None:
             self.add(span.worker, span.start, span.end)
-
-    def extend(self, other: _ViewBuilder) -> None:
-        """Append ``other``'s fragments, built from this builder's current offset on."""
-        if other.fragments:
-            first = other.fragments[0]
-            self.add(first.source, first.start, first.end)  # may continue our last fragment
-            self.fragments.extend(other.fragments[1:])
-            self.offset = other.offset
 
 
 @dataclass
@@ -138,15 +131,29 @@ def contiguous(state: GroupState, viewer: int) -> list[Fragment]:
     return view.fragments
 
 
-def _history(state: GroupState, view: _ViewBuilder) -> None:
+def shared_history(state: GroupState) -> list[Fragment]:
+    """The committed steps as fragments from view offset ``prompt_len`` on: the part of
+    the interleaved and combined views that every worker sees alike.
+
+    The list is kept across steps and extended as steps commit (its last fragment may
+    grow); every view holds these very Fragment objects, never merged with what precedes
+    them, so that the planner can take them once for the whole group (``split_view``)."""
     cache = state._history_view
     if cache is None or cache.history is not state.history or cache.spans > len(state.history):
         cache = state._history_view = _HistoryView(_ViewBuilder(state.prompt_len), state.history)
     for span in state.history[cache.spans:]:
         cache.builder.add(span.worker, span.start, span.end)
     cache.spans = len(state.history)
+    return cache.builder.fragments
+
+
+def _history(state: GroupState, view: _ViewBuilder) -> None:
     assert view.offset == state.prompt_len, "history follows the prompt"
-    view.extend(cache.builder)
+    history = shared_history(state)
+    if history:
+        view.fragments.extend(history)
+        view.offset = history[-1].offset + history[-1].end - history[-1].start
+        view.sealed = len(view.fragments)
 
 
 def interleaved(state: GroupState, viewer: int) -> list[Fragment]:
@@ -188,6 +195,19 @@ def views(layout: str, state: GroupState) -> list[list[Fragment]]:
             f"hogwild_layout: unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}"
         ) from None
     return [build(state, w) for w in range(len(state.workers))]
+
+
+def split_view(fragments: list[Fragment], history: list[Fragment]) -> tuple[list[Fragment], list[Fragment]]:
+    """A view without its shared history: the fragments before it and after it."""
+    if not history:
+        return fragments, []
+    for i, f in enumerate(fragments[:3]):  # after the prompt and the viewer's copy of its last token
+        if f is history[0]:
+            end = i + len(history)
+            if fragments[end - 1] is not history[-1]:
+                break
+            return fragments[:i], fragments[end:]
+    raise ValueError("this view does not hold the group's shared history")
 
 
 def view_position(fragments: list[Fragment], worker: int, home: int) -> int:

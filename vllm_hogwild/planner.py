@@ -13,14 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import numpy as np
+
 from vllm_hogwild.group import GroupTracker
-from vllm_hogwild.layouts import Span, view_position
+from vllm_hogwild.layouts import Fragment, Span, split_view, view_position
 from vllm_hogwild.params import FRAMING_KEY, GROUP_KEY, PROMPT_LEN_KEY, WORKER_KEY, parse
+
+
+Shared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # rows, starts, ends, offsets
 
 
 @dataclass(frozen=True)
 class SeqPlan:
-    """One hogwild sequence of a step (the fields of ``hogwild_kernels.SeqView``)."""
+    """One hogwild sequence of a step (the fields of ``hogwild_kernels.SeqView``):
+    ``shared``, the group's shared history (one object for all its sequences), and
+    ``fragments``, the rest of the view."""
 
     group: int
     slot: int
@@ -28,6 +35,7 @@ class SeqPlan:
     first_home: int
     fragments: list[tuple[int, int, int, int]]
     view_positions: list[int]
+    shared: Shared | None = None
 
 
 class RequestState(Protocol):
@@ -46,10 +54,29 @@ class _Member:
     finished: bool = False
 
 
+class _HistoryArrays:
+    """A group's shared history as int arrays, brought up to date each step from the
+    fragments added since the last (a long run holds thousands; they are converted once,
+    not every step)."""
+
+    def __init__(self) -> None:
+        self._source: list[Fragment] | None = None
+        self._seen = 0
+        self.columns = np.zeros((4, 0), dtype=np.int64)  # worker, start, end, offset
+
+    def sync(self, history: list[Fragment]) -> np.ndarray:
+        keep = max(0, self._seen - 1) if history is self._source and self._seen <= len(history) else 0
+        new = np.array([(f.source, f.start, f.end, f.offset) for f in history[keep:]], dtype=np.int64)
+        self.columns = np.concatenate([self.columns[:, :keep], new.reshape(-1, 4).T], axis=1)
+        self._source, self._seen = history, len(history)  # the last fragment may still grow
+        return self.columns
+
+
 @dataclass
 class _Group:
     tracker: GroupTracker
     members: dict[str, _Member] = field(default_factory=dict)
+    history: _HistoryArrays = field(default_factory=_HistoryArrays)
 
 
 @dataclass
@@ -144,14 +171,22 @@ class Planner:
                     plan.extra_blocks.append(list(m.state.block_ids[0]))
             lengths = [by_worker[w][1].written for w in range(len(by_worker))]
             views = group.tracker.views(lengths)
+            history = group.tracker.shared_history()
+            shared = None
+            if history:
+                worker, start, end, offset = group.history.sync(history)
+                rows_of = np.array([source_row[w] for w in range(len(by_worker))], dtype=np.int64)
+                shared = (rows_of[worker], start, end, offset)
             for w, (rid, m) in sorted(by_worker.items()):
                 if rid not in batch:
                     continue
                 _, num_rows, total = rows[batch[rid]]
                 first = total - num_rows
-                frags = [(source_row[f.source], f.start, f.end, f.offset) for f in views[w]]
-                positions = [view_position(views[w], w, first + i) for i in range(num_rows)]
-                plan.seqs.append(SeqPlan(gi, w, num_rows, first, frags, positions))
+                before, after = split_view(views[w], history)
+                frags = [(source_row[f.source], f.start, f.end, f.offset) for f in before + after]
+                # Query rows are this step's tokens: never in the committed history.
+                positions = [view_position(before + after, w, first + i) for i in range(num_rows)]
+                plan.seqs.append(SeqPlan(gi, w, num_rows, first, frags, positions, shared))
                 plan.batch_rows.append(batch[rid])
         return plan if plan.seqs else None
 
