@@ -78,13 +78,12 @@ def _rotate(xa, xb, angle):
 
 
 @triton.jit
-def _load_kv(k_ptr, v_ptr, bt_ptr, bt_row, home, key_ok, kv_head, dim_a, dim_b, dim_p, pass_ok, dv, dv_ok,
-             stride_bt, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-             BLOCK_SIZE: tl.constexpr, PASS_P: tl.constexpr):
-    """Keys (rotary pairs and the rest) and values of a tile, one token per ``home``."""
-    blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
-    k_base = k_ptr + blk * stride_kb + (home % BLOCK_SIZE) * stride_ks + kv_head * stride_kh
-    v_base = v_ptr + blk * stride_vb + (home % BLOCK_SIZE) * stride_vs + kv_head * stride_vh
+def _load_kv(k_ptr, v_ptr, blk, within, key_ok, kv_head, dim_a, dim_b, dim_p, pass_ok, dv, dv_ok,
+             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, PASS_P: tl.constexpr):
+    """Keys (rotary pairs and the rest) and values of a tile: token ``within`` of cache block ``blk``."""
+    blk = blk.to(tl.int64)
+    k_base = k_ptr + blk * stride_kb + within * stride_ks + kv_head * stride_kh
+    v_base = v_ptr + blk * stride_vb + within * stride_vs + kv_head * stride_vh
     ka = tl.load(k_base[:, None] + dim_a[None, :], mask=key_ok[:, None], other=0.0)
     kb = tl.load(k_base[:, None] + dim_b[None, :], mask=key_ok[:, None], other=0.0)
     if PASS_P > 1:
@@ -93,6 +92,34 @@ def _load_kv(k_ptr, v_ptr, bt_ptr, bt_row, home, key_ok, kv_head, dim_a, dim_b, 
         kp = ka  # unused: no dimensions past rotary_dim
     vv = tl.load(v_base[:, None] + dv[None, :], mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
     return ka, kb, kp, vv
+
+
+@triton.jit
+def _map_shared_keys_kernel(bt_ptr, src_pack_ptr, src_row_ptr, src_start_ptr, src_off_ptr, keys_ptr,
+                            num_keys, num_sources, max_slots, search_steps, stride_bt,
+                            BLOCK_SIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """For each packed shared key: its cache slot, view position and shift (view - home)."""
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = p < num_keys
+    # Binary search for the source holding p: src_pack[lo] <= p < src_pack[hi].
+    lo = tl.zeros([BLOCK], tl.int32)
+    hi = tl.zeros([BLOCK], tl.int32) + num_sources
+    for _ in range(search_steps):
+        mid = (lo + hi) // 2
+        go_right = tl.load(src_pack_ptr + mid, mask=ok, other=0) <= p
+        lo = tl.where(go_right, mid, lo)
+        hi = tl.where(go_right, hi, mid)
+    into = p - tl.load(src_pack_ptr + lo, mask=ok, other=0)
+    start = tl.load(src_start_ptr + lo, mask=ok, other=0)
+    home = start + into
+    offset = tl.zeros([BLOCK], tl.int32) - 1
+    for j in range(max_slots):  # every slot that sees a shared source sees it at one offset
+        offset = tl.maximum(offset, tl.load(src_off_ptr + lo * max_slots + j, mask=ok, other=-1))
+    row = tl.load(src_row_ptr + lo, mask=ok, other=0)
+    blk = tl.load(bt_ptr + row * stride_bt + home // BLOCK_SIZE, mask=ok, other=0)
+    tl.store(keys_ptr + p, blk * BLOCK_SIZE + home % BLOCK_SIZE, mask=ok)
+    tl.store(keys_ptr + num_keys + p, offset + into, mask=ok)
+    tl.store(keys_ptr + 2 * num_keys + p, offset - start, mask=ok)
 
 
 @triton.jit
@@ -121,10 +148,10 @@ def _fragment_attn_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr, lock_ptr,
     inv_freq_ptr, q_pos_ptr, q_view_ptr, row_slot_ptr,
     qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr,
-    kvt_ptr_ptr, kvt_src_ptr, src_tile_ptr, src_pack_ptr, grp_pack_ptr, grp_shared_tiles_ptr,
+    kvt_ptr_ptr, kvt_src_ptr, src_tile_ptr, grp_pack_ptr, grp_shared_tiles_ptr, keys_ptr,
     src_row_ptr, src_start_ptr, src_end_ptr, src_off_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_bt, stride_ot, stride_oh, max_slots, num_sources, scale_log2, num_splits,
+    stride_bt, stride_ot, stride_oh, max_slots, num_keys, scale_log2, num_splits,
     BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
     HALF: tl.constexpr, PASS_P: tl.constexpr, IS_NEOX: tl.constexpr, IEEE: tl.constexpr,
@@ -173,32 +200,26 @@ def _fragment_attn_kernel(
     n = tl.arange(0, BLOCK_N)
 
     # Shared tiles first: the group's shared sources packed end to end, BLOCK_N keys a
-    # tile whatever the sources' lengths. Every row sees them at the same offsets, so the
-    # keys (not the queries) are turned, from home to view position, once for all rows.
+    # tile whatever the sources' lengths, each key's cache slot and view position looked
+    # up once per step (``map_shared_keys``). Every row sees them at the same offsets, so
+    # the keys (not the queries) are turned, from home to view position, once for all rows.
     shared_end = t_begin + tl.load(grp_shared_tiles_ptr + group)
     pack_lo = tl.load(grp_pack_ptr + group)
     pack_hi = tl.load(grp_pack_ptr + group + 1)
-    any_slot = tl.max(tl.where(row_ok, slot, 0), axis=0)  # all of them see shared sources alike
     qa_v, qb_v = _rotate(qa, qb, (view - pos).to(tl.float32)[:, None] * inv_freq[None, :])
     qa_v = qa_v.to(DT)
     qb_v = qb_v.to(DT)
     for t in range(t_lo, tl.minimum(t_hi, shared_end)):
         packed = pack_lo + (t - t_begin) * BLOCK_N + n
         in_pack = packed < pack_hi
-        first = tl.load(kvt_src_ptr + t)
-        # Each key's source: the first of the tile plus the sources that start at or before it.
-        later = first + 1 + n
-        later_pack = tl.load(src_pack_ptr + later, mask=later <= num_sources, other=2147483647)
-        key_src = first + tl.sum((later_pack[None, :] <= packed[:, None]).to(tl.int32), axis=1)
-        into = packed - tl.load(src_pack_ptr + key_src, mask=in_pack, other=0)
-        key_home = tl.load(src_start_ptr + key_src, mask=in_pack, other=0) + into
-        key_view = tl.load(src_off_ptr + key_src * max_slots + any_slot, mask=in_pack, other=0) + into
-        key_row = tl.load(src_row_ptr + key_src, mask=in_pack, other=0)
-        ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, bt_ptr, key_row, key_home, in_pack, kv_head, dim_a, dim_b, dim_p,
-                                  pass_ok, dv, dv_ok, stride_bt, stride_kb, stride_ks, stride_kh,
-                                  stride_vb, stride_vs, stride_vh, BLOCK_SIZE, PASS_P)
+        key_slot = tl.load(keys_ptr + packed, mask=in_pack, other=0)
+        key_view = tl.load(keys_ptr + num_keys + packed, mask=in_pack, other=0)
+        key_shift = tl.load(keys_ptr + 2 * num_keys + packed, mask=in_pack, other=0)
+        ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, key_slot // BLOCK_SIZE, key_slot % BLOCK_SIZE, in_pack, kv_head,
+                                  dim_a, dim_b, dim_p, pass_ok, dv, dv_ok, stride_kb, stride_ks, stride_kh,
+                                  stride_vb, stride_vs, stride_vh, PASS_P)
         ka_v, kb_v = _rotate(ka.to(tl.float32), kb.to(tl.float32),
-                             (key_view - key_home).to(tl.float32)[:, None] * inv_freq[None, :])
+                             key_shift.to(tl.float32)[:, None] * inv_freq[None, :])
         s = _scores(qa_v, qb_v, qp, ka_v.to(DT), kb_v.to(DT), kp, PREC, PASS_P)
         visible = in_pack[None, :] & (key_view[None, :] <= view[:, None])
         m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
@@ -225,9 +246,10 @@ def _fragment_attn_kernel(
         for t in range(tile_lo, tile_hi):
             home = s_start + (t - src_tile) * BLOCK_N + n
             key_ok = home < s_end
-            ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, bt_ptr, bt_row, home, key_ok, kv_head, dim_a, dim_b, dim_p,
-                                      pass_ok, dv, dv_ok, stride_bt, stride_kb, stride_ks, stride_kh,
-                                      stride_vb, stride_vs, stride_vh, BLOCK_SIZE, PASS_P)
+            blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0)
+            ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, blk, home % BLOCK_SIZE, key_ok, kv_head, dim_a, dim_b, dim_p,
+                                      pass_ok, dv, dv_ok, stride_kb, stride_ks, stride_kh,
+                                      stride_vb, stride_vs, stride_vh, PASS_P)
             s = _scores(qa_r, qb_r, qp, ka, kb, kp, PREC, PASS_P)
             visible = present & key_ok[None, :] & (home[None, :] <= limit)
             m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
@@ -290,11 +312,12 @@ class LaunchPlan:
     qt_start: torch.Tensor
     qt_end: torch.Tensor
     kvt_ptr: torch.Tensor  # [G+1] KV tiles of group g: [ptr[g], ptr[g+1]), its shared tiles first
-    kvt_src: torch.Tensor  # the source of each KV tile (of a shared tile: the source of its first key)
+    kvt_src: torch.Tensor  # the source of each unshared KV tile (0 for shared tiles)
     src_tile: torch.Tensor  # [NS] first KV tile of each unshared source
     src_pack: torch.Tensor  # [NS+1] where each source starts in the packed shared keys (unshared: empty)
     grp_pack: torch.Tensor  # [G+1] the packed shared keys of group g: [grp_pack[g], grp_pack[g+1])
     grp_shared_tiles: torch.Tensor  # [G]
+    num_shared_keys: int
     block_m: int
     block_n: int
     max_group_tiles: int
@@ -358,15 +381,9 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     tiles_cum = exclusive_cumsum(ntiles)
     kvt_ptr = exclusive_cumsum(shared_tiles + tiles_cum[ptr[1:]] - tiles_cum[ptr[:-1]])
     src_tile = (kvt_ptr[:-1] + shared_tiles - tiles_cum[ptr[:-1]])[src_group] + tiles_cum[:-1]
-    kvt_src = np.empty(int(kvt_ptr[-1]), dtype=np.int64)
-    # Unshared sources: tiles of their own.
+    kvt_src = np.zeros(int(kvt_ptr[-1]), dtype=np.int64)
     within = np.arange(int(tiles_cum[-1])) - np.repeat(tiles_cum[:-1], ntiles)
     kvt_src[np.repeat(src_tile, ntiles) + within] = np.repeat(np.arange(num_sources), ntiles)
-    # Shared tiles: the source holding each tile's first packed key.
-    tile_group = np.repeat(np.arange(num_groups), shared_tiles)
-    k = np.arange(tile_group.size) - exclusive_cumsum(shared_tiles)[tile_group]
-    kvt_src[kvt_ptr[tile_group] + k] = np.searchsorted(src_pack[1:], grp_pack[tile_group] + k * block_n,
-                                                       side="right")
     per_group = kvt_ptr[1:] - kvt_ptr[:-1]
 
     def i32(x) -> torch.Tensor:
@@ -375,9 +392,30 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     launch = LaunchPlan(
         i32(row_slot), i32(group_rows), i32(row_out), i32(row_out[group_rows]), i32(qt_group), i32(qt_start),
         i32(qt_end), i32(kvt_ptr), i32(kvt_src), i32(src_tile), i32(src_pack), i32(grp_pack), i32(shared_tiles),
-        block_m, block_n, int(per_group.max()) if per_group.size else 0,
+        int(src_pack[-1]), block_m, block_n, int(per_group.max()) if per_group.size else 0,
     )
     return launch.to(device)
+
+
+def map_shared_keys(table: FragmentTable, launch: LaunchPlan, block_table: torch.Tensor,
+                    block_size: int) -> torch.Tensor:
+    """``[3, K]`` int32: for each of the K packed shared keys, its cache slot (block x
+    block_size + place in the block), view position, and shift (view - home position).
+
+    It depends only on the step (tables, block table), so a backend computes it once per
+    step and hands it to every layer's ``fragment_attention``: the block-table lookups and
+    the search for each key's source then run once per step, not once per layer."""
+    num_keys = launch.num_shared_keys
+    keys = torch.empty(3, max(num_keys, 1), dtype=torch.int32, device=block_table.device)
+    if num_keys:
+        block = 256
+        num_sources = table.src_row.numel()
+        _map_shared_keys_kernel[(triton.cdiv(num_keys, block),)](
+            block_table, launch.src_pack, table.src_row, table.src_start, table.src_offset, keys,
+            num_keys, num_sources, table.max_slots, num_sources.bit_length(), block_table.stride(0),
+            BLOCK_SIZE=block_size, BLOCK=block,
+        )
+    return keys
 
 
 def vllm_caches(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -443,12 +481,14 @@ def fragment_attention(
     num_warps: int = 4,
     num_stages: int = 3,
     fused_merge: bool = False,
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as ``reference.fragment_attention``; caches ``[blocks, block_size, Hkv, D]``.
 
     With a ``launch`` planned with ``row_index``, ``q`` and ``out`` are a whole batch and only
     the table's rows are read and written. ``fused_merge``: the last split of each row tile
-    merges the splits (one launch, not two)."""
+    merges the splits (one launch, not two). ``keys``: ``map_shared_keys`` of this step
+    (worked out here if not given)."""
     _check(q, key_cache, value_cache, inv_freq)
     _, num_heads, head_dim = q.shape
     num_rows = table.q_pos.numel()
@@ -463,6 +503,11 @@ def fragment_attention(
         launch = plan(table, group)
     elif launch.row_out.numel() != num_rows:
         raise ValueError(f"launch plan is for {launch.row_out.numel()} query rows, the table has {num_rows}")
+    if keys is None:
+        keys = map_shared_keys(table, launch, block_table, key_cache.shape[1])
+    elif keys.shape != (3, max(launch.num_shared_keys, 1)):
+        raise ValueError(f"keys must be [3, {launch.num_shared_keys}] (map_shared_keys of this launch plan), "
+                         f"got shape {tuple(keys.shape)}")
     num_qt = launch.qt_group.numel()
     if num_splits is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
@@ -483,11 +528,11 @@ def fragment_attention(
         q, key_cache, value_cache, block_table, out, ws_acc, ws_ml, counters,
         inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_slot,
         launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows, launch.batch_rows,
-        launch.kvt_ptr, launch.kvt_src, launch.src_tile, launch.src_pack, launch.grp_pack, launch.grp_shared_tiles,
+        launch.kvt_ptr, launch.kvt_src, launch.src_tile, launch.grp_pack, launch.grp_shared_tiles, keys,
         table.src_row, table.src_start, table.src_end, table.src_offset,
         q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_table.stride(0), out.stride(0), out.stride(1), table.max_slots, table.src_row.numel(),
+        block_table.stride(0), out.stride(0), out.stride(1), table.max_slots, launch.num_shared_keys,
         scale * 1.4426950408889634, num_splits,
         BLOCK_SIZE=key_cache.shape[1], GROUP=group, GROUP_P=_next_pow2(group),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,

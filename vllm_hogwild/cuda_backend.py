@@ -36,6 +36,7 @@ class HogwildLaunch:
     launch: triton_op.LaunchPlan
     block_table: torch.Tensor
     all_rows: bool
+    keys: torch.Tensor | None = None  # triton_op.map_shared_keys, by the first layer of the step
 
 
 class HogwildTritonMetadataBuilder(TritonAttentionMetadataBuilder):
@@ -64,10 +65,12 @@ class HogwildTritonImpl(HogwildForward, TritonAttentionImpl):
                                       f"(kv_cache_dtype={self.kv_cache_dtype!r})")
         key_cache, value_cache = triton_op.vllm_caches(kv_cache, self.head_size)
         rotary = runtime.rotary()
+        if hog.keys is None:  # once per step: every layer's cache has the same blocks
+            hog.keys = triton_op.map_shared_keys(hog.table, hog.launch, hog.block_table, key_cache.shape[1])
         # The kernel reads the batch's hogwild rows of `query` and writes them into `output`
         # in place (the launch plan knows where they sit).
         triton_op.fragment_attention(query, key_cache, value_cache, hog.block_table, hog.table, rotary.inv_freq,
-                                     rotary.is_neox, self.scale, out=output, launch=hog.launch)
+                                     rotary.is_neox, self.scale, out=output, launch=hog.launch, keys=hog.keys)
 
 
 class HogwildTritonBackend(TritonAttentionBackend):
