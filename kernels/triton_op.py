@@ -200,15 +200,20 @@ def _fragment_attn_kernel(
     n = tl.arange(0, BLOCK_N)
 
     # Shared tiles first: the group's shared sources packed end to end, BLOCK_N keys a
-    # tile whatever the sources' lengths, each key's cache slot and view position looked
-    # up once per step (``map_shared_keys``). Every row sees them at the same offsets, so
-    # the keys (not the queries) are turned, from home to view position, once for all rows.
+    # tile whatever the sources' lengths, each key's cache slot, view position and shift
+    # (view - home) mapped once per step (``map_shared_keys``). Every row sees these keys
+    # at the same offsets, so a tile of mixed shifts has its keys (not the queries) turned
+    # to their view positions, once for all rows. A tile of one shift (inside a long
+    # fragment) turns the queries instead, and only when the shift changes: fewer sines.
     shared_end = t_begin + tl.load(grp_shared_tiles_ptr + group)
     pack_lo = tl.load(grp_pack_ptr + group)
     pack_hi = tl.load(grp_pack_ptr + group + 1)
     qa_v, qb_v = _rotate(qa, qb, (view - pos).to(tl.float32)[:, None] * inv_freq[None, :])
     qa_v = qa_v.to(DT)
     qb_v = qb_v.to(DT)
+    qa_c = qa_v  # the queries turned for keys of shift c_shift
+    qb_c = qb_v
+    c_shift = pack_lo * 0
     for t in range(t_lo, tl.minimum(t_hi, shared_end)):
         packed = pack_lo + (t - t_begin) * BLOCK_N + n
         in_pack = packed < pack_hi
@@ -218,9 +223,19 @@ def _fragment_attn_kernel(
         ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, key_slot // BLOCK_SIZE, key_slot % BLOCK_SIZE, in_pack, kv_head,
                                   dim_a, dim_b, dim_p, pass_ok, dv, dv_ok, stride_kb, stride_ks, stride_kh,
                                   stride_vb, stride_vs, stride_vh, PASS_P)
-        ka_v, kb_v = _rotate(ka.to(tl.float32), kb.to(tl.float32),
-                             key_shift.to(tl.float32)[:, None] * inv_freq[None, :])
-        s = _scores(qa_v, qb_v, qp, ka_v.to(DT), kb_v.to(DT), kp, PREC, PASS_P)
+        lo_shift = tl.min(tl.where(in_pack, key_shift, 2147483647), axis=0)
+        hi_shift = tl.max(tl.where(in_pack, key_shift, -2147483647), axis=0)
+        if lo_shift == hi_shift:
+            if lo_shift != c_shift:
+                qa_c, qb_c = _rotate(qa, qb, ((view - pos) - lo_shift).to(tl.float32)[:, None] * inv_freq[None, :])
+                qa_c = qa_c.to(DT)
+                qb_c = qb_c.to(DT)
+                c_shift = lo_shift
+            s = _scores(qa_c, qb_c, qp, ka, kb, kp, PREC, PASS_P)
+        else:
+            ka_v, kb_v = _rotate(ka.to(tl.float32), kb.to(tl.float32),
+                                 key_shift.to(tl.float32)[:, None] * inv_freq[None, :])
+            s = _scores(qa_v, qb_v, qp, ka_v.to(DT), kb_v.to(DT), kp, PREC, PASS_P)
         visible = in_pack[None, :] & (key_view[None, :] <= view[:, None])
         m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
 

@@ -145,6 +145,10 @@ def test_bad_shapes_are_refused():
         triton_op.fragment_attention(q[:1], cache.key, cache.value, cache.block_table, table, inv_freq, neox, scale)
     with pytest.raises(ValueError, match="row_index must hold one batch row per query row"):
         triton_op.plan(table, 4, row_index=torch.arange(q.shape[0] + 1))
+    launch = triton_op.plan(table, 4)
+    with pytest.raises(ValueError, match=r"keys must be \[3, \d+\] \(map_shared_keys of this launch plan\)"):
+        triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq, neox, scale,
+                                     launch=launch, keys=torch.zeros(3, launch.num_shared_keys + 5, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("case", CASES)

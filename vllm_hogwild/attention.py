@@ -70,12 +70,14 @@ def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Ten
     table = block_table[:num_reqs]
     if plan.extra_blocks:
         width = max(table.shape[1], max(len(b) for b in plan.extra_blocks))
-        extra = torch.zeros(len(plan.extra_blocks), width, dtype=table.dtype, device=table.device)
+        extra = torch.zeros(len(plan.extra_blocks), width, dtype=table.dtype)
         for i, blocks in enumerate(plan.extra_blocks):
             extra[i, : len(blocks)] = torch.tensor(blocks, dtype=table.dtype)
+        if table.is_cuda:  # one asynchronous copy (from pageable memory it would wait for the GPU)
+            extra = extra.pin_memory()
         padded = torch.zeros(table.shape[0], width, dtype=table.dtype, device=table.device)
         padded[:, : table.shape[1]] = table
-        table = torch.cat([padded, extra])
+        table = torch.cat([padded, extra.to(table.device, non_blocking=True)])
     views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions, s.shared)
              for s in plan.seqs]
     return StepRows(rows, views, table, rows.numel() == num_tokens)

@@ -64,7 +64,10 @@ def step_plan(common: Any) -> StepPlan | None:
         return None
     req_ids = runner.input_batch.req_ids[: common.num_reqs]
     qsl = common.query_start_loc_cpu.tolist()
-    seq_lens = common.seq_lens.cpu().tolist()
+    # vLLM's host copy is exact without speculative decoding (refused with hogwild); it
+    # spares a device-to-host copy, which waits for the GPU, every step.
+    seq_lens = common.seq_lens_cpu_upper_bound
+    seq_lens = (common.seq_lens.cpu() if seq_lens is None else seq_lens).tolist()
     rows = [(rid, qsl[i + 1] - qsl[i], seq_lens[i]) for i, rid in enumerate(req_ids)]
     return plan_for.plan(rows)
 
