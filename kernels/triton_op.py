@@ -225,17 +225,29 @@ def _fragment_attn_kernel(
                                   stride_vb, stride_vs, stride_vh, PASS_P)
         lo_shift = tl.min(tl.where(in_pack, key_shift, 2147483647), axis=0)
         hi_shift = tl.max(tl.where(in_pack, key_shift, -2147483647), axis=0)
+        # Only the angles depend on the branch: loads, turns and dots stay in one straight
+        # line, the shape Triton's software pipeliner handles.
         if lo_shift == hi_shift:
             if lo_shift != c_shift:
                 qa_c, qb_c = _rotate(qa, qb, ((view - pos) - lo_shift).to(tl.float32)[:, None] * inv_freq[None, :])
                 qa_c = qa_c.to(DT)
                 qb_c = qb_c.to(DT)
                 c_shift = lo_shift
-            s = _scores(qa_c, qb_c, qp, ka, kb, kp, PREC, PASS_P)
+            qa_s = qa_c
+            qb_s = qb_c
+            k_cos = tl.full([BLOCK_N, HALF], 1.0, tl.float32)
+            k_sin = tl.zeros([BLOCK_N, HALF], tl.float32)
         else:
-            ka_v, kb_v = _rotate(ka.to(tl.float32), kb.to(tl.float32),
-                                 key_shift.to(tl.float32)[:, None] * inv_freq[None, :])
-            s = _scores(qa_v, qb_v, qp, ka_v.to(DT), kb_v.to(DT), kp, PREC, PASS_P)
+            qa_s = qa_v
+            qb_s = qb_v
+            k_angle = key_shift.to(tl.float32)[:, None] * inv_freq[None, :]
+            k_cos = tl.cos(k_angle)
+            k_sin = tl.sin(k_angle)
+        ka_f = ka.to(tl.float32)
+        kb_f = kb.to(tl.float32)
+        ka_s = (ka_f * k_cos - kb_f * k_sin).to(DT)
+        kb_s = (kb_f * k_cos + ka_f * k_sin).to(DT)
+        s = _scores(qa_s, qb_s, qp, ka_s, kb_s, kp, PREC, PASS_P)
         visible = in_pack[None, :] & (key_view[None, :] <= view[:, None])
         m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
 
