@@ -2,10 +2,17 @@
 
 A program owns a tile of query rows of one group (tokens x the query heads of one KV
 head) and a slice of the group's KV tiles (split-KV, flash-decoding style). For each KV
-tile it loads keys and values once, rotates every row's query by that row's
-``theta = (v - p) - D_f`` for the tile's source (cos/sin from ``inv_freq``, in-kernel),
-masks by view position, and updates an online softmax. Rows of all W workers of a group
-share the tile, so a decode step reads the group's shared cache once, not W times.
+tile it loads keys and values once, masks by view position, and updates an online
+softmax for the rows of all W workers, so a decode step reads the group's cache once,
+not W times. Rotary turns use cos/sin computed in-kernel from ``inv_freq``:
+
+- Shared tiles: the sources every row sees at one offset (the prompt and the committed
+  history) packed end to end into full tiles. Each key's cache slot, view position and
+  shift come from a per-step map (``map_shared_keys``); keys of mixed shifts are turned
+  to their view positions, a tile of one shift turns the queries instead.
+- Source tiles: the other sources, a tile at a time; every row's query is turned once
+  per source by ``theta = (v - p) - D_f``.
+
 Splits are merged by a second small kernel or, with ``fused_merge``, by the last program
 of each row tile to finish (an atomic counter per tile; one launch instead of two).
 """
