@@ -77,10 +77,29 @@ def _merge_tile_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, 
 
 
 @triton.jit
+def _sincos(x):
+    """``sin(x), cos(x)`` in float32 for ``|x|`` up to ~1e5, with one reduction to
+    ``[-pi/4, pi/4]`` for both (Cody-Waite, pi/2 in three parts; ``j * part`` is exact
+    while ``|j| < 2**16``), then Cephes' polynomials. libdevice's sinf and cosf reduce
+    once each, and take a slow path past ``|x|`` ~ 48k, where long views put the angles
+    of their first rotary pairs."""
+    j = tl.floor(x * 0.6366197723675814 + 0.5)
+    r = x - j * 1.5703125
+    r = r - j * 4.84466552734375e-4
+    r = r - j * -6.39757837817001e-07
+    z = r * r
+    s = ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1) * z * r + r
+    c = ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2) * z * z - 0.5 * z + 1.0
+    quadrant = j.to(tl.int32) & 3
+    sin = tl.where(quadrant == 0, s, tl.where(quadrant == 1, c, tl.where(quadrant == 2, -s, -c)))
+    cos = tl.where(quadrant == 0, c, tl.where(quadrant == 1, -s, tl.where(quadrant == 2, -c, s)))
+    return sin, cos
+
+
+@triton.jit
 def _rotate(xa, xb, angle):
     """Turn rotary pairs ``(xa, xb)`` by ``angle`` (float32)."""
-    cos = tl.cos(angle)
-    sin = tl.sin(angle)
+    sin, cos = _sincos(angle)
     return xa * cos - xb * sin, xb * cos + xa * sin
 
 
@@ -247,9 +266,7 @@ def _fragment_attn_kernel(
         else:
             qa_s = qa_v
             qb_s = qb_v
-            k_angle = key_shift.to(tl.float32)[:, None] * inv_freq[None, :]
-            k_cos = tl.cos(k_angle)
-            k_sin = tl.sin(k_angle)
+            k_sin, k_cos = _sincos(key_shift.to(tl.float32)[:, None] * inv_freq[None, :])
         ka_f = ka.to(tl.float32)
         kb_f = kb.to(tl.float32)
         ka_s = (ka_f * k_cos - kb_f * k_sin).to(DT)

@@ -130,6 +130,27 @@ def test_group_sources_are_shared():
     assert table.group_shared.tolist() == [1]  # the run every view holds at one offset
 
 
+def test_in_kernel_sincos_holds_for_long_views():
+    """The kernel's own sin/cos against float64, for angles up to those of 100k-token views."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(x_ptr, sin_ptr, cos_ptr, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        sin, cos = triton_op._sincos(tl.load(x_ptr + i, mask=i < n, other=0.0))
+        tl.store(sin_ptr + i, sin, mask=i < n)
+        tl.store(cos_ptr + i, cos, mask=i < n)
+
+    gen = torch.Generator().manual_seed(0)
+    shifts = torch.randint(-100_000, 100_000, (4096,), generator=gen).float()
+    x = torch.cat([torch.linspace(-7, 7, 1024), shifts * inv_freq_for(128, 1e6)[torch.arange(4096) % 64]])
+    sin, cos = torch.empty_like(x), torch.empty_like(x)
+    probe[(triton.cdiv(x.numel(), 1024),)](x, sin, cos, x.numel(), BLOCK=1024)
+    assert (sin.double() - x.double().sin()).abs().max() < 1e-6
+    assert (cos.double() - x.double().cos()).abs().max() < 1e-6
+
+
 def test_bad_shapes_are_refused():
     cache = random_cache([5], 16, 2, 64)
     q = torch.randn(1, 3, 64)  # 3 query heads over 2 KV heads
