@@ -102,9 +102,10 @@ def _group_sources(views: list[SeqView], num_slots: int) -> tuple[list[tuple[int
     shared ones first, and how many they are.
 
     A fragment that every view holds at the same offset (the prompt, or a history not
-    handed over as ``SeqView.shared``) is already shared: it becomes one source as it is,
-    with that offset for every slot. Only the other fragments are cut and matched, view by view, so the
-    per-step cost stays near the number of distinct fragments, not W times it."""
+    handed over as ``SeqView.shared``) is already shared: it becomes one source as it
+    is, with that offset for every slot. Only the other fragments are cut and matched,
+    view by view, so the per-step cost stays near the number of distinct fragments, not
+    W times it."""
     counts = Counter(f for v in views for f in set(v.fragments))
     everywhere = {f for f, n in counts.items() if n == len(views)}
     slots = [v.slot for v in views]
@@ -137,7 +138,7 @@ def _group_sources(views: list[SeqView], num_slots: int) -> tuple[list[tuple[int
                     sources.append((row, a, b, [-1] * num_slots))
                 sources[index[key]][3][v.slot] = offset + (a - start)
     # Pieces that every view holds at one offset (cut out of different fragments) are shared too.
-    alike = [sum(1 for slot in slots if seen_at[slot] == seen_at[slots[0]] >= 0) == len(slots)
+    alike = [seen_at[slots[0]] >= 0 and all(seen_at[slot] == seen_at[slots[0]] for slot in slots)
              for _, _, _, seen_at in sources]
     return [x for x, a in zip(sources, alike) if a] + [x for x, a in zip(sources, alike) if not a], sum(alike)
 
@@ -150,7 +151,7 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
     by_group: dict[int, list[SeqView]] = {g: [] for g in groups}
     for v in views:
         by_group[v.group].append(v)
-    ptr, num_shared, parts = [0], [], []  # parts: [4 + max_slots, n] int arrays
+    ptr, num_shared, parts = [0], [], []  # parts: [3 + max_slots, n] int arrays
     for g in groups:
         members = by_group[g]
         given = members[0].shared

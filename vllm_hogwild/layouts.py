@@ -136,8 +136,9 @@ def shared_history(state: GroupState) -> list[Fragment]:
     the interleaved and combined views that every worker sees alike.
 
     The list is kept across steps and extended as steps commit (its last fragment may
-    grow); every view holds these very Fragment objects, never merged with what precedes
-    them, so that the planner can take them once for the whole group (``split_view``)."""
+    grow); every view holds these very Fragment objects, never merged with the fragments
+    around them, so that the planner can take them once for the whole group
+    (``split_view``)."""
     cache = state._history_view
     if cache is None or cache.history is not state.history or cache.spans > len(state.history):
         cache = state._history_view = _HistoryView(_ViewBuilder(state.prompt_len), state.history)

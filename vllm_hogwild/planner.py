@@ -20,7 +20,8 @@ from vllm_hogwild.layouts import Fragment, Span, split_view, view_position
 from vllm_hogwild.params import FRAMING_KEY, GROUP_KEY, PROMPT_LEN_KEY, WORKER_KEY, parse
 
 
-Shared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # rows, starts, ends, offsets
+# rows, starts, ends, offsets: hogwild_kernels.table.Shared (not imported: no torch here)
+Shared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
