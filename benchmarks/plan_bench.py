@@ -19,38 +19,19 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
-
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from hogwild_kernels import build, triton_op  # noqa: E402
 from vllm_hogwild.attention import step_rows  # noqa: E402
-from vllm_hogwild.planner import Planner  # noqa: E402
-
-END, WORD = 1, 2  # token ids: one that ends a step ("."), one that does not
-
-
-@dataclass
-class Request:
-    """The fields of vLLM's request state that the planner reads."""
-
-    prompt_token_ids: list[int]
-    output_token_ids: list[int] = field(default_factory=list)
-    block_ids: tuple[list[int], ...] = ([0],)
+from planned import END, WORD, planned_group  # noqa: E402
 
 
 def run(workers: int, layout: str, context: int, step_tokens: int, prompt: int, sample: int) -> dict:
-    planner = Planner(lambda t: "." if t == END else " word")
-    requests = {}
-    for w in range(workers):
-        flags = {"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_boundary": ".",
-                 "hogwild_boundary_sentence": False, "_hogwild_group": "g", "_hogwild_worker": w,
-                 "_hogwild_prompt_len": prompt}
-        requests[f"w{w}"] = Request([WORD] * (prompt if w == 0 else 1))
-        planner.add(f"w{w}", flags, requests[f"w{w}"])
+    planner, requests = planned_group(workers, layout, prompt, boundary=".")
     block_table = torch.zeros(workers, context // 16 + 64, dtype=torch.int32)
     times: dict[str, list[float]] = {"planner": [], "table": [], "launch": []}
     fragments = sources = 0

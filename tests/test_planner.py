@@ -6,41 +6,23 @@ grow and workers finish."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import fields
 
 import pytest
 
-from vllm_hogwild.planner import Planner
-
-END, WORD = 1, 2
-
-
-@dataclass
-class Request:
-    prompt_token_ids: list[int]
-    output_token_ids: list[int] = field(default_factory=list)
-    block_ids: tuple[list[int], ...] = ([0],)
+from hogwild_kernels import SeqView
+from planned import END, WORD, planned_group
 
 
 def _whole_views(plan) -> list[list[tuple[int, int, int, int]]]:
-    views = []
-    for seq in plan.seqs:
-        shared = [] if seq.shared is None else list(zip(*(a.tolist() for a in seq.shared)))
-        views.append(sorted(shared + list(seq.fragments), key=lambda f: f[3]))
-    return views
+    """Each sequence's whole view, as the fragment table takes it (a SeqPlan has a SeqView's fields)."""
+    return [SeqView(**{f.name: getattr(seq, f.name) for f in fields(seq)}).all_fragments() for seq in plan.seqs]
 
 
 @pytest.mark.parametrize("layout", ["interleaved", "combined", "contiguous"])
 def test_views_handed_over_equal_the_layouts(layout):
-    workers, prompt = 3, 7
-    planner = Planner(lambda t: "|" if t == END else " w")
-    requests = {}
-    for w in range(workers):
-        flags = {"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_boundary": "|",
-                 "hogwild_boundary_sentence": False, "_hogwild_group": "g", "_hogwild_worker": w,
-                 "_hogwild_prompt_len": prompt}
-        requests[f"w{w}"] = Request([WORD] * (prompt if w == 0 else 1), block_ids=([w],))
-        planner.add(f"w{w}", flags, requests[f"w{w}"])
+    workers = 3
+    planner, requests = planned_group(workers, layout, prompt=7)
     tracker = planner._groups["g"].tracker
     rng = random.Random(0)
     running = list(requests)
