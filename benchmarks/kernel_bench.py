@@ -58,8 +58,7 @@ import torch.nn.functional as F  # noqa: E402
 from hogwild_kernels import build, triton_op  # noqa: E402
 from hogwild_kernels.rotary import rotate  # noqa: E402
 from hogwild_kernels.table import SeqView  # noqa: E402
-from paged import inv_freq_for, naive_attention, random_cache, random_views  # noqa: E402
-from vllm_hogwild import layouts  # noqa: E402  (pure Python: no vLLM needed)
+from paged import inv_freq_for, layout_views, naive_attention, random_cache, random_views  # noqa: E402
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 16
 
@@ -115,43 +114,12 @@ def gpu_caches(lengths: list[int], gen: torch.Generator, copies: int):
     return caches, table.block_table.cuda()
 
 
-def group_views(workers: int, context: int, layout: str, step_tokens: int = 20) -> tuple[list[int], list[SeqView]]:
-    """Request lengths and the W views of one decode step of a group, as the plugin's
-    layouts build them. Request 0 holds the prompt then worker 0's stream; request w,
-    its copy of the prompt's last token then its stream."""
-    if layout == "contiguous":
-        stream = min(512, context // (2 * workers))
-        prompt = context - workers * stream - (workers - 1)  # C tokens in all
-        generated = [stream] * workers
-        history = []
-    else:
-        prompt = 256
-        generated = [(context - prompt) // workers] * workers
-        history = []  # committed steps, round robin; each worker's last step still open
-        for i in range(sum(g // step_tokens - 1 for g in generated)):
-            w = i % workers
-            start = (prompt if w == 0 else 1) + (i // workers) * step_tokens
-            history.append(layouts.Span(w, start, start + step_tokens))
-    stream_start = [prompt] + [1] * (workers - 1)
-    lengths = [s + g for s, g in zip(stream_start, generated)]
-    committed = [s + (g // step_tokens - 1) * step_tokens for s, g in zip(stream_start, generated)]
-    state = layouts.GroupState(prompt, [layouts.WorkerState(prompt - 1 if w == 0 else 0, stream_start[w], lengths[w],
-                                                            committed[w] if history else -1)
-                                        for w in range(workers)], history)
-    views = []
-    for w, fragments in enumerate(layouts.views(layout, state)):
-        home = lengths[w] - 1
-        frags = [(f.source, f.start, f.end, f.offset) for f in fragments]
-        views.append(SeqView(0, w, 1, home, frags, [layouts.view_position(fragments, w, home)]))
-    return lengths, views
-
-
 def decode_case(workers: int, context: int, inv: torch.Tensor, opts: dict | None = None,
                 only_ours: bool = False, layout: str = "contiguous") -> dict:
     opts = dict(opts or {})
     block_n = opts.pop("block_n", 64)
     pack_shared = opts.pop("pack_shared", True)
-    lengths, views = group_views(workers, context, layout)
+    lengths, views = layout_views(workers, context, layout)
     tokens = sum(lengths)
     copies = max(1, math.ceil(256 * 2**20 / (tokens * HKV * D * 2 * 2)))  # defeat L2
     gen = torch.Generator().manual_seed(workers * 7 + context)

@@ -10,6 +10,7 @@ import torch
 from hogwild_kernels.reference import gather_keys
 from hogwild_kernels.rotary import rotate
 from hogwild_kernels.table import SeqView
+from vllm_hogwild import layouts
 
 
 @dataclass
@@ -104,4 +105,38 @@ def random_views(rng: random.Random, groups: int, workers: int, block_size: int,
             _, a, _, o = frags[-1]
             pos = [lens[w] - rows + i - a + o for i in range(rows)]
             views.append(SeqView(g, w, rows, lens[w] - rows, frags, pos))
+    return lengths, views
+
+
+def layout_views(workers: int, context: int, layout: str, step_tokens: int = 20) -> tuple[list[int], list[SeqView]]:
+    """Request lengths and the W views of one decode step of a group over ``context``
+    tokens, as the plugin's layouts build them: contiguous (a long prompt, then every
+    worker's stream), or combined / interleaved (a 256-token prompt, then a history of
+    ``step_tokens``-token steps of all workers, each worker's last step still open).
+    Request 0 holds the prompt then worker 0's stream; request w, its copy of the
+    prompt's last token then its stream."""
+    if layout == "contiguous":
+        stream = min(512, context // (2 * workers))
+        prompt = context - workers * stream - (workers - 1)  # C tokens in all
+        generated = [stream] * workers
+        history = []
+    else:
+        prompt = 256
+        generated = [(context - prompt) // workers] * workers
+        history = []  # committed steps, round robin; each worker's last step still open
+        for i in range(sum(g // step_tokens - 1 for g in generated)):
+            w = i % workers
+            start = (prompt if w == 0 else 1) + (i // workers) * step_tokens
+            history.append(layouts.Span(w, start, start + step_tokens))
+    stream_start = [prompt] + [1] * (workers - 1)
+    lengths = [s + g for s, g in zip(stream_start, generated)]
+    committed = [s + (g // step_tokens - 1) * step_tokens for s, g in zip(stream_start, generated)]
+    state = layouts.GroupState(prompt, [layouts.WorkerState(prompt - 1 if w == 0 else 0, stream_start[w], lengths[w],
+                                                            committed[w] if history else -1)
+                                        for w in range(workers)], history)
+    views = []
+    for w, fragments in enumerate(layouts.views(layout, state)):
+        home = lengths[w] - 1
+        frags = [(f.source, f.start, f.end, f.offset) for f in fragments]
+        views.append(SeqView(0, w, 1, home, frags, [layouts.view_position(fragments, w, home)]))
     return lengths, views

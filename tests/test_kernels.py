@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hogwild_kernels import build, fragment_attention
-from hogwild_kernels import triton_op
+from hogwild_kernels import cpu_op, triton_op
 from paged import inv_freq_for, naive_attention, random_cache, random_views
 
 CASES = [
@@ -95,6 +95,10 @@ def test_history_handed_over_as_arrays(case):
     assert table.group_shared[0] >= handed[0].shared[0].size
     ref = fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq, neox, scale)
     assert torch.allclose(ref.double(), expect, atol=2e-5, rtol=1e-4)
+    prepared = cpu_op.prepare(table, cache.block_table, cache.key.shape[1], inv_freq, neox, q.shape[-1], pack_from=0)
+    assert prepared.groups[0].shared.blocks.numel() > 0
+    cpu = cpu_op.fragment_attention(q, cache.key, cache.value, prepared, scale)
+    assert torch.allclose(cpu.double(), expect, atol=2e-5, rtol=1e-4)
     out = torch.full_like(q, float("nan"))
     launch = triton_op.plan(table, q.shape[1] // cache.key.shape[2], block_n=16)
     triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq, neox, scale,
@@ -174,15 +178,31 @@ def test_bad_shapes_are_refused():
 
 @pytest.mark.parametrize("case", CASES)
 def test_cpu_op_matches_rerotated_keys(case):
-    from hogwild_kernels import cpu_op
 
-    for seed in range(3):
-        cache, views, q, inv_freq, neox, scale = _inputs(case, seed)
-        prepared = cpu_op.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox,
-                                  q.shape[-1])
-        out = cpu_op.fragment_attention(q, cache.key, cache.value, prepared, scale)
+    for seed in range(4):
+        cache, views, q, inv_freq, neox, scale = _inputs(case, seed, shared=seed % 2 == 1)
         expect = naive_attention(q, cache, views, inv_freq, neox, scale)
-        assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4)
+        for pack_from in (0, 1 << 30):  # shared keys packed whenever there are any, or never
+            prepared = cpu_op.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox,
+                                      q.shape[-1], pack_from=pack_from)
+            out = cpu_op.fragment_attention(q, cache.key, cache.value, prepared, scale)
+            assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4)
+
+
+def test_cpu_op_packs_a_token_seen_twice_once():
+    """Shared sources that reuse a cache slot (one token at two view places) go to tiles."""
+    from hogwild_kernels.table import SeqView
+
+    cache = random_cache([40, 40], 32, 1, 64, gen=torch.Generator().manual_seed(0))
+    history = [(0, 0, 10, 0), (0, 5, 15, 10), (1, 2, 30, 20)]
+    views = [SeqView(0, w, 1, 39, history + [(w, 30 if w else 31, 40, 48)], [57 if w else 56]) for w in (0, 1)]
+    q = torch.randn(2, 2, 64, generator=torch.Generator().manual_seed(1))
+    inv_freq = inv_freq_for(64)
+    prepared = cpu_op.prepare(build(views), cache.block_table, 32, inv_freq, True, 64, pack_from=0)
+    assert prepared.groups[0].shared.blocks.numel() > 0 and prepared.groups[0].blocks.numel() > 0
+    out = cpu_op.fragment_attention(q, cache.key, cache.value, prepared, 0.125)
+    expect = naive_attention(q, cache, views, inv_freq, True, 0.125)
+    assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4)
 
 
 def test_triton_reads_vllms_triton_cache_layout_in_place():
