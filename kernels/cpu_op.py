@@ -101,6 +101,8 @@ def _shared_keys(table: FragmentTable, sources: torch.Tensor, block_table: torch
     """Pack ``sources`` (shared ones): the packed keys, each slot's view position (past
     every row's where no shared key sits), and the sources left to tiles: those reusing a
     slot an earlier source took (one token seen at two places)."""
+    if not sources.numel():  # the common case below pack_from: nothing to work out
+        return _Shared(sources, torch.zeros(head_dim, 0), torch.zeros(head_dim, 0)), sources, sources
     start, end = table.src_start[sources].long(), table.src_end[sources].long()
     lengths = end - start
     key_src = torch.repeat_interleave(torch.arange(sources.numel()), lengths)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .table import FragmentTable, tensors_to
+from .table import FragmentTable, int32s, tensors_to
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -437,12 +437,9 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     kvt_src[np.repeat(src_tile, ntiles) + within] = np.repeat(np.arange(num_sources), ntiles)
     per_group = kvt_ptr[1:] - kvt_ptr[:-1]
 
-    def i32(x) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(x, dtype=np.int32))
-
     launch = LaunchPlan(
-        i32(row_slot), i32(group_rows), i32(row_out), i32(row_out[group_rows]), i32(qt_group), i32(qt_start),
-        i32(qt_end), i32(kvt_ptr), i32(kvt_src), i32(src_tile), i32(src_pack), i32(grp_pack), i32(shared_tiles),
+        *map(int32s, (row_slot, group_rows, row_out, row_out[group_rows], qt_group, qt_start, qt_end, kvt_ptr,
+                      kvt_src, src_tile, src_pack, grp_pack, shared_tiles)),
         int(src_pack[-1]), block_m, block_n, int(per_group.max()) if per_group.size else 0,
     )
     return launch.to(device)
