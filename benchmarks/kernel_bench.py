@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import math
@@ -34,24 +33,10 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from standalone import ROOT, load_kernels  # noqa: E402
 
-
-def _load_kernels():
-    """Import kernels/ as hogwild_kernels without installing the project."""
-    if "hogwild_kernels" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "hogwild_kernels", os.path.join(ROOT, "kernels", "__init__.py"),
-            submodule_search_locations=[os.path.join(ROOT, "kernels")],
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["hogwild_kernels"] = module
-        spec.loader.exec_module(module)
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    sys.path.insert(0, ROOT)
-
-
-_load_kernels()
+load_kernels()
 import triton  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

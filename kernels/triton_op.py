@@ -98,8 +98,10 @@ def _sincos(x):
 
 @triton.jit
 def _rotate(xa, xb, angle):
-    """Turn rotary pairs ``(xa, xb)`` by ``angle`` (float32)."""
+    """Turn rotary pairs ``(xa, xb)`` by ``angle``, in float32."""
     sin, cos = _sincos(angle)
+    xa = xa.to(tl.float32)
+    xb = xb.to(tl.float32)
     return xa * cos - xb * sin, xb * cos + xa * sin
 
 
@@ -207,8 +209,8 @@ def _fragment_attn_kernel(
     dim_p = 2 * HALF + tl.arange(0, PASS_P)
     pass_ok = dim_p < HEAD_DIM
     q_row = q_ptr + brow[:, None] * stride_qt + head[:, None] * stride_qh
-    qa = tl.load(q_row + dim_a[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    qb = tl.load(q_row + dim_b[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    qa = tl.load(q_row + dim_a[None, :], mask=row_ok[:, None], other=0.0)  # turned in float32, kept as loaded
+    qb = tl.load(q_row + dim_b[None, :], mask=row_ok[:, None], other=0.0)
     qp = tl.load(q_row + dim_p[None, :], mask=row_ok[:, None] & pass_ok[None, :], other=0.0).to(DT)
     inv_freq = tl.load(inv_freq_ptr + hd)
 
@@ -228,17 +230,21 @@ def _fragment_attn_kernel(
     # Shared tiles first: the group's shared sources packed end to end, BLOCK_N keys a
     # tile whatever the sources' lengths, each key's cache slot, view position and shift
     # (view - home) mapped once per step (``map_shared_keys``). Every row sees these keys
-    # at the same offsets, so a tile of mixed shifts has its keys (not the queries) turned
-    # to their view positions, once for all rows. A tile of one shift (inside a long
-    # fragment) turns the queries instead, and only when the shift changes: fewer sines.
+    # at the same offsets. The queries are kept turned for one shift ``c_shift``: a tile
+    # of that one shift (inside a long fragment) is used as loaded; a tile of another one
+    # shift turns the queries anew (fewer sines than turning its keys); a tile of mixed
+    # shifts turns its keys by their shift less ``c_shift``, once for all rows.
+    # Each branch has its own dots, so a tile used as loaded goes from shared memory
+    # straight into the MMA, and only a tile of mixed shifts passes through registers. The
+    # loads stay outside the branch, where Triton's pipeliner still prefetches them. This
+    # cut register spills (``benchmarks/kernel_resources.py``; with one dot for both, the
+    # default decode spilled 152 bytes a thread on sm_90 and 192 on sm_80, Triton 3.9).
     shared_end = t_begin + tl.load(grp_shared_tiles_ptr + group)
     pack_lo = tl.load(grp_pack_ptr + group)
     pack_hi = tl.load(grp_pack_ptr + group + 1)
-    qa_v, qb_v = _rotate(qa, qb, (view - pos).to(tl.float32)[:, None] * inv_freq[None, :])
-    qa_v = qa_v.to(DT)
-    qb_v = qb_v.to(DT)
-    qa_c = qa_v  # the queries turned for keys of shift c_shift
-    qb_c = qb_v
+    qa_c, qb_c = _rotate(qa, qb, (view - pos).to(tl.float32)[:, None] * inv_freq[None, :])
+    qa_c = qa_c.to(DT)
+    qb_c = qb_c.to(DT)
     c_shift = pack_lo * 0
     for t in range(t_lo, tl.minimum(t_hi, shared_end)):
         packed = pack_lo + (t - t_begin) * BLOCK_N + n
@@ -251,27 +257,16 @@ def _fragment_attn_kernel(
                                   stride_vb, stride_vs, stride_vh, PASS_P)
         lo_shift = tl.min(tl.where(in_pack, key_shift, 2147483647), axis=0)
         hi_shift = tl.max(tl.where(in_pack, key_shift, -2147483647), axis=0)
-        # Only the angles depend on the branch: loads, turns and dots stay in one straight
-        # line, the shape Triton's software pipeliner handles.
         if lo_shift == hi_shift:
             if lo_shift != c_shift:
                 qa_c, qb_c = _rotate(qa, qb, ((view - pos) - lo_shift).to(tl.float32)[:, None] * inv_freq[None, :])
                 qa_c = qa_c.to(DT)
                 qb_c = qb_c.to(DT)
                 c_shift = lo_shift
-            qa_s = qa_c
-            qb_s = qb_c
-            k_cos = tl.full([BLOCK_N, HALF], 1.0, tl.float32)
-            k_sin = tl.zeros([BLOCK_N, HALF], tl.float32)
+            s = _scores(qa_c, qb_c, qp, ka, kb, kp, PREC, PASS_P)
         else:
-            qa_s = qa_v
-            qb_s = qb_v
-            k_sin, k_cos = _sincos(key_shift.to(tl.float32)[:, None] * inv_freq[None, :])
-        ka_f = ka.to(tl.float32)
-        kb_f = kb.to(tl.float32)
-        ka_s = (ka_f * k_cos - kb_f * k_sin).to(DT)
-        kb_s = (kb_f * k_cos + ka_f * k_sin).to(DT)
-        s = _scores(qa_s, qb_s, qp, ka_s, kb_s, kp, PREC, PASS_P)
+            ka_t, kb_t = _rotate(ka, kb, (key_shift - c_shift).to(tl.float32)[:, None] * inv_freq[None, :])
+            s = _scores(qa_c, qb_c, qp, ka_t.to(DT), kb_t.to(DT), kp, PREC, PASS_P)
         visible = in_pack[None, :] & (key_view[None, :] <= view[:, None])
         m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
 
