@@ -7,7 +7,8 @@ machine with no GPU. This script puts a stand-in for Triton's CUDA driver in pla
 (``CompileOnly``: it names the target, and records each compiled kernel instead of
 loading and launching it), calls ``triton_op.fragment_attention`` on CPU tensors for each
 variant below, and reports what ptxas gave each kernel: registers per thread, stack
-bytes (registers spilled to local memory), shared memory, warps and stages.
+bytes (local memory a thread uses: spilled registers, as these kernels' PTX declares no
+local arrays), shared memory, warps and stages.
 
 It shows what the interpreter tests cannot: that the kernels compile for a GPU, that they
 fit its shared memory (the launch refuses them otherwise, as on a GPU), and where they
