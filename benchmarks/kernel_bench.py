@@ -207,6 +207,19 @@ def decode_case(workers: int, context: int, inv: torch.Tensor, opts: dict | None
             "bytes": bytes_moved, "rel_err_vs_naive": check, "ours_GBps": bytes_moved / (times["ours"] * 1e-3) / 1e9}
 
 
+def compiled_resources() -> list[dict]:
+    """Registers and spills of every kernel variant this run compiled, as the GPU's driver
+    reports them: the ground truth for ``kernel_resources.py``'s offline figures."""
+    rows = []
+    for fn in (triton_op._fragment_attn_kernel, triton_op._merge_splits_kernel, triton_op._map_shared_keys_kernel):
+        for kernels in fn.device_caches.values():
+            for k in kernels[0].values():
+                rows.append({"kernel": k.metadata.name, "num_warps": k.metadata.num_warps,
+                             "num_stages": k.metadata.num_stages, "shared_bytes": k.metadata.shared,
+                             "registers": k.n_regs, "spilled_bytes": k.n_spills})
+    return rows
+
+
 def sweep(inv: torch.Tensor, layouts_: list[str]) -> list[dict]:
     """Tile size, split factor, warps, stages and merge for the kernel at C=16k."""
     rows = []
@@ -258,6 +271,7 @@ def main() -> None:
               f"  paged-indep {ms['paged_independent']:8.1f}  sdpa-indep {ms['sdpa_independent']:8.1f}"
               f"  naive {ms['naive_rerotate']:8.1f}  err {r['rel_err_vs_naive']:.1e}"
               f"  {r['ours_GBps']:6.0f} GB/s ({100 * r['ours_frac_copy_bw']:.0f}% of copy)", flush=True)
+    result["compiled"] = compiled_resources()
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
 
