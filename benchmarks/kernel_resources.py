@@ -8,7 +8,7 @@ machine with no GPU. This script puts a stand-in for Triton's CUDA driver in pla
 loading and launching it), calls ``triton_op.fragment_attention`` on CPU tensors for each
 variant below, and reports what ptxas gave each kernel: registers per thread, stack
 bytes (local memory a thread uses: spilled registers, as these kernels' PTX declares no
-local arrays), shared memory, warps and stages.
+local arrays), global loads of under 4 bytes, shared memory, warps and stages.
 
 It shows what the interpreter tests cannot: that the kernels compile for a GPU, that they
 fit its shared memory (the launch refuses them otherwise, as on a GPU), and where they
@@ -92,19 +92,22 @@ class CompileOnly:
 
 
 def cubin_resources(cubin: bytes) -> dict:
-    """Registers and stack bytes of the one kernel in ``cubin``, from ``cuobjdump``."""
+    """Registers and stack bytes of the one kernel in ``cubin`` (``cuobjdump``), and how
+    many of its global loads fetch under 4 bytes (SASS ``LDG.E.U16`` and the like: a tile
+    loaded an element at a time, where 16-byte vectors should be)."""
     import triton.backends.nvidia as nvidia
 
     tool = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
+        usage, sass = (subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+                       for flag in ("--dump-resource-usage", "--dump-sass"))
+    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     if found is None:
-        raise RuntimeError(f"no resource usage in cuobjdump's output:\n{text}")
-    return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2))}
+        raise RuntimeError(f"no resource usage in cuobjdump's output:\n{usage}")
+    return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2)),
+            "narrow_global_loads": len(re.findall(r"\bLDG\.E\.[US](?:8|16)\b", sass))}
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,8 @@ def report(arch: int, variants: list[Variant]) -> dict:
         rows.append({**config, "compile_s": round(time.time() - t0, 1), "kernels": kernels})
         for k in kernels:
             print(f"{variant.name:50s} {k['kernel']:24s} {k['registers']:3d} regs  {k['stack_bytes']:4d} B stack"
-                  f"  {k['shared_bytes']:6d} B shared  {k['num_warps']} warps", flush=True)
+                  f"  {k['narrow_global_loads']:3d} narrow loads  {k['shared_bytes']:6d} B shared"
+                  f"  {k['num_warps']} warps", flush=True)
     return {"target": f"sm_{arch}", "like": _TARGETS[arch][0], "triton": triton.__version__, "commit": _commit(),
             "torch": torch.__version__, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
             "variants": rows}

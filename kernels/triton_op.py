@@ -106,14 +106,29 @@ def _rotate(xa, xb, angle):
 
 
 @triton.jit
-def _load_kv(k_ptr, v_ptr, blk, within, key_ok, kv_head, dim_a, dim_b, dim_p, pass_ok, dv, dv_ok,
-             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, PASS_P: tl.constexpr):
+def _load_pairs(row, ok, HALF: tl.constexpr, IS_NEOX: tl.constexpr):
+    """The rotary pairs ``(a, b)`` of rows starting at ``row``: the two halves of the rotary
+    dimensions (neox), or their even and odd dimensions (GPT-J), loaded whole then taken
+    apart: loaded a pair member at a time, GPT-J's would come 2 bytes a load."""
+    if IS_NEOX:
+        dim_a = tl.arange(0, HALF)
+        xa = tl.load(row[:, None] + dim_a[None, :], mask=ok[:, None], other=0.0)
+        xb = tl.load(row[:, None] + HALF + dim_a[None, :], mask=ok[:, None], other=0.0)
+    else:
+        x = tl.load(row[:, None] + tl.arange(0, 2 * HALF)[None, :], mask=ok[:, None], other=0.0)
+        xa, xb = tl.split(tl.reshape(x, [x.shape[0], HALF, 2]))
+    return xa, xb
+
+
+@triton.jit
+def _load_kv(k_ptr, v_ptr, blk, within, key_ok, kv_head, dim_p, pass_ok, dv, dv_ok,
+             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+             HALF: tl.constexpr, PASS_P: tl.constexpr, IS_NEOX: tl.constexpr):
     """Keys (rotary pairs and the rest) and values of a tile: token ``within`` of cache block ``blk``."""
     blk = blk.to(tl.int64)
     k_base = k_ptr + blk * stride_kb + within * stride_ks + kv_head * stride_kh
     v_base = v_ptr + blk * stride_vb + within * stride_vs + kv_head * stride_vh
-    ka = tl.load(k_base[:, None] + dim_a[None, :], mask=key_ok[:, None], other=0.0)
-    kb = tl.load(k_base[:, None] + dim_b[None, :], mask=key_ok[:, None], other=0.0)
+    ka, kb = _load_pairs(k_base, key_ok, HALF, IS_NEOX)
     if PASS_P > 1:
         kp = tl.load(k_base[:, None] + dim_p[None, :], mask=key_ok[:, None] & pass_ok[None, :], other=0.0)
     else:
@@ -199,20 +214,12 @@ def _fragment_attn_kernel(
     slot = tl.load(row_slot_ptr + tok, mask=row_ok, other=0)
 
     # Rotary pairs (a, b) and the dimensions past rotary_dim.
-    hd = tl.arange(0, HALF)
-    if IS_NEOX:
-        dim_a = hd
-        dim_b = hd + HALF
-    else:
-        dim_a = 2 * hd
-        dim_b = 2 * hd + 1
     dim_p = 2 * HALF + tl.arange(0, PASS_P)
     pass_ok = dim_p < HEAD_DIM
-    q_row = q_ptr + brow[:, None] * stride_qt + head[:, None] * stride_qh
-    qa = tl.load(q_row + dim_a[None, :], mask=row_ok[:, None], other=0.0)  # turned in float32, kept as loaded
-    qb = tl.load(q_row + dim_b[None, :], mask=row_ok[:, None], other=0.0)
-    qp = tl.load(q_row + dim_p[None, :], mask=row_ok[:, None] & pass_ok[None, :], other=0.0).to(DT)
-    inv_freq = tl.load(inv_freq_ptr + hd)
+    q_row = q_ptr + brow * stride_qt + head * stride_qh
+    qa, qb = _load_pairs(q_row, row_ok, HALF, IS_NEOX)  # turned in float32, kept as loaded
+    qp = tl.load(q_row[:, None] + dim_p[None, :], mask=row_ok[:, None] & pass_ok[None, :], other=0.0).to(DT)
+    inv_freq = tl.load(inv_freq_ptr + tl.arange(0, HALF))
 
     dv = tl.arange(0, HEAD_DIM_P)
     dv_ok = dv < HEAD_DIM
@@ -253,8 +260,8 @@ def _fragment_attn_kernel(
         key_view = tl.load(keys_ptr + num_keys + packed, mask=in_pack, other=0)
         key_shift = tl.load(keys_ptr + 2 * num_keys + packed, mask=in_pack, other=0)
         ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, key_slot // BLOCK_SIZE, key_slot % BLOCK_SIZE, in_pack, kv_head,
-                                  dim_a, dim_b, dim_p, pass_ok, dv, dv_ok, stride_kb, stride_ks, stride_kh,
-                                  stride_vb, stride_vs, stride_vh, PASS_P)
+                                  dim_p, pass_ok, dv, dv_ok, stride_kb, stride_ks, stride_kh,
+                                  stride_vb, stride_vs, stride_vh, HALF, PASS_P, IS_NEOX)
         lo_shift = tl.min(tl.where(in_pack, key_shift, 2147483647), axis=0)
         hi_shift = tl.max(tl.where(in_pack, key_shift, -2147483647), axis=0)
         if lo_shift == hi_shift:
@@ -293,9 +300,9 @@ def _fragment_attn_kernel(
             home = s_start + (t - src_tile) * BLOCK_N + n
             key_ok = home < s_end
             blk = tl.load(bt_ptr + bt_row * stride_bt + home // BLOCK_SIZE, mask=key_ok, other=0)
-            ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, blk, home % BLOCK_SIZE, key_ok, kv_head, dim_a, dim_b, dim_p,
+            ka, kb, kp, vv = _load_kv(k_ptr, v_ptr, blk, home % BLOCK_SIZE, key_ok, kv_head, dim_p,
                                       pass_ok, dv, dv_ok, stride_kb, stride_ks, stride_kh,
-                                      stride_vb, stride_vs, stride_vh, PASS_P)
+                                      stride_vb, stride_vs, stride_vh, HALF, PASS_P, IS_NEOX)
             s = _scores(qa_r, qb_r, qp, ka, kb, kp, PREC, PASS_P)
             visible = present & key_ok[None, :] & (home[None, :] <= limit)
             m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)

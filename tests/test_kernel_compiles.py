@@ -1,5 +1,6 @@
-"""The Triton kernels compile for real GPUs, fit their shared memory, and the plugin's
-default decode launch does not spill registers: what the interpreter tests cannot show.
+"""The Triton kernels compile for real GPUs, fit their shared memory, load their tiles as
+wide vectors, and the plugin's default decode launch does not spill registers: what the
+interpreter tests cannot show.
 
 No GPU is needed: Triton's wheel carries ptxas, and ``benchmarks/kernel_resources.py``
 compiles every launch variant for a named target and reads each kernel's resources
@@ -35,5 +36,6 @@ def test_kernels_compile_for_gpus(arch, tmp_path):
         assert names == ["_map_shared_keys_kernel", "_fragment_attn_kernel", *merge], variant["name"]
         for kernel in variant["kernels"]:
             assert 0 < kernel["registers"] <= 255 and kernel["shared_bytes"] <= SHARED_LIMIT[arch]
+            assert kernel["narrow_global_loads"] == 0, (variant["name"], kernel)  # tiles load as wide vectors
     plugin_default = [v for v in result["variants"] if v["name"].startswith("decode, the plugin's default")]
     assert [k["stack_bytes"] for k in plugin_default[0]["kernels"]] == [0, 0, 0]
