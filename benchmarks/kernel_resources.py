@@ -173,12 +173,16 @@ def compile_variant(variant: Variant, device: CompileOnly) -> list[dict]:
 
 
 def _commit() -> str:
-    """The kernel's commit, ``-dirty`` if the tree has changes (``unknown`` without git)."""
+    """The commit the kernels come from, ``-dirty`` if ``kernels/`` has changes since
+    (``unknown`` without git)."""
     try:
-        return subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        git = ["git", "-C", ROOT]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run([*git, "status", "--porcelain", "--", "kernels"], capture_output=True, text=True,
+                                 check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
 
 
 def report(arch: int, variants: list[Variant]) -> dict:
