@@ -8,8 +8,9 @@ not W times. Rotary turns use cos/sin computed in-kernel from ``inv_freq``:
 
 - Shared tiles: the sources every row sees at one offset (the prompt and the committed
   history) packed end to end into full tiles. Each key's cache slot, view position and
-  shift come from a per-step map (``map_shared_keys``); keys of mixed shifts are turned
-  to their view positions, a tile of one shift turns the queries instead.
+  shift come from a per-step map (``map_shared_keys``). The queries stay turned for one
+  shift: a tile of one shift turns the queries (when its shift is new) and goes into the
+  dot as loaded; a tile of mixed shifts turns its keys, by their shift less the queries'.
 - Source tiles: the other sources, a tile at a time; every row's query is turned once
   per source by ``theta = (v - p) - D_f``.
 
