@@ -43,7 +43,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
 from hogwild_kernels import build, triton_op  # noqa: E402
-from paged import inv_freq_for, layout_views, random_views  # noqa: E402
+from paged import inv_freq_for, layout_views, random_cache, random_views  # noqa: E402
 
 # Shared memory a block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin) and SM counts.
 _TARGETS = {80: ("A100", 166912, 108), 89: ("L40S", 101376, 142), 90: ("H100", 232448, 132)}
@@ -155,17 +155,13 @@ def compile_variant(variant: Variant, device: CompileOnly) -> list[dict]:
         lengths, views = layout_views(variant.workers, 1024, "combined")
     else:
         lengths, views = random_views(rng, 2, variant.workers, variant.block_size, 300, False, shared=True)
-    bs = variant.block_size
-    blocks = [(n + bs - 1) // bs for n in lengths]
-    block_table = torch.zeros(len(lengths), max(blocks), dtype=torch.int32)
-    for row, n in enumerate(blocks):
-        block_table[row, :n] = torch.arange(sum(blocks[:row]), sum(blocks[:row]) + n)
-    key_cache = torch.zeros(sum(blocks), bs, variant.kv_heads, variant.head_dim, dtype=variant.dtype)
+    cache = random_cache(lengths, variant.block_size, variant.kv_heads, variant.head_dim, variant.dtype,
+                         torch.Generator().manual_seed(0))
     q = torch.zeros(sum(v.num_rows for v in views), variant.q_heads, variant.head_dim, dtype=variant.dtype)
     table = build(views)
     launch = triton_op.plan(table, variant.q_heads // variant.kv_heads, block_n=variant.block_n)
     first = len(device.launches)
-    triton_op.fragment_attention(q, key_cache, torch.zeros_like(key_cache), block_table, table,
+    triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, table,
                                  inv_freq_for(variant.rotary_dim), variant.neox, variant.head_dim**-0.5,
                                  launch=launch, num_splits=4, fused_merge=variant.fused_merge,
                                  num_warps=variant.num_warps, num_stages=variant.num_stages)
