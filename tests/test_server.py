@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
 from engines import engine, model_path
+from servers import running_server
 from vllm_hogwild import prompts
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -22,45 +17,13 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 PROTOCOL = {"hogwild_workers": 2, "hogwild_protocol": True, "hogwild_answer_tokens": 4}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    template = tmp_path_factory.mktemp("server") / "chatml.jinja"
+    folder = tmp_path_factory.mktemp("server")
+    template = folder / "chatml.jinja"
     template.write_text(CHATML)
-    port = _free_port()
-    log = open(template.parent / "server.log", "w")
-    command = [sys.executable, "-m", "vllm_hogwild.cli", "serve", model_path("llama"), "--plugin", "hogwild",
-               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--block-size", "32",
-               "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager", "--seed", "0",
-               "--chat-template", str(template)]
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}: {(template.parent / 'server.log').read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
+    with running_server(model_path("llama"), folder, "--chat-template", str(template)) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def post(base: str, path: str, body: dict) -> tuple[int, dict]:

@@ -85,6 +85,12 @@ class GroupProtocol:
         """Output tokens worker 0 keeps for the closing sentence, the answer and a stop token."""
         return closing_tokens + config.answer_tokens + 1
 
+    @staticmethod
+    def least_max_tokens(config: ProtocolConfig, closing_tokens: int) -> int:
+        """The smallest ``max_tokens`` a protocol request may ask for: the reserve and one
+        token of work."""
+        return GroupProtocol.reserve(config, closing_tokens) + 1
+
     def step(self, outputs: Mapping[int, Sequence[int]], ended: Iterable[int] = (),
              wants_stop: bool = False) -> dict[int, Action]:
         """Observe the running workers' outputs, then say what each must emit now.

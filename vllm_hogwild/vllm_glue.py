@@ -256,7 +256,7 @@ def _check_protocol(hog: Any, sp: Any, encode) -> None:
         raise ValueError("ignore_eos: hogwild_protocol=true needs a stop token (its workers stop with "
                          "it); set ignore_eos=false or give stop_token_ids")
     closing = len(encode(prompts.CLOSING))
-    need = GroupProtocol.reserve(hog.protocol, closing) + 1
+    need = GroupProtocol.least_max_tokens(hog.protocol, closing)
     if sp.max_tokens < need:
         raise ValueError(f"max_tokens: hogwild_protocol=true needs max_tokens >= {need} (the closing "
                          f"sentence and up to hogwild_answer_tokens={hog.protocol.answer_tokens} answer "
@@ -610,9 +610,14 @@ def _patch_model_runner() -> None:
 class HogwildLogitsProcessor(LogitsProcessor):
     """Applies the protocol's per-step ``Action``s (``protocol.py``) to the logits rows of
     hogwild workers; every other row is left alone. Loaded in every engine through the
-    ``vllm.logits_processors`` entry point."""
+    ``vllm.logits_processors`` entry point.
+
+    ``worker_steps`` and ``forced_steps`` count, since the engine started, the protocol
+    workers' sampled rows and those whose token was forced (benchmarks read them)."""
 
     def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
+        self.worker_steps = 0
+        self.forced_steps = 0
         self._model_config = vllm_config.model_config
         self._rows: dict[int, tuple[str, int, list[int]]] = {}  # batch index -> (group, worker, outputs)
         self._groups: dict[str, GroupProtocol] = {}
@@ -668,6 +673,8 @@ class HogwildLogitsProcessor(LogitsProcessor):
             outputs = {w: self._rows[i][2] for w, i in rows.items()}
             wants_stop = 0 in rows and int(logits[rows[0]].argmax()) in protocol.stop_tokens
             actions = protocol.step(outputs, self._ended[group], wants_stop)
+            self.worker_steps += len(actions)
+            self.forced_steps += sum(action.force is not None for action in actions.values())
             for w, action in actions.items():
                 row = logits[rows[w]]
                 if action.ban:

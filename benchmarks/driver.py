@@ -1,0 +1,234 @@
+"""One batch of problems through an in-process ``LLM``, step by step, measured.
+
+Shared by ``throughput.py`` and ``accuracy.py``. Each problem is answered by one or more
+requests (one hogwild group; or W independent requests, whose answer is their vote); all
+of a batch's requests are submitted at once and the engine is stepped until none is left,
+so each problem's *sequential depth* (the most engine steps one of its requests took, from
+its first token to its last) and
+*time to answer* (from submission) can be read off, with the KV blocks in use after every
+step and the protocol's forced steps (``HogwildLogitsProcessor``'s counters).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the driver reads the engine in-process
+os.environ.setdefault("VLLM_PLUGINS", "hogwild")
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_PROBLEMS = os.path.join(BENCH, "data", "arithmetic50.jsonl")
+
+
+def model_path(model: str | None) -> str:
+    """``model``, or the embedded SmolLM2 (converted on first use) when None."""
+    if model is not None:
+        if not os.path.exists(os.path.join(model, "config.json")):
+            raise SystemExit(f"--model: {model!r} is not a model folder (no config.json)")
+        return model
+    from vllm_hogwild.models import embedded_model
+
+    return embedded_model()
+
+
+def problems(path: str, limit: int | None = None) -> list:
+    """The problems of a JSONL file, or an exit naming the file and line that is wrong."""
+    from grading import load_problems
+
+    try:
+        return load_problems(path, limit)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--problems: {error}") from None
+
+
+def check_budgets(model: str, budgets: list[int], workers: int, max_model_len: int, protocol: bool) -> None:
+    """Refuse, before any engine starts, a per-worker budget that cannot run: W workers
+    over ``max_model_len``, or (with the protocol) less than its closing sentence and answer."""
+    for budget in budgets:
+        if budget < 1 or workers * budget >= max_model_len:
+            raise SystemExit(f"--max-tokens/--budgets: {workers} workers x {budget} tokens do not fit "
+                             f"--max-model-len {max_model_len} with a prompt; allowed: 1..{max_model_len // workers - 1}")
+    if protocol:
+        from transformers import AutoTokenizer
+
+        from vllm_hogwild.prompts import CLOSING, NAMES
+        from vllm_hogwild.protocol import GroupProtocol, ProtocolConfig
+
+        closing = len(AutoTokenizer.from_pretrained(model).encode(CLOSING, add_special_tokens=False))
+        least = GroupProtocol.least_max_tokens(ProtocolConfig(NAMES[:1]), closing)
+        if min(budgets) < least:
+            raise SystemExit(f"--max-tokens/--budgets: the protocol needs at least {least} tokens per worker "
+                             f"(its closing sentence and answer) on this model; got {min(budgets)}")
+
+
+def build_llm(model: str, max_model_len: int, kv_gib: float, max_num_seqs: int,
+              max_batched_tokens: int, seed: int = 0) -> Any:
+    """The CPU engine the benchmarks run on (float32, eager, block size 32: the CPU path's
+    settings)."""
+    from vllm import LLM
+
+    return LLM(model=model, dtype="float32", enforce_eager=True, block_size=32, max_model_len=max_model_len,
+               kv_cache_memory_bytes=int(kv_gib * 2**30), max_num_seqs=max_num_seqs,
+               max_num_batched_tokens=max_batched_tokens, seed=seed)
+
+
+@dataclass
+class Request:
+    """One engine request of a problem: its prompt and sampling parameters."""
+
+    prompt: str
+    params: Any
+
+
+@dataclass
+class Answered:
+    """What one request gave back."""
+
+    texts: list[str]  # per choice (a hogwild group: per worker)
+    tokens: int  # output tokens of all choices
+    final_answer: str | None  # the protocol's answer (None without it)
+
+
+@dataclass
+class Solved:
+    """One problem's requests, answered, and when."""
+
+    problem: int
+    answers: list[Answered]
+    depth: int  # sequential depth: the most engine steps one of its requests took, first token to last
+    queued_steps: int  # engine steps from submission to the problem's first output token
+    seconds: float  # wall time from submission to its last output
+
+
+@dataclass
+class Batch:
+    solved: list[Solved]
+    steps: int
+    seconds: float
+    peak_blocks: int
+    worker_steps: int  # rows of protocol workers sampled (the logits processor's count)
+    forced_steps: int  # of which forced
+
+    @property
+    def tokens(self) -> int:
+        return sum(a.tokens for s in self.solved for a in s.answers)
+
+
+@dataclass
+class _Tracker:
+    problem: int
+    first: int | None = None
+    last: int = 0
+    done_at: float = 0.0
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    tokens: int = 0
+    answer: str | None = None
+    finished: bool = False
+
+
+def _engine_core(llm: Any) -> Any:
+    return llm.llm_engine.engine_core.engine_core
+
+
+def _protocol_counters(llm: Any) -> tuple[int, int]:
+    """(worker_steps, forced_steps) summed over the hogwild logits processors."""
+    from vllm_hogwild.vllm_glue import HogwildLogitsProcessor
+
+    runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
+    procs = [p for p in runner.input_batch.logitsprocs.all if isinstance(p, HogwildLogitsProcessor)]
+    return sum(p.worker_steps for p in procs), sum(p.forced_steps for p in procs)
+
+
+def blocks_in_use(llm: Any) -> int:
+    pool = _engine_core(llm).scheduler.kv_cache_manager.block_pool
+    return pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()  # block 0 is vLLM's null block
+
+
+def run_batch(llm: Any, problems: list[list[Request]], tag: str) -> Batch:
+    """Submit every request of every problem at once, step until all are done.
+
+    ``problems[i]`` are the requests that answer problem ``i``; ``tag`` keeps request ids
+    unique across batches on one engine.
+    """
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = llm.llm_engine
+    if engine.has_unfinished_requests():
+        raise RuntimeError("run_batch: the engine still has requests from an earlier batch")
+    owners: dict[str, tuple[int, int]] = {}
+    trackers = {}
+    base_blocks = blocks_in_use(llm)
+    workers0, forced0 = _protocol_counters(llm)
+    start = time.perf_counter()
+    for i, requests in enumerate(problems):
+        for j, request in enumerate(requests):
+            request_id = f"{tag}-{i}-{j}"
+            params = request.params.clone()
+            params.output_kind = RequestOutputKind.DELTA
+            owners[request_id] = (i, j)
+            trackers[request_id] = _Tracker(i)
+            engine.add_request(request_id, request.prompt, params)
+    step, peak = 0, base_blocks
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        step += 1
+        now = time.perf_counter()
+        peak = max(peak, blocks_in_use(llm))
+        for out in outputs:
+            t = trackers[out.request_id]
+            t.first = step if t.first is None else t.first
+            t.last, t.done_at = step, now
+            for o in out.outputs:
+                t.texts.setdefault(o.index, []).append(o.text)
+                t.tokens += len(o.token_ids)
+            t.answer = getattr(out, "hogwild_final_answer", t.answer)
+            t.finished = t.finished or out.finished
+    seconds = time.perf_counter() - start
+    lost = [rid for rid, t in trackers.items() if not t.finished]
+    if lost:
+        raise RuntimeError(f"run_batch: requests ended without a final output: {lost[:5]}")
+    workers1, forced1 = _protocol_counters(llm)
+    solved = []
+    for i in range(len(problems)):
+        mine = [trackers[rid] for rid, (p, _) in owners.items() if p == i]
+        answers = [Answered(["".join(t.texts[k]) for k in sorted(t.texts)], t.tokens, t.answer) for t in mine]
+        solved.append(Solved(i, answers, depth=max(t.last - t.first + 1 for t in mine),
+                             queued_steps=min(t.first for t in mine) - 1,
+                             seconds=max(t.done_at for t in mine) - start))
+    return Batch(solved, step, seconds, peak - base_blocks, workers1 - workers0, forced1 - forced0)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), linear between ranks (numpy's default)."""
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def machine() -> dict:
+    """Where a result was measured."""
+    import platform
+
+    import torch
+    import vllm
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "vllm": vllm.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def write_report(report: dict, out: str, table, plot) -> None:
+    """``OUT.json`` (everything), ``OUT.md`` (the command, model, machine and ``table``) and
+    ``OUT.png`` (``plot``)."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(out + ".md", "w") as f:
+        f.write(f"`{report['command']}`\n\nmodel `{report['model']}`; machine {report['machine']}\n\n")
+        f.write(table(report))
+    plot(report, out + ".png")

@@ -1,0 +1,55 @@
+"""A real ``vllm-hogwild serve`` on 127.0.0.1, started as users start it (vLLM's default
+multiprocess mode), for the tests that talk HTTP to it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(model: str, folder: Path, *options: str, start_timeout: float = 240) -> Iterator[str]:
+    """Serve ``model`` with the plugin until the block ends; yields the base URL. The
+    server's output goes to ``folder/server.log`` (quoted in the error if it dies)."""
+    port = free_port()
+    log_path = folder / "server.log"
+    command = [sys.executable, "-m", "vllm_hogwild.cli", "serve", model, "--plugin", "hogwild",
+               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--block-size", "32",
+               "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager", "--seed", "0", *options]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + start_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited {proc.returncode}: {log_path.read_text()[-3000:]}")
+                try:
+                    urllib.request.urlopen(base + "/health", timeout=2)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(1)
+            yield base
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

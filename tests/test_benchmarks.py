@@ -1,0 +1,176 @@
+"""The end-to-end benchmarks: their grading, their refusals of bad input, and a smoke run of
+each script on a tiny model (two problems, one budget, G=2), so that none of them rots."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from engines import model_path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import accuracy  # noqa: E402
+import driver  # noqa: E402
+import grading  # noqa: E402
+import serving  # noqa: E402
+import throughput  # noqa: E402
+
+TINY = ["--max-model-len", "1024", "--kv-gib", "0.0625", "--max-num-seqs", "16", "--max-batched-tokens", "2048"]
+
+
+@pytest.mark.parametrize("given, truth", [
+    ("1,350", "1350"), ("$42$", "42"), ("42.0", "42"), ("\\frac{6}{8}", "3/4"), ("\\dfrac34", "0.75"),
+    ("6/8", "\\frac{3}{4}"), ("13 cows", "13"), ("\\text{13 cows}", "13"), ("x = 4", "4"), ("7.", "7"),
+    (" 1 350 ", "1350"), ("\\$30", "30"), ("-5", "-5.0"),
+])
+def test_answers_that_match(given, truth):
+    assert grading.is_correct(given, truth)
+
+
+@pytest.mark.parametrize("given, truth", [
+    ("24", "7"), ("1,35", "135"), ("3/4", "4/3"), ("2x+3", "11"), ("", "0"), (None, "0"), ("4.5", "4"),
+    ("thirteen", "13"), ("1/0", "0"), ("13 cows and 2", "13"),
+])
+def test_answers_that_do_not_match(given, truth):
+    assert not grading.is_correct(given, truth)
+
+
+def test_majority_vote_takes_the_most_frequent_normalized_answer_then_the_first():
+    assert grading.majority([None, "3", "4", "4.0", "3"]) == "3"  # a tie: the first given
+    assert grading.majority(["7", "1,000", "1000"]) == "1,000"  # as its first giver wrote it
+    assert grading.majority([None, None]) is None
+
+
+def test_wilson_interval():
+    low, high = grading.wilson(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    assert grading.wilson(0, 10)[0] == 0.0 and grading.wilson(10, 10)[1] == 1.0
+    assert grading.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_problem_files_in_the_usual_shapes(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"problem": "a?", "answer": 3}),
+        "",
+        json.dumps({"question": "b?", "answer": "First 2 + 2 = 4.\n#### 4"}),
+        json.dumps({"problem": "c?", "solution": "So \\boxed{\\frac{1}{2}} it is."}),
+    ]))
+    assert grading.load_problems(str(path)) == [
+        grading.Problem("a?", "3"), grading.Problem("b?", "4"), grading.Problem("c?", "\\frac{1}{2}")]
+    assert len(grading.load_problems(str(path), limit=2)) == 2
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"problem": "a?", "answer": "1"}', '{"problem": "b?", "answer": '], "line 2: not valid JSON"),
+    (['["a", "1"]'], "line 1: expected a JSON object"),
+    (['{"answer": "1"}'], "line 1: needs a non-empty string field 'problem' or 'question'"),
+    (['{"problem": "a?"}'], "line 1: needs a field 'answer'"),
+    (['{"problem": "a?", "solution": "no box"}'], "line 1: field 'solution' holds no complete"),
+    (['', '  '], "holds no problems"),
+])
+def test_bad_problem_files_name_the_line(tmp_path, lines, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=message):
+        grading.load_problems(str(path))
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    """Bad input must be refused before any engine starts."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("an engine was started")
+    monkeypatch.setattr(driver, "build_llm", refuse)
+
+
+def test_bad_benchmark_input_is_refused_before_an_engine_starts(tmp_path, no_engine, capsys):
+    model = model_path("llama")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "a?", "answer": "1"}\nnot json\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(SystemExit, match=r"--problems: .*bad.jsonl line 2: not valid JSON"):
+        accuracy.main(["--model", model, "--problems", str(bad), *TINY])
+    with pytest.raises(SystemExit, match=r"--problems: .*empty.jsonl: holds no problems"):
+        throughput.main(["--model", model, "--problems", str(empty), *TINY])
+    with pytest.raises(SystemExit, match="--max-tokens/--budgets: 2 workers x 600 tokens do not fit"):
+        accuracy.main(["--model", model, "--workers", "2", "--budgets", "64", "600", *TINY])
+    with pytest.raises(SystemExit, match="--max-tokens/--budgets: the protocol needs at least 63 tokens"):
+        throughput.main(["--model", model, "--max-tokens", "40", *TINY])
+    with pytest.raises(SystemExit, match="--model: '/nowhere' is not a model folder"):
+        throughput.main(["--model", "/nowhere", *TINY])
+    with pytest.raises(SystemExit):
+        accuracy.main(["--model", model, "--methods", "vote", *TINY])
+    assert "--methods: invalid choice: 'vote'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--problems"):
+        serving.main(["--problems", str(bad)])
+
+
+def _two_problems(tmp_path) -> str:
+    path = tmp_path / "two.jsonl"
+    path.write_text(json.dumps({"problem": "Let x be 4. What is 2x + 3?", "answer": "11"}) + "\n"
+                    + json.dumps({"question": "Add 2 and 3.", "answer": "Then 5.\n#### 5"}) + "\n")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_throughput_smoke(tmp_path):
+    out = tmp_path / "tp"
+    report = throughput.main(["--model", model_path("llama"), "--problems", _two_problems(tmp_path), "--groups", "2",
+                              "--workers", "2", "--max-tokens", "64", "--ignore-eos", "--no-warmup",
+                              "--out", str(out), *TINY])
+    rows = {m: r[0] for m, r in report["results"].items()}
+    assert set(rows) == set(throughput.METHODS)
+    # Without the protocol nothing is forced, and with --ignore-eos every worker writes its
+    # whole budget: one token per engine step, the first in the prefill step.
+    for method in ("hogwild-bare", "independent"):
+        assert rows[method]["tokens_per_problem"] == 2 * 64 and rows[method]["depth_p50"] == 64
+        assert rows[method]["forced_share"] == 0.0
+    for method in ("hogwild", "single"):
+        assert 0 < rows[method]["forced_share"] < 1  # at least the closing sentence is forced
+        assert rows[method]["depth_p90"] <= 64
+    assert rows["single"]["tokens_per_problem"] <= 64 < rows["hogwild"]["tokens_per_problem"] <= 128
+    for row in rows.values():
+        assert row["tokens_per_s"] > 0 and row["peak_kv_blocks"] > 0 and row["seconds_p50"] <= row["seconds_p90"]
+    assert {p.suffix for p in tmp_path.iterdir() if p.stem == "tp"} == {".json", ".md", ".png"}
+    assert "| 2 | hogwild |" in (tmp_path / "tp.md").read_text()
+
+
+@pytest.mark.slow
+def test_accuracy_smoke(tmp_path):
+    report = accuracy.main(["--model", model_path("llama"), "--problems", _two_problems(tmp_path), "--budgets", "64",
+                            "--workers", "2", "--temperature", "0", "--out", str(tmp_path / "acc"), *TINY])
+    for method, rows in report["results"].items():
+        (row,) = rows
+        assert row["budget"] == 64 and row["total"] == 2 and len(row["problems"]) == 2
+        assert row["correct"] == sum(grading.is_correct(p["answer"], p["truth"]) for p in row["problems"])
+        assert [p["truth"] for p in row["problems"]] == ["11", "5"]
+        for p in row["problems"]:
+            assert len(p["given"]) == (2 if method == "independent" else 1)
+            assert p["answer"] is not None and 0 < p["depth"] <= 64
+    # Greedy: independent voters write what one worker writes, so the vote is single's answer.
+    assert ([p["answer"] for p in report["results"]["independent"][0]["problems"]]
+            == [p["answer"] for p in report["results"]["single"][0]["problems"]])
+    assert {p.suffix for p in tmp_path.iterdir() if p.stem == "acc"} == {".json", ".md", ".png"}
+
+
+@pytest.mark.slow
+def test_serving_smoke(tmp_path):
+    from servers import running_server
+
+    with running_server(model_path("llama"), tmp_path) as base:
+        report = serving.main(["--base-url", base, "--problems", _two_problems(tmp_path), "--num-requests", "6",
+                               "--rate", "inf", "--hogwild-share", "0.5", "--workers", "2", "--max-tokens", "64",
+                               "--out", str(tmp_path / "serve")])
+    assert report["errors"] == 0 and report["requests"] == 6
+    hog, plain = report["kinds"]["hogwild"], report["kinds"]["plain"]
+    assert hog["requests"] + plain["requests"] == 6 and hog["requests"] > 0 and plain["requests"] > 0
+    assert hog["workers_seen_mean"] == 2 and plain["workers_seen_mean"] == 1
+    assert hog["final_answers"] == hog["requests"] and plain["final_answers"] == 0
+    assert 0 < hog["ttft_p50"] <= hog["answer_s_p90"] and hog["tokens_mean"] > 0
+    assert (tmp_path / "serve.md").exists()
