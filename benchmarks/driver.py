@@ -24,14 +24,16 @@ DEFAULT_PROBLEMS = os.path.join(BENCH, "data", "arithmetic50.jsonl")
 
 
 def model_path(model: str | None) -> str:
-    """``model``, or the embedded SmolLM2 (converted on first use) when None."""
-    if model is not None:
-        if not os.path.exists(os.path.join(model, "config.json")):
-            raise SystemExit(f"--model: {model!r} is not a model folder (no config.json)")
-        return model
-    from vllm_hogwild.models import embedded_model
+    """``model`` (a local folder, or a hub name vLLM will fetch), or the embedded SmolLM2
+    (converted on first use) when None."""
+    if model is None:
+        from vllm_hogwild.models import embedded_model
 
-    return embedded_model()
+        return embedded_model()
+    local = model.startswith((".", "/", "~")) or os.path.isdir(model)
+    if local and not os.path.exists(os.path.join(os.path.expanduser(model), "config.json")):
+        raise SystemExit(f"--model: {model!r} is not a model folder (no config.json)")
+    return os.path.expanduser(model) if local else model
 
 
 def problems(path: str, limit: int | None = None) -> list:
@@ -64,15 +66,38 @@ def check_budgets(model: str, budgets: list[int], workers: int, max_model_len: i
                              f"(its closing sentence and answer) on this model; got {min(budgets)}")
 
 
-def build_llm(model: str, max_model_len: int, kv_gib: float, max_num_seqs: int,
-              max_batched_tokens: int, seed: int = 0) -> Any:
-    """The CPU engine the benchmarks run on (float32, eager, block size 32: the CPU path's
-    settings)."""
+def build_llm(model: str, max_model_len: int, kv_gib: float | None, max_num_seqs: int,
+              max_batched_tokens: int, seed: int = 0, tensor_parallel: int = 1) -> Any:
+    """The engine the benchmarks run on. On a GPU: the plugin's attention backend and
+    synchronous scheduling (what hogwild needs there), vLLM's memory defaults unless
+    ``kv_gib`` is given. On CPU: float32, eager, block size 32 (the CPU path's settings),
+    a KV cache of ``kv_gib`` (default 4 GiB)."""
+    import torch
     from vllm import LLM
 
-    return LLM(model=model, dtype="float32", enforce_eager=True, block_size=32, max_model_len=max_model_len,
-               kv_cache_memory_bytes=int(kv_gib * 2**30), max_num_seqs=max_num_seqs,
-               max_num_batched_tokens=max_batched_tokens, seed=seed)
+    common = dict(model=model, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                  max_num_batched_tokens=max_batched_tokens, seed=seed, tensor_parallel_size=tensor_parallel)
+    if kv_gib is not None or not torch.cuda.is_available():
+        common["kv_cache_memory_bytes"] = int((kv_gib or 4.0) * 2**30)
+    if torch.cuda.is_available():
+        return LLM(**common, attention_backend="CUSTOM", async_scheduling=False)
+    return LLM(**common, dtype="float32", enforce_eager=True, block_size=32)
+
+
+def engine_options(parser: Any) -> None:
+    """The engine's command-line options, the same in every offline benchmark."""
+    parser.add_argument("--model", help="model folder or hub name (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--kv-gib", type=float, help="KV cache size (default: 4 on CPU, vLLM's on a GPU)")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-batched-tokens", type=int, default=8192)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def engine_from(args: Any, model: str) -> Any:
+    return build_llm(model, args.max_model_len, args.kv_gib, args.max_num_seqs, args.max_batched_tokens,
+                     args.seed, args.tensor_parallel_size)
 
 
 @dataclass
@@ -135,7 +160,7 @@ def _engine_core(llm: Any) -> Any:
 
 def _protocol_counters(llm: Any) -> tuple[int, int]:
     """(worker_steps, forced_steps) summed over the hogwild logits processors."""
-    from vllm_hogwild.vllm_glue import HogwildLogitsProcessor
+    from vllm_hogwild.hooks.sampler import HogwildLogitsProcessor
 
     runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
     procs = [p for p in runner.input_batch.logitsprocs.all if isinstance(p, HogwildLogitsProcessor)]

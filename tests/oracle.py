@@ -21,6 +21,7 @@ from vllm_hogwild.group import GroupTracker
 from vllm_hogwild.planner import framing_spans
 from vllm_hogwild.protocol import Action, GroupProtocol
 from vllm_hogwild.steps import BoundaryRule
+from vllm_hogwild.worker_requests import stream_starts, worker_prompt
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -46,10 +47,8 @@ class Oracle:
         self.stop = stop
         self.protocol = protocol
         workers = len(prefixes)
-        framed = list(prompt) + [t for _, ids in framing for t in ids]
-        self.runs = [WorkerRun((framed if w == 0 else list(prompt[-1:])) + list(prefixes[w]))
-                     for w in range(workers)]
-        starts = [len(framed)] + [1] * (workers - 1)
+        self.runs = [WorkerRun(worker_prompt(prompt, framing, prefixes, w)) for w in range(workers)]
+        starts = stream_starts(len(prompt), framing, workers)
         self.tracker = GroupTracker(layout, rule, len(prompt), starts, framing_spans(len(prompt), framing))
         layers = len(model.model.layers)
         self.keys = [[dict() for _ in range(layers)] for _ in range(workers)]  # raw keys by home pos

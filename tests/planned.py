@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vllm_hogwild.params import parse
 from vllm_hogwild.planner import Planner
+from vllm_hogwild.worker_requests import WorkerStamp
 
 END, WORD = 1, 2
 
@@ -26,10 +28,9 @@ def planned_group(workers: int, layout: str, prompt: int, boundary: str = "|") -
     the prompt, the others a copy of its last token (each its own block)."""
     planner = Planner(lambda t: boundary if t == END else " word")
     requests = {}
+    hog = parse({"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_boundary": boundary,
+                 "hogwild_boundary_sentence": False})
     for w in range(workers):
-        flags = {"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_boundary": boundary,
-                 "hogwild_boundary_sentence": False, "_hogwild_group": "g", "_hogwild_worker": w,
-                 "_hogwild_prompt_len": prompt}
         requests[f"w{w}"] = Request([WORD] * (prompt if w == 0 else 1), block_ids=([w],))
-        planner.add(f"w{w}", flags, requests[f"w{w}"])
+        planner.add(f"w{w}", WorkerStamp("g", w, hog, prompt, ((),) * workers), requests[f"w{w}"])
     return planner, requests

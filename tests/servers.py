@@ -22,15 +22,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(model: str, folder: Path, *options: str, start_timeout: float = 240) -> Iterator[str]:
+def running_server(model: str, folder: Path, *options: str, env: dict[str, str] | None = None,
+                   start_timeout: float = 240) -> Iterator[str]:
     """Serve ``model`` with the plugin until the block ends; yields the base URL. The
-    server's output goes to ``folder/server.log`` (quoted in the error if it dies)."""
+    server's output goes to ``folder/server.log`` (quoted in the error if it dies); ``env``
+    adds to the environment."""
     port = free_port()
     log_path = folder / "server.log"
     command = [sys.executable, "-m", "vllm_hogwild.cli", "serve", model, "--plugin", "hogwild",
                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--block-size", "32",
                "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager", "--seed", "0", *options]
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env = {**{k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}, **(env or {})}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         base = f"http://127.0.0.1:{port}"

@@ -7,6 +7,7 @@ import torch
 
 from engines import engine, scheduler, tokenizer
 from test_oracle import NAMES, PROMPT, prompt_ids
+from vllm_hogwild.worker_requests import group_of
 
 
 def _plain_works(llm) -> None:
@@ -89,8 +90,7 @@ def test_kv_pressure_holds_groups_back_whole():
 
     def spy(self, *a, **k):
         out = original(self, *a, **k)
-        running = {r.sampling_params.extra_args.get("_hogwild_group") for r in self.running
-                   if r.sampling_params.extra_args}
+        running = {group_of(r.sampling_params) for r in self.running}
         seen.append(len(running - {None}))
         return out
 
@@ -147,7 +147,7 @@ def test_engines_that_schedule_ahead_are_refused():
     speculative decoding drops the logits processor and writes draft tokens."""
     from types import SimpleNamespace
 
-    from vllm_hogwild.vllm_glue import _check_engine
+    from vllm_hogwild.hooks.frontend import _check_engine
 
     with pytest.raises(ValueError, match="--no-async-scheduling"):
         _check_engine(SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=True)))

@@ -47,7 +47,7 @@ def _cuda_in_the_interpreter() -> None:
 def _use_the_cuda_backend() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    from vllm_hogwild.vllm_glue import install
+    from vllm_hogwild.hooks import install
 
     install()
     # The CPU platform only ever picks CPU_ATTN: point it at the CUDA backend.

@@ -7,11 +7,19 @@ Pure arithmetic. Policy: *hold back*, never preempt. A group is admitted only wh
 cache. Ordinary requests may use the rest and are the ones preempted under pressure, so a
 running group always finds its next blocks and no group is ever partly evicted (a
 preempted worker's keys could not be recomputed as the others saw them).
+
+A group that could never start is refused when it arrives (``check_lengths``,
+``check_capacity``), so nothing waits for room that will never come.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+# How long a group's worker requests may take to all reach one scheduler (they are sent
+# back to back, so seconds are plenty); then the group fails instead of waiting forever.
+GROUP_ASSEMBLY_SECONDS = float(os.environ.get("VLLM_HOGWILD_GROUP_ASSEMBLY_SECONDS", "60"))
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
@@ -61,3 +69,54 @@ class Capacity:
         self.free_blocks -= need[2]
         self.unreserved_blocks -= need[3]
         return True
+
+
+def check_lengths(max_model_len: int, step_budget: int, max_tokens: int | None, prompt_len: int,
+                  prefix_lens: list[int], framing_len: int) -> int:
+    """The views must fit the model and the group's prefill one step; returns max_tokens
+    (each worker's share of the room when the user gave none)."""
+    workers = len(prefix_lens)
+    written = prompt_len + framing_len + sum(prefix_lens)
+    room = max_model_len - written
+    if max_tokens is None:
+        if room < workers:
+            raise ValueError(
+                f"max_tokens: the prompt ({written} tokens with the protocol's texts) leaves no room "
+                f"for {workers} workers within max_model_len={max_model_len}"
+            )
+        return room // workers
+    if max_tokens * workers > room:
+        raise ValueError(
+            f"max_tokens: {workers} workers x max_tokens={max_tokens} plus the prompt and "
+            f"the workers' first texts ({written} tokens) exceed max_model_len={max_model_len}; allowed: "
+            f"max_tokens <= {max(room, 0) // workers}"
+        )
+    prefill = written + workers - 1
+    if prefill > step_budget:
+        raise ValueError(
+            f"prompt: a hogwild group prefills its prompt and every worker's first text in one step "
+            f"({prefill} tokens), more than max_num_batched_tokens={step_budget}; raise it or shorten the prompt"
+        )
+    return max_tokens
+
+
+def check_capacity(seats: int, cache_blocks: int | None, block_size: int, prompt_lens: list[int],
+                   max_tokens: int) -> None:
+    """A group that could never be admitted (more workers than seats, or a worst case larger
+    than the whole KV cache of ``cache_blocks``, None while unknown) is refused now."""
+    workers = len(prompt_lens)
+    if workers > seats:
+        raise ValueError(f"hogwild_workers: {workers} workers run at once, more than max_num_seqs={seats}")
+    if not cache_blocks:
+        return  # not known yet (engine start-up)
+
+    def need(tokens: int) -> int:
+        return GroupDemand(tuple(prompt_lens), tokens).worst_blocks(block_size)
+
+    if need(max_tokens) > cache_blocks:
+        allowed = max_tokens
+        while allowed > 0 and need(allowed) > cache_blocks:
+            allowed -= 1
+        raise ValueError(f"max_tokens: {workers} workers x max_tokens={max_tokens} need {need(max_tokens)} KV "
+                         f"blocks at worst, more than the cache holds ({cache_blocks}); allowed: "
+                         f"max_tokens <= {allowed}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from vllm_hogwild import layouts
 from vllm_hogwild.layouts import Fragment, GroupState, Span, WorkerState
 from vllm_hogwild.steps import BoundaryRule, StepScanner
+from vllm_hogwild.worker_requests import prompt_tails
 
 
 class GroupTracker:
@@ -32,7 +33,7 @@ class GroupTracker:
         if prompt_len < 1:
             raise ValueError("a hogwild prompt needs at least one token")
         self.layout = layout
-        tails = [prompt_len - 1] + [0] * (len(stream_starts) - 1)
+        tails = prompt_tails(prompt_len, len(stream_starts))
         self.state = GroupState(
             prompt_len,
             [WorkerState(t, s, s) for t, s in zip(tails, stream_starts)],

@@ -18,13 +18,6 @@ from vllm_hogwild.steps import BoundaryRule
 PREFIX = "hogwild_"
 MAX_WORKERS = 16
 
-# Keys the plugin itself stamps on each worker's request (never user input).
-WORKER_KEY = "_hogwild_worker"
-GROUP_KEY = "_hogwild_group"
-PREFIX_IDS_KEY = "_hogwild_prefix_ids"
-PROMPT_LEN_KEY = "_hogwild_prompt_len"
-FRAMING_KEY = "_hogwild_framing"  # [[layout block name, its token ids], ...] after the prompt
-
 FIELDS = {
     "hogwild_workers": "int in 1..16 (required: turns hogwild on)",
     "hogwild_layout": f"one of {', '.join(LAYOUTS)} (default combined)",
@@ -134,3 +127,21 @@ def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
     protocol, preset = _protocol(keys, workers, rule)
     prefixes = _strings("hogwild_prefixes", keys["hogwild_prefixes"], workers) if "hogwild_prefixes" in keys else ()
     return HogwildParams(workers, layout, rule, prefixes, protocol, preset)
+
+
+def to_plain(hog: HogwildParams) -> dict[str, Any]:
+    """A validated request as plain data (what crosses vLLM's process boundaries)."""
+    protocol = hog.protocol
+    return {"workers": hog.workers, "layout": hog.layout, "boundary": hog.boundary.marker,
+            "sentence": hog.boundary.sentence, "prefixes": list(hog.prefixes), "preset": hog.preset,
+            "protocol": None if protocol is None else {
+                "names": list(protocol.names), "check_tokens": protocol.check_tokens,
+                "answer_tokens": protocol.answer_tokens}}
+
+
+def from_plain(plain: Mapping[str, Any]) -> HogwildParams:
+    """``to_plain``'s inverse (no validation: the data was validated when it was made)."""
+    rule = BoundaryRule(plain["boundary"], plain["sentence"])
+    p = plain["protocol"]
+    protocol = None if p is None else ProtocolConfig(tuple(p["names"]), rule, p["check_tokens"], p["answer_tokens"])
+    return HogwildParams(plain["workers"], plain["layout"], rule, tuple(plain["prefixes"]), protocol, plain["preset"])

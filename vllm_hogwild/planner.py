@@ -11,13 +11,13 @@ whole group ends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from vllm_hogwild.group import GroupTracker
 from vllm_hogwild.layouts import Fragment, Span, split_view, view_position
-from vllm_hogwild.params import FRAMING_KEY, GROUP_KEY, PROMPT_LEN_KEY, WORKER_KEY, parse
+from vllm_hogwild.worker_requests import WorkerStamp, stream_starts
 
 
 # rows, starts, ends, offsets: hogwild_kernels.table.Shared (not imported: no torch here)
@@ -121,20 +121,17 @@ class Planner:
     def __bool__(self) -> bool:
         return bool(self._groups)
 
-    def add(self, req_id: str, extra_args: Mapping[str, Any], state: RequestState) -> None:
+    def add(self, req_id: str, stamp: WorkerStamp, state: RequestState) -> None:
         """Register a worker request; its group starts once all W workers are known."""
-        params = parse(extra_args)
-        key = str(extra_args[GROUP_KEY])
+        hog, key = stamp.hog, stamp.group
         pending = self._pending.setdefault(key, {})
-        pending[req_id] = _Member(state, int(extra_args[WORKER_KEY]))
-        if len(pending) < params.workers:
+        pending[req_id] = _Member(state, stamp.worker)
+        if len(pending) < hog.workers:
             return
         del self._pending[key]
-        prompt_len = int(extra_args[PROMPT_LEN_KEY])
-        framing = framing_spans(prompt_len, extra_args.get(FRAMING_KEY, []))
-        end = max((s.end for s in framing.values()), default=prompt_len)
-        starts = [end] + [1] * (params.workers - 1)
-        tracker = GroupTracker(params.layout, params.boundary, prompt_len, starts, framing)
+        starts = stream_starts(stamp.prompt_len, stamp.framing, hog.workers)
+        framing = framing_spans(stamp.prompt_len, stamp.framing)
+        tracker = GroupTracker(hog.layout, hog.boundary, stamp.prompt_len, starts, framing)
         self._groups[key] = _Group(tracker, pending)
         self._group_of.update((rid, key) for rid in pending)
 

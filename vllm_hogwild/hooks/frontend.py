@@ -1,0 +1,177 @@
+"""Frontend: a hogwild request is validated and fanned out into its W worker requests.
+
+Patches ``InputProcessor.process_inputs`` and ``ParentRequest.get_child_info``.
+
+The flag is validated before anything is scheduled (a bad one is a ``HogwildRequestError``:
+ValueError offline, 400 online). With the protocol, the prompt, framing blocks and first
+headers are built (``prompts.py``). The request then asks vLLM's own parallel-sampling
+fan-out for W children (``n = W``; the greedy check on ``n`` ran when the user built
+``SamplingParams`` with n=1), so the W worker completions come back as one RequestOutput,
+in worker order; ``get_child_info`` stamps each child with its worker index and group
+(W=1 is stamped here: no fan-out).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from vllm.exceptions import VLLMValidationError
+
+from vllm_hogwild import admission, prompts, runtime
+from vllm_hogwild.hooks.patching import stop_tokens, wrap
+from vllm_hogwild.params import field_of, is_hogwild, parse
+from vllm_hogwild.protocol import GroupProtocol
+from vllm_hogwild.worker_requests import WorkerStamp, framing_length, stamp_of, stamped, worker_prompt
+
+
+class HogwildRequestError(VLLMValidationError, ValueError):
+    """A bad hogwild request: a ValueError offline, HTTP 400 from the server (vLLM maps
+    its validation errors to 400; a bare ValueError would be a 500)."""
+
+
+def check_n(workers: int, n: int) -> None:
+    if n != 1:
+        raise ValueError(f"n: a hogwild request takes n=1 (got {n}); its hogwild_workers={workers} "
+                         "worker completions are the choices")
+
+
+def _check_engine(vllm_config: Any) -> None:
+    """Hogwild's hooks are in place on this engine: synchronous scheduling (the planner and
+    the protocol read each step's sampled tokens) and, on CUDA, our backend and the V1 runner."""
+    from vllm.platforms import current_platform
+
+    if vllm_config.scheduler_config.async_scheduling:
+        raise ValueError("hogwild_workers: needs synchronous scheduling; start vLLM with "
+                         "--no-async-scheduling (LLM(..., async_scheduling=False))")
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        raise ValueError("hogwild_workers: not supported with speculative decoding (vLLM then loads "
+                         "no logits-processor plugins, and draft tokens would enter the shared cache)")
+    if not current_platform.is_cuda():
+        return
+    backend = vllm_config.attention_config.backend
+    if backend is None or backend.name != "CUSTOM":
+        raise ValueError("hogwild_workers: on CUDA, start vLLM with --attention-backend CUSTOM "
+                         "(the plugin's Triton backend); this engine uses "
+                         f"{backend.name if backend else 'the default backend'}")
+    if vllm_config.use_v2_model_runner:
+        raise ValueError("hogwild_workers: needs vLLM's V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
+
+
+def _check_model(model_config: Any) -> None:
+    cfg = model_config.hf_text_config
+    if not any(getattr(cfg, k, None) is not None for k in ("rope_theta", "rope_parameters", "rope_scaling")):
+        raise ValueError(
+            f"hogwild_workers: model {model_config.model!r} has no rotary position embedding "
+            "(RoPE); hogwild needs a RoPE model (Llama, Qwen2, Qwen3, Mistral, ...)"
+        )
+    if model_config.get_sliding_window() is not None:
+        raise ValueError("hogwild_workers: sliding-window attention models are not supported")
+
+
+def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int],
+                     encode) -> tuple[list[int], list[list[int]], list]:
+    """The protocol's prompt (instruction and layout heading around the user's text),
+    each worker's first text, and worker 0's framing blocks, as token ids."""
+    tokenizer = engine.tokenizer
+    names = list(hog.protocol.names)
+    preset_name = hog.preset
+    if preset_name == "auto":
+        vocab = tokenizer.get_vocab()
+        preset_name = prompts.auto_preset(engine.model_config.hf_config.model_type, vocab.__contains__)
+    preset = prompts.PRESETS[preset_name]
+    text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    if not preset.user_open or preset.user_open not in text:
+        text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    full = prompts.prompt_text(preset, hog.layout, names, text)
+    ids = tokenizer.encode(full, add_special_tokens=preset.special_tokens)
+    prefixes = [encode(prompts.first_step(n, w)) for w, n in enumerate(names)]
+    framing = [[name, encode(block)] for name, block in prompts.framing(hog.layout, names)]
+    return ids, prefixes, framing
+
+
+def _check_protocol(hog: Any, sp: Any, encode) -> None:
+    if not stop_tokens(sp):
+        raise ValueError("ignore_eos: hogwild_protocol=true needs a stop token (its workers stop with "
+                         "it); set ignore_eos=false or give stop_token_ids")
+    closing = len(encode(prompts.CLOSING))
+    need = GroupProtocol.least_max_tokens(hog.protocol, closing)
+    if sp.max_tokens < need:
+        raise ValueError(f"max_tokens: hogwild_protocol=true needs max_tokens >= {need} (the closing "
+                         f"sentence and up to hogwild_answer_tokens={hog.protocol.answer_tokens} answer "
+                         f"tokens), got {sp.max_tokens}")
+
+
+def install() -> None:
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.engine.parallel_sampling import ParentRequest
+
+    def process_inputs(original):
+        def wrapper(self, request_id, prompt, params, *args, **kwargs):
+            extra = getattr(params, "extra_args", None)
+            if not isinstance(params, SamplingParams) or not is_hogwild(extra):
+                return original(self, request_id, prompt, params, *args, **kwargs)
+            try:
+                return hogwild_inputs(self, request_id, prompt, params, *args, **kwargs)
+            except ValueError as error:
+                if isinstance(error, HogwildRequestError):
+                    raise
+                raise HogwildRequestError(str(error), parameter=field_of(error)) from None
+
+        def hogwild_inputs(self, request_id, prompt, params, *args, **kwargs):
+            extra = params.extra_args
+            hog = parse(extra)
+            check_n(hog.workers, params.n)
+            _check_model(self.model_config)
+            _check_engine(self.vllm_config)
+            request = original(self, request_id, prompt, params, *args, **kwargs)
+            if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
+                raise ValueError("prompt: hogwild takes a non-empty text or token-id prompt (no embeddings or images)")
+            encode = runtime.encoder(self.model_config)
+            framing: list = []
+            if hog.protocol is not None:
+                request.prompt_token_ids, prefixes, framing = _protocol_inputs(
+                    self, hog, request.prompt_token_ids, encode)
+            else:
+                prefixes = [encode(p) for p in hog.prefixes] or [[] for _ in range(hog.workers)]
+            prompt_len = len(request.prompt_token_ids)
+            sp = request.sampling_params
+            sp.max_tokens = admission.check_lengths(
+                self.model_config.max_model_len, self.vllm_config.scheduler_config.max_num_batched_tokens,
+                params.max_tokens, prompt_len, [len(p) for p in prefixes], framing_length(framing))
+            if hog.protocol is not None:
+                _check_protocol(hog, sp, encode)
+            lengths = [len(worker_prompt(request.prompt_token_ids, framing, prefixes, w)) for w in range(hog.workers)]
+            cache = self.vllm_config.cache_config
+            admission.check_capacity(self.vllm_config.scheduler_config.max_num_seqs,
+                                     cache.num_gpu_blocks and cache.num_gpu_blocks - 1,  # less vLLM's null block
+                                     cache.block_size, lengths, sp.max_tokens)
+            # Worker 0 of a group named after the request: W=1 has no fan-out, and vLLM's
+            # fan-out stamps each child with its own index (get_child_info).
+            sp.extra_args = stamped(sp.extra_args, WorkerStamp(
+                request.request_id, 0, hog, prompt_len, tuple(map(tuple, prefixes)),
+                tuple((name, tuple(ids)) for name, ids in framing)))
+            sp.n = hog.workers
+            sp.skip_reading_prefix_cache = True
+            # A salt of its own keeps the group's blocks (whose keys depend on the other
+            # workers) out of every other request's prefix-cache hits.
+            request.cache_salt = f"hogwild-{uuid.uuid4().hex}"
+            return request
+
+        return wrapper
+
+    def get_child_info(original):
+        def wrapper(self, index: int):
+            child_id, params = original(self, index)
+            stamp = stamp_of(params)
+            if stamp is not None:
+                params = params.clone()
+                params.extra_args = stamped(params.extra_args, replace(stamp, group=self.request_id, worker=index))
+            return child_id, params
+
+        return wrapper
+
+    wrap(InputProcessor, "process_inputs", process_inputs)
+    wrap(ParentRequest, "get_child_info", get_child_info)

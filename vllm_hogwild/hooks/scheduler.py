@@ -1,0 +1,156 @@
+"""Scheduler: a group is admitted whole, runs before ordinary requests, and frees its blocks together.
+
+Patches ``Scheduler.schedule``, ``Scheduler._free_blocks`` and ``Scheduler.update_from_output``.
+
+Admission policy is ``admission.py``; the workers of running groups go first in vLLM's
+running list (vLLM preempts from the back); a finished worker's blocks are freed only when
+its whole group has ended (or was aborted); a group whose workers do not all arrive within
+``GROUP_ASSEMBLY_SECONDS`` fails instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from vllm.logger import init_logger
+
+from vllm_hogwild import admission
+from vllm_hogwild.admission import Capacity, GroupDemand, blocks_for
+from vllm_hogwild.hooks.patching import group_of, wrap
+from vllm_hogwild.worker_requests import stamp_of
+
+logger = init_logger(__name__)
+
+def install() -> None:
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.request import RequestStatus
+
+    def schedule(original):
+        def wrapper(self, *args, **kwargs):
+            groups: dict[str, list[Any]] = defaultdict(list)
+            for request in self.requests.values():
+                key = group_of(request)
+                if key is not None and not request.is_finished():
+                    groups[key].append(request)
+            _fail_unassembled(self, groups, RequestStatus)
+            if not groups:
+                return original(self, *args, **kwargs)
+            # Workers first: under KV pressure vLLM preempts from the back of `running`.
+            self.running.sort(key=lambda r: group_of(r) is None)
+            admitted, held = _admit(self, groups, RequestStatus.WAITING)
+            self.waiting.remove_requests(held + [r for key in admitted for r in groups[key]])
+            self.waiting.prepend_requests(reversed([r for key in admitted for r in groups[key]]))
+            try:
+                output = original(self, *args, **kwargs)
+            finally:
+                self.waiting.prepend_requests(held)
+            _check_whole(output, admitted, groups)
+            return output
+
+        return wrapper
+
+    def free_blocks(original):
+        def wrapper(self, request):
+            key = group_of(request)
+            if key is None or key in self.__dict__.get("_hogwild_failing", ()):
+                return original(self, request)
+            ended = self.__dict__.setdefault("_hogwild_ended", defaultdict(list))
+            ended[key].append(request)
+            if len(ended[key]) < stamp_of(request.sampling_params).hog.workers:
+                return None  # the others still read this worker's keys
+            for member in ended.pop(key):
+                original(self, member)
+            return None
+
+        return wrapper
+
+    def update_from_output(original):
+        def wrapper(self, *args, **kwargs):
+            outputs = original(self, *args, **kwargs)
+            failed = self.__dict__.pop("_hogwild_failed", None)
+            if failed:
+                from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
+
+                for request in failed:
+                    outputs.setdefault(request.client_index, EngineCoreOutputs()).outputs.append(EngineCoreOutput(
+                        request_id=request.request_id, new_token_ids=[],
+                        finish_reason=request.get_finished_reason()))
+            return outputs
+
+        return wrapper
+
+    wrap(Scheduler, "schedule", schedule)
+    wrap(Scheduler, "_free_blocks", free_blocks)
+    wrap(Scheduler, "update_from_output", update_from_output)
+
+
+def _fail_unassembled(sched: Any, groups: dict[str, list[Any]], status: Any) -> None:
+    """Fail a group whose workers have not all reached this scheduler within
+    ``admission.GROUP_ASSEMBLY_SECONDS`` of its arrival (they never will: nothing waits forever).
+    Its requests end with an error (HTTP 500); the cause goes to the engine's log."""
+    now = time.time()
+    for key, reqs in list(groups.items()):
+        workers = stamp_of(reqs[0].sampling_params).hog.workers
+        waited = now - min(r.arrival_time for r in reqs)
+        # A group never admitted (all waiting) yet incomplete; once admitted, a group that
+        # lost a worker has only seen it finish.
+        if (len(reqs) == workers or any(r.status != status.WAITING for r in reqs)
+                or waited <= admission.GROUP_ASSEMBLY_SECONDS):
+            continue
+        logger.error("hogwild: group %s failed: only %d of its %d worker requests reached this engine in "
+                     "%.0f s (with data parallel, were they placed on different engines?)",
+                     key, len(reqs), workers, waited)
+        del groups[key]
+        failing = sched.__dict__.setdefault("_hogwild_failing", set())
+        failing.add(key)
+        try:
+            sched.finish_requests([r.request_id for r in reqs], status.FINISHED_ERROR)
+        finally:
+            failing.discard(key)
+        sched.__dict__.setdefault("_hogwild_failed", []).extend(reqs)
+
+
+def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> tuple[list[str], list[Any]]:
+    """Which waiting groups start now (in arrival order) and which requests wait."""
+    bs = sched.block_size
+    pool = sched.kv_cache_manager.block_pool
+    running_need = sum(max(0, r.num_tokens_with_spec - r.num_computed_tokens) for r in sched.running)
+    active = [reqs for reqs in groups.values() if any(r.status != waiting_status for r in reqs)]
+    reserved = sum(blocks_for(r.num_prompt_tokens + r.max_tokens, bs) for reqs in active for r in reqs)
+    capacity = Capacity(
+        tokens=sched.max_num_scheduled_tokens - running_need,
+        seats=sched.max_num_running_reqs - len(sched.running),
+        free_blocks=pool.get_num_free_blocks() - len(sched.running),
+        unreserved_blocks=pool.num_gpu_blocks - 1 - reserved,
+        block_size=bs,
+    )
+    waiting = sorted(
+        (key for key, reqs in groups.items() if all(r.status == waiting_status for r in reqs)),
+        key=lambda key: min(r.arrival_time for r in groups[key]),
+    )
+    admitted, held, blocked = [], [], False
+    for key in waiting:
+        reqs = sorted(groups[key], key=lambda r: stamp_of(r.sampling_params).worker)
+        complete = len(reqs) == stamp_of(reqs[0].sampling_params).hog.workers
+        demand = GroupDemand(tuple(r.num_prompt_tokens for r in reqs), reqs[0].max_tokens)
+        if not blocked and complete and capacity.take(demand):
+            admitted.append(key)
+            groups[key] = reqs
+        else:
+            blocked = blocked or complete  # first come, first served among groups
+            held.extend(reqs)
+    return admitted, held
+
+
+def _check_whole(output: Any, admitted: list[str], groups: dict[str, list[Any]]) -> None:
+    """A group runs whole or not at all: anything else is a bug, never silent."""
+    for key in admitted:
+        for r in groups[key]:
+            if output.num_scheduled_tokens.get(r.request_id) != r.num_prompt_tokens:
+                raise RuntimeError(f"hogwild: group {key} was only partly admitted (request {r.request_id})")
+    preempted = output.preempted_req_ids or ()
+    for key, reqs in groups.items():
+        if any(r.request_id in preempted for r in reqs):
+            raise RuntimeError(f"hogwild: a worker of group {key} was preempted")

@@ -1,0 +1,87 @@
+"""The worker requests of one group: what each one holds (the one rule, used everywhere).
+
+Worker 0's request holds the shared prompt, then the framing blocks (the layout's
+headings, protocol only), then its prefix. Every other worker's request holds its own copy
+of the prompt's last token, then its prefix: the prompt is computed once, by worker 0, and
+the copy gives each worker a query row for its first token. The frontend builds the
+requests by this rule, the engine core rewrites each child's prompt by it, the planner and
+the group tracker read positions by it, and the test oracle builds its runs by it.
+
+Each worker request carries a ``WorkerStamp``: its group, its index, and the request's
+validated flag, stamped once by the frontend as plain data under ``extra_args[STAMP_KEY]``
+(it crosses vLLM's process boundaries) and read back everywhere through ``stamp_of``.
+
+Pure Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from vllm_hogwild.params import HogwildParams, from_plain, to_plain
+
+STAMP_KEY = "_hogwild"  # never a user key: those start with "hogwild_"
+
+Framing = Sequence[tuple[str, Sequence[int]]]  # [(block name, its token ids), ...] after the prompt
+
+
+def worker_prompt(shared: Sequence[int], framing: Framing, prefixes: Sequence[Sequence[int]],
+                  worker: int) -> list[int]:
+    """The token ids of ``worker``'s request."""
+    own = list(shared) + [t for _, ids in framing for t in ids] if worker == 0 else list(shared[-1:])
+    return own + list(prefixes[worker])
+
+
+def framing_length(framing: Framing) -> int:
+    return sum(len(ids) for _, ids in framing)
+
+
+def prompt_tails(prompt_len: int, workers: int) -> list[int]:
+    """Where each worker's copy of the prompt's last token sits in its own request: worker 0
+    has the whole prompt, the others only that one token, at position 0."""
+    return [prompt_len - 1] + [0] * (workers - 1)
+
+
+def stream_starts(prompt_len: int, framing: Framing, workers: int) -> list[int]:
+    """Where each worker's own stream (its prefix, then its outputs) starts in its request."""
+    return [prompt_len + framing_length(framing)] + [1] * (workers - 1)
+
+
+@dataclass(frozen=True)
+class WorkerStamp:
+    """What a worker request is: worker ``worker`` of ``group``, under the flag ``hog``."""
+
+    group: str
+    worker: int
+    hog: HogwildParams
+    prompt_len: int  # the shared prompt's tokens (with the protocol: its full prompt)
+    prefix_ids: tuple[tuple[int, ...], ...]  # each worker's first text
+    framing: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def plain(self) -> dict[str, Any]:
+        return {"group": self.group, "worker": self.worker, "hog": to_plain(self.hog), "prompt_len": self.prompt_len,
+                "prefix_ids": [list(p) for p in self.prefix_ids], "framing": [[n, list(ids)] for n, ids in self.framing]}
+
+
+def stamped(extra_args: Mapping[str, Any] | None, stamp: WorkerStamp) -> dict[str, Any]:
+    """``extra_args`` with ``stamp`` on it."""
+    return {**(extra_args or {}), STAMP_KEY: stamp.plain()}
+
+
+def group_of(params: Any) -> str | None:
+    """A worker request's group, or None (cheap: read for every request at every step)."""
+    extra = getattr(params, "extra_args", None)
+    plain = extra.get(STAMP_KEY) if extra else None
+    return None if plain is None else plain["group"]
+
+
+def stamp_of(params: Any) -> WorkerStamp | None:
+    """The stamp of a request's sampling params (``extra_args``), or None: not a worker."""
+    extra = getattr(params, "extra_args", None)
+    plain = extra.get(STAMP_KEY) if extra else None
+    if plain is None:
+        return None
+    return WorkerStamp(str(plain["group"]), int(plain["worker"]), from_plain(plain["hog"]), int(plain["prompt_len"]),
+                       tuple(tuple(p) for p in plain["prefix_ids"]),
+                       tuple((n, tuple(ids)) for n, ids in plain["framing"]))
