@@ -119,10 +119,7 @@ def table(report: dict) -> str:
                               "a boxed answer; mean engine steps to the answer).\n"
 
 
-def plot(report: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot(report: dict):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -143,18 +140,11 @@ def plot(report: dict, path: str) -> None:
     ax.legend()
     ax.set_title(f"{os.path.basename(report['model'].rstrip('/'))}, "
                  f"{report['results'][next(iter(report['results']))][0]['total']} problems")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    report = run(args)
-    print(table(report))
-    if args.out:
-        driver.write_report(report, args.out, table, plot)
-    return report
+    return driver.report(parse_args(argv), run, table, plot)
 
 
 if __name__ == "__main__":

@@ -245,15 +245,29 @@ def machine() -> dict:
             "vllm": vllm.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
-def write_report(report: dict, out: str, table, plot) -> None:
-    """``OUT.json`` (everything), ``OUT.md`` (the command, model, machine and ``table``) and
-    ``OUT.png`` (``plot``)."""
+def report(args: Any, run, table, plot=None) -> dict:
+    """Run a benchmark, print its table, and with ``--out`` write ``OUT.json`` (everything),
+    ``OUT.md`` (the command, model, machine and table) and ``OUT.png`` (``plot``'s figure, if
+    it has a plot)."""
     import json
 
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(out + ".md", "w") as f:
-        f.write(f"`{report['command']}`\n\nmodel `{report['model']}`; machine {report['machine']}\n\n")
-        f.write(table(report))
-    plot(report, out + ".png")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = run(args)
+    print(table(result))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        with open(args.out + ".md", "w") as f:
+            f.write(f"`{result['command']}`\n\nmodel `{result['model']}`; machine {result['machine']}\n\n")
+            f.write(table(result))
+        if plot is not None:
+            fig = plot(result)
+            fig.tight_layout()
+            fig.savefig(args.out + ".png", dpi=120)
+            plt.close(fig)
+    return result

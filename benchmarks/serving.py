@@ -5,7 +5,8 @@
                                  [--hogwild-share 0.5] [--workers 4] [--max-tokens 256] [--out OUT]
 
 Requests arrive as a Poisson process (``--rate`` per second; ``inf`` sends all at once),
-each a streaming ``/v1/completions`` call: a share of them hogwild groups (W workers with
+each a streaming ``/v1/chat/completions`` call (``--endpoint completions``: ``/v1/completions``):
+a share of them hogwild groups (W workers with
 the protocol, through ``vllm_xargs``), the rest plain requests, prompts drawn in turn from
 ``--problems``. Per kind: time to first token of each worker (choice), time to the final
 answer (the stream's end: a hogwild stream ends after its ``final_answers`` chunk), output
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
     p.add_argument("--model", help="served model name (default: the server's first model)")
     p.add_argument("--problems", default=driver.DEFAULT_PROBLEMS)
+    p.add_argument("--endpoint", default="chat", choices=["chat", "completions"],
+                   help="/v1/chat/completions (the problem as the user's message) or /v1/completions (as the prompt)")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--rate", type=float, default=2.0, help="requests per second (Poisson); inf: all at once")
     p.add_argument("--hogwild-share", type=float, default=0.5, help="share of requests that are hogwild groups")
@@ -68,8 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def body(kind: str, prompt: str, model: str, args: argparse.Namespace, index: int) -> dict:
-    request = {"model": model, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": args.temperature,
+    request = {"model": model, "max_tokens": args.max_tokens, "temperature": args.temperature,
                "seed": args.seed + index, "stream": True, "stream_options": {"include_usage": True}}
+    if args.endpoint == "chat":
+        request["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        request["prompt"] = prompt
     if kind == "hogwild":
         request["vllm_xargs"] = {"hogwild_workers": args.workers, "hogwild_layout": args.layout}
         if not args.no_protocol:
@@ -93,7 +100,7 @@ async def send(session, url: str, kind: str, request: dict, timeout: float) -> R
                 chunk = json.loads(line[len("data: "):])
                 now = time.perf_counter() - start
                 for choice in chunk.get("choices") or []:
-                    if choice.get("text"):
+                    if choice.get("text") or (choice.get("delta") or {}).get("content"):
                         result.first_token.setdefault(choice["index"], now)
                 if chunk.get("usage"):
                     result.tokens = chunk["usage"]["completion_tokens"]
@@ -112,12 +119,12 @@ async def served_model(session, base: str) -> str:
         return (await response.json())["data"][0]["id"]
 
 
-async def load(args: argparse.Namespace, prompts: list[str]) -> tuple[list[Result], float]:
+async def load(args: argparse.Namespace, prompts: list[str]) -> tuple[list[Result], float, str]:
     import aiohttp
 
     rng = random.Random(args.seed)
     kinds = ["hogwild" if rng.random() < args.hogwild_share else "plain" for _ in range(args.num_requests)]
-    url = args.base_url.rstrip("/") + "/v1/completions"
+    url = args.base_url.rstrip("/") + ("/v1/chat/completions" if args.endpoint == "chat" else "/v1/completions")
     async with aiohttp.ClientSession() as session:
         model = args.model or await served_model(session, args.base_url.rstrip("/"))
         tasks, start = [], time.perf_counter()
@@ -127,7 +134,7 @@ async def load(args: argparse.Namespace, prompts: list[str]) -> tuple[list[Resul
             if args.rate != float("inf") and i + 1 < len(kinds):
                 await asyncio.sleep(rng.expovariate(args.rate))
         results = await asyncio.gather(*tasks)
-    return list(results), time.perf_counter() - start
+    return list(results), time.perf_counter() - start, model
 
 
 def summarize(results: list[Result], seconds: float) -> dict:
@@ -176,20 +183,15 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> dict:
     prompts = [p.text for p in driver.problems(args.problems)]
-    results, seconds = asyncio.run(load(args, prompts))
-    report = {"benchmark": "serving", "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]),
-              "config": vars(args), **summarize(results, seconds)}
-    print(table(report))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".json", "w") as f:
-            json.dump(report, f, indent=1)
-        with open(args.out + ".md", "w") as f:
-            f.write(f"`{report['command']}`\n\n" + table(report))
-    return report
+    results, seconds, model = asyncio.run(load(args, prompts))
+    return {"benchmark": "serving", "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]),
+            "model": model, "machine": driver.machine(), "config": vars(args), **summarize(results, seconds)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return driver.report(parse_args(argv), run, table)
 
 
 if __name__ == "__main__":

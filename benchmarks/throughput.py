@@ -154,10 +154,7 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot(report: dict):
     import matplotlib.pyplot as plt
 
     groups = report["config"]["groups"]
@@ -175,18 +172,11 @@ def plot(report: dict, path: str) -> None:
     cfg = report["config"]
     fig.suptitle(f"{os.path.basename(report['model'].rstrip('/'))}: W={cfg['workers']}, "
                  f"{cfg['max_tokens']} tokens per worker, {cfg['layout']} layout")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    report = run(args)
-    print(table(report))
-    if args.out:
-        driver.write_report(report, args.out, table, plot)
-    return report
+    return driver.report(parse_args(argv), run, table, plot)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Fragment attention: a paged-KV attention op whose queries are rotated per fragment.
 
-Installed as ``hogwild_kernels`` (the folder is ``kernels/``). ``reference`` is the plain
-PyTorch op; ``cpu_op`` the CPU path (same op, prepared once per step); ``triton_op`` the
-Triton kernel for GPUs.
+Installed as ``hogwild_kernels`` (the folder is ``kernels/``). One op, three
+implementations, each ``fragment_attention`` in its module: ``reference`` (plain PyTorch,
+the definition the others are tested against), ``cpu_op`` (the plugin's CPU path, prepared
+once per step) and ``triton_op`` (the plugin's GPU kernel). ``table`` builds the fragment
+table all three read; ``rotary`` is the rotation they share.
 """
 
-from .reference import fragment_attention
 from .table import FragmentTable, SeqView, build
 
-__all__ = ["FragmentTable", "SeqView", "build", "fragment_attention"]
+__all__ = ["FragmentTable", "SeqView", "build"]

@@ -121,7 +121,7 @@ def _shared_keys(table: FragmentTable, sources: torch.Tensor, block_table: torch
     blocks, rank = torch.unique(physical, return_inverse=True)
     slot = rank * block_size + home % block_size
     width = blocks.numel() * block_size
-    offset = table.src_offset[sources].long().amax(dim=1)[key_src]  # the slots that see it agree
+    offset = table.src_offset[sources].long().amax(dim=1)[key_src]  # the workers that see it agree
     cos, sin = _turns(offset - start[key_src], inv_freq, head_dim, is_neox)
     slot_cos, slot_sin = torch.zeros(head_dim, width), torch.zeros(head_dim, width)
     slot_cos[:, slot], slot_sin[:, slot] = cos.T, sin.T
@@ -161,8 +161,8 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
         blocks = block_table[table.src_row[tile_src].long(), tile_block].long()
         seqs = [s for s in range(len(qsl) - 1) if seq_group[s] == g]
         rows = torch.cat([torch.arange(qsl[s], qsl[s + 1]) for s in seqs])
-        slots = torch.repeat_interleave(table.seq_slot[seqs].long(), torch.tensor([qsl[s + 1] - qsl[s] for s in seqs]))
-        offset = table.src_offset[tile_src][:, slots].long()  # [T, R]
+        workers = torch.repeat_interleave(table.seq_worker[seqs].long(), torch.tensor([qsl[s + 1] - qsl[s] for s in seqs]))
+        offset = table.src_offset[tile_src][:, workers].long()  # [T, R]
         shift = offset - table.src_start[tile_src].long()[:, None]  # D_f of each tile for each row's worker
         view = table.q_view[rows].long()  # [R]
         to_view = view - table.q_pos[rows].long()  # [R]

@@ -3,7 +3,7 @@
 For query row ``t`` (home position ``p``, view position ``v``) and a source placed in its
 view with shift ``D_f = offset - start``, the query is rotated once more by
 ``theta = (v - p) - D_f`` and a key at home ``h`` is visible iff ``h + D_f <= v``
-(DESIGN.md section 2). Keys are read where vLLM wrote them, never rewritten.
+(docs/design.md, section 1). Keys are read where vLLM wrote them, never rewritten.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def fragment_attention(
             continue
         rows = torch.cat([torch.arange(qsl[s], qsl[s + 1]) for s in seqs]).to(q.device)
         slots = torch.cat(
-            [torch.full((qsl[s + 1] - qsl[s],), int(table.seq_slot[s])) for s in seqs]
+            [torch.full((qsl[s + 1] - qsl[s],), int(table.seq_worker[s])) for s in seqs]
         ).to(q.device)
         qg = q[rows].to(compute)
         pos = table.q_pos[rows].long()

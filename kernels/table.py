@@ -3,7 +3,7 @@
 Query rows come in *sequences* (one worker of a group, or one ordinary request), each a
 contiguous run of rows as vLLM lays out a batch. Sequences belong to *groups*. A group
 owns a list of *sources*: runs of cached tokens (block-table row, home ``[start, end)``);
-each source has, for every slot (worker) of its group, the view offset at which that
+each source has, for every worker of its group, the view offset at which that
 worker sees it, or -1 if it does not. The W workers of a group see nearly the same
 tokens, so a kernel can load each source tile once for the whole group.
 
@@ -31,7 +31,7 @@ Shared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # rows, starts, 
 
 @dataclass(frozen=True)
 class SeqView:
-    """One sequence of a batch: its rows, its group and slot, and its view.
+    """One sequence of a batch: its rows, its group and worker, and its view.
 
     ``first_home``: home position of its first query row (rows are consecutive tokens).
     ``fragments``: ``(block-table row, home start, home end, view offset)`` tuples.
@@ -41,7 +41,7 @@ class SeqView:
     """
 
     group: int
-    slot: int
+    worker: int
     num_rows: int
     first_home: int
     fragments: Sequence[tuple[int, int, int, int]]
@@ -60,7 +60,7 @@ class FragmentTable:
 
     query_start_loc: torch.Tensor  # [S+1]
     seq_group: torch.Tensor  # [S]
-    seq_slot: torch.Tensor  # [S]
+    seq_worker: torch.Tensor  # [S]
     q_pos: torch.Tensor  # [T] home position of each query row (vLLM rotated q there)
     q_view: torch.Tensor  # [T] view position of each query row
     group_src_ptr: torch.Tensor  # [G+1] sources of group g: [ptr[g], ptr[g+1])
@@ -68,8 +68,8 @@ class FragmentTable:
     src_row: torch.Tensor  # [NS]
     src_start: torch.Tensor  # [NS]
     src_end: torch.Tensor  # [NS]
-    src_offset: torch.Tensor  # [NS, max_slots], -1: not in that slot's view
-    max_slots: int
+    src_offset: torch.Tensor  # [NS, max_workers], -1: not in that worker's view
+    max_workers: int
     max_rows: int  # most query rows of one sequence
 
     @property
@@ -103,24 +103,24 @@ def tensors_to(obj, device: torch.device | str):
     return type(obj)(**fields)
 
 
-def _group_sources(views: list[SeqView], num_slots: int) -> tuple[list[tuple[int, int, int, list[int]]], int]:
+def _group_sources(views: list[SeqView], num_workers: int) -> tuple[list[tuple[int, int, int, list[int]]], int]:
     """Cut the group's fragments at common boundaries and merge identical pieces; the
     shared ones first, and how many they are.
 
     A fragment that every view holds at the same offset (the prompt, or a history not
     handed over as ``SeqView.shared``) is already shared: it becomes one source as it
-    is, with that offset for every slot. Only the other fragments are cut and matched,
+    is, with that offset for every worker. Only the other fragments are cut and matched,
     view by view, so the per-step cost stays near the number of distinct fragments, not
     W times it."""
     counts = Counter(f for v in views for f in set(v.fragments))
     everywhere = {f for f, n in counts.items() if n == len(views)}
-    slots = [v.slot for v in views]
+    workers = [v.worker for v in views]
     sources: list[tuple[int, int, int, list[int]]] = []
     for row, start, end, offset in sorted(everywhere, key=lambda f: f[3]):
         if end > start:
-            seen_at = [-1] * num_slots
-            for slot in slots:
-                seen_at[slot] = offset
+            seen_at = [-1] * num_workers
+            for w in workers:
+                seen_at[w] = offset
             sources.append((row, start, end, seen_at))
     rest = [[f for f in v.fragments if f not in everywhere] for v in views]
     cut_sets: dict[int, set[int]] = {}
@@ -141,10 +141,10 @@ def _group_sources(views: list[SeqView], num_slots: int) -> tuple[list[tuple[int
                 key = key3 + (occurrence,)
                 if key not in index:
                     index[key] = len(sources)
-                    sources.append((row, a, b, [-1] * num_slots))
-                sources[index[key]][3][v.slot] = offset + (a - start)
+                    sources.append((row, a, b, [-1] * num_workers))
+                sources[index[key]][3][v.worker] = offset + (a - start)
     # Pieces that every view holds at one offset (cut out of different fragments) are shared too.
-    alike = [seen_at[slots[0]] >= 0 and all(seen_at[slot] == seen_at[slots[0]] for slot in slots)
+    alike = [seen_at[workers[0]] >= 0 and all(seen_at[w] == seen_at[workers[0]] for w in workers)
              for _, _, _, seen_at in sources]
     return [x for x, a in zip(sources, alike) if a] + [x for x, a in zip(sources, alike) if not a], sum(alike)
 
@@ -153,29 +153,29 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
     """The table for a batch whose sequences are ``views``, in batch order."""
     groups = sorted({v.group for v in views})
     group_index = {g: i for i, g in enumerate(groups)}
-    max_slots = max((v.slot + 1 for v in views), default=1)
+    max_workers = max((v.worker + 1 for v in views), default=1)
     by_group: dict[int, list[SeqView]] = {g: [] for g in groups}
     for v in views:
         by_group[v.group].append(v)
-    ptr, num_shared, parts = [0], [], []  # parts: [3 + max_slots, n] int arrays
+    ptr, num_shared, parts = [0], [], []  # parts: [3 + max_workers, n] int arrays
     for g in groups:
         members = by_group[g]
         given = members[0].shared
         if any(v.shared is not given for v in members):
             raise ValueError(f"the sequences of group {g} must hand over one and the same `shared` object")
-        sources, found = _group_sources(members, max_slots)
+        sources, found = _group_sources(members, max_workers)
         cols = np.array([(row, start, end, *offs) for row, start, end, offs in sources],
-                        dtype=np.int64).reshape(-1, 3 + max_slots).T
+                        dtype=np.int64).reshape(-1, 3 + max_workers).T
         group_parts = [cols[:, :found]]
         if given is not None:
-            seen_at = np.full((max_slots, given[0].size), -1, dtype=np.int64)
-            seen_at[[v.slot for v in members]] = given[3]
+            seen_at = np.full((max_workers, given[0].size), -1, dtype=np.int64)
+            seen_at[[v.worker for v in members]] = given[3]
             group_parts.append(np.concatenate([np.stack(given[:3]), seen_at]))
         group_parts.append(cols[:, found:])
         parts += group_parts
         num_shared.append(found + (0 if given is None else given[0].size))
         ptr.append(ptr[-1] + sum(p.shape[1] for p in group_parts))
-    src = np.concatenate(parts, axis=1) if parts else np.zeros((3 + max_slots, 0), dtype=np.int64)
+    src = np.concatenate(parts, axis=1) if parts else np.zeros((3 + max_workers, 0), dtype=np.int64)
     qsl = [0]
     for v in views:
         if len(v.view_positions) != v.num_rows:
@@ -185,7 +185,7 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
     table = FragmentTable(
         query_start_loc=int32s(qsl),
         seq_group=int32s([group_index[v.group] for v in views]),
-        seq_slot=int32s([v.slot for v in views]),
+        seq_worker=int32s([v.worker for v in views]),
         q_pos=int32s([v.first_home + i for v in views for i in range(v.num_rows)]),
         q_view=int32s([p for v in views for p in v.view_positions]),
         group_src_ptr=int32s(ptr),
@@ -194,7 +194,7 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
         src_start=int32s(src[1]),
         src_end=int32s(src[2]),
         src_offset=int32s(src[3:].T),
-        max_slots=max_slots,
+        max_workers=max_workers,
         max_rows=max((v.num_rows for v in views), default=0),
     )
     return table.to(device)

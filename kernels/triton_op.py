@@ -140,7 +140,7 @@ def _load_kv(k_ptr, v_ptr, blk, within, key_ok, kv_head, dim_p, pass_ok, dv, dv_
 
 @triton.jit
 def _map_shared_keys_kernel(bt_ptr, src_pack_ptr, src_row_ptr, src_start_ptr, src_off_ptr, keys_ptr,
-                            num_keys, num_sources, max_slots, search_steps, stride_bt,
+                            num_keys, num_sources, max_workers, search_steps, stride_bt,
                             BLOCK_SIZE: tl.constexpr, BLOCK: tl.constexpr):
     """For each packed shared key: its cache slot, view position and shift (view - home)."""
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -157,8 +157,8 @@ def _map_shared_keys_kernel(bt_ptr, src_pack_ptr, src_row_ptr, src_start_ptr, sr
     start = tl.load(src_start_ptr + lo, mask=ok, other=0)
     home = start + into
     offset = tl.zeros([BLOCK], tl.int32) - 1
-    for j in range(max_slots):  # every slot that sees a shared source sees it at one offset
-        offset = tl.maximum(offset, tl.load(src_off_ptr + lo * max_slots + j, mask=ok, other=-1))
+    for j in range(max_workers):  # every worker that sees a shared source sees it at one offset
+        offset = tl.maximum(offset, tl.load(src_off_ptr + lo * max_workers + j, mask=ok, other=-1))
     row = tl.load(src_row_ptr + lo, mask=ok, other=0)
     blk = tl.load(bt_ptr + row * stride_bt + home // BLOCK_SIZE, mask=ok, other=0)
     tl.store(keys_ptr + p, blk * BLOCK_SIZE + home % BLOCK_SIZE, mask=ok)
@@ -190,12 +190,12 @@ def _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC: tl.constexpr)
 @triton.jit
 def _fragment_attn_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr, lock_ptr,
-    inv_freq_ptr, q_pos_ptr, q_view_ptr, row_slot_ptr,
+    inv_freq_ptr, q_pos_ptr, q_view_ptr, row_worker_ptr,
     qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr,
     kvt_ptr_ptr, kvt_src_ptr, src_tile_ptr, grp_pack_ptr, grp_shared_tiles_ptr, keys_ptr,
     src_row_ptr, src_start_ptr, src_end_ptr, src_off_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_bt, stride_ot, stride_oh, max_slots, num_keys, scale_log2, num_splits,
+    stride_bt, stride_ot, stride_oh, max_workers, num_keys, scale_log2, num_splits,
     BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
     HALF: tl.constexpr, PASS_P: tl.constexpr, IS_NEOX: tl.constexpr, IEEE: tl.constexpr,
@@ -212,7 +212,7 @@ def _fragment_attn_kernel(
                                                batch_rows_ptr, qt, kv_head, GROUP, GROUP_P, BLOCK_M)
     pos = tl.load(q_pos_ptr + tok, mask=row_ok, other=0)
     view = tl.load(q_view_ptr + tok, mask=row_ok, other=0)
-    slot = tl.load(row_slot_ptr + tok, mask=row_ok, other=0)
+    worker = tl.load(row_worker_ptr + tok, mask=row_ok, other=0)
 
     # Rotary pairs (a, b) and the dimensions past rotary_dim.
     dim_p = 2 * HALF + tl.arange(0, PASS_P)
@@ -287,7 +287,7 @@ def _fragment_attn_kernel(
         s_start = tl.load(src_start_ptr + src)
         s_end = tl.load(src_end_ptr + src)
         bt_row = tl.load(src_row_ptr + src)
-        offset = tl.load(src_off_ptr + src * max_slots + slot, mask=row_ok, other=-1)
+        offset = tl.load(src_off_ptr + src * max_workers + worker, mask=row_ok, other=-1)
         shift = offset - s_start
         qa_r, qb_r = _rotate(qa, qb, ((view - pos) - shift).to(tl.float32)[:, None] * inv_freq[None, :])
         qa_r = qa_r.to(DT)
@@ -358,7 +358,7 @@ def _merge_splits_kernel(
 class LaunchPlan:
     """Per-step launch tensors derived from a FragmentTable; reused by every layer."""
 
-    row_slot: torch.Tensor
+    row_worker: torch.Tensor
     group_rows: torch.Tensor  # table rows, grouped
     row_out: torch.Tensor  # where each table row sits in q and out
     batch_rows: torch.Tensor  # row_out[group_rows], kept to spare the kernel a dependent load
@@ -399,7 +399,7 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     device = table.query_start_loc.device
     qsl = table.query_start_loc.cpu().numpy().astype(np.int64)
     counts = qsl[1:] - qsl[:-1]
-    row_slot = np.repeat(table.seq_slot.cpu().numpy(), counts)
+    row_worker = np.repeat(table.seq_worker.cpu().numpy(), counts)
     row_group = np.repeat(table.seq_group.cpu().numpy(), counts)
     group_rows = np.argsort(row_group, kind="stable")
     if row_index is not None and tuple(row_index.shape) != group_rows.shape:
@@ -441,7 +441,7 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     per_group = kvt_ptr[1:] - kvt_ptr[:-1]
 
     launch = LaunchPlan(
-        *map(int32s, (row_slot, group_rows, row_out, row_out[group_rows], qt_group, qt_start, qt_end, kvt_ptr,
+        *map(int32s, (row_worker, group_rows, row_out, row_out[group_rows], qt_group, qt_start, qt_end, kvt_ptr,
                       kvt_src, src_tile, src_pack, grp_pack, shared_tiles)),
         int(src_pack[-1]), block_m, block_n, int(per_group.max()) if per_group.size else 0,
     )
@@ -463,7 +463,7 @@ def map_shared_keys(table: FragmentTable, launch: LaunchPlan, block_table: torch
         num_sources = table.src_row.numel()
         _map_shared_keys_kernel[(triton.cdiv(num_keys, block),)](
             block_table, launch.src_pack, table.src_row, table.src_start, table.src_offset, keys,
-            num_keys, num_sources, table.max_slots, num_sources.bit_length(), block_table.stride(0),
+            num_keys, num_sources, table.max_workers, num_sources.bit_length(), block_table.stride(0),
             BLOCK_SIZE=block_size, BLOCK=block,
         )
     return keys
@@ -577,13 +577,13 @@ def fragment_attention(
     counters = _split_counters(q.device, num_qt * num_kv_heads) if fused_merge else out
     _fragment_attn_kernel[(num_qt, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_table, out, ws_acc, ws_ml, counters,
-        inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_slot,
+        inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_worker,
         launch.qt_group, launch.qt_start, launch.qt_end, launch.group_rows, launch.batch_rows,
         launch.kvt_ptr, launch.kvt_src, launch.src_tile, launch.grp_pack, launch.grp_shared_tiles, keys,
         table.src_row, table.src_start, table.src_end, table.src_offset,
         q.stride(0), q.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_table.stride(0), out.stride(0), out.stride(1), table.max_slots, launch.num_shared_keys,
+        block_table.stride(0), out.stride(0), out.stride(1), table.max_workers, launch.num_shared_keys,
         scale * 1.4426950408889634, num_splits,
         BLOCK_SIZE=key_cache.shape[1], GROUP=group, GROUP_P=_next_pow2(group),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,

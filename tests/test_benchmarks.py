@@ -161,9 +161,11 @@ def test_accuracy_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_serving_smoke(tmp_path):
-    from servers import running_server
+    from servers import CHATML, running_server
 
-    with running_server(model_path("llama"), tmp_path) as base:
+    template = tmp_path / "chatml.jinja"
+    template.write_text(CHATML)
+    with running_server(model_path("llama"), tmp_path, "--chat-template", str(template)) as base:
         report = serving.main(["--base-url", base, "--problems", _two_problems(tmp_path), "--num-requests", "6",
                                "--rate", "inf", "--hogwild-share", "0.5", "--workers", "2", "--max-tokens", "64",
                                "--out", str(tmp_path / "serve")])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engines import engine, scheduler, tokenizer
-from test_oracle import NAMES, PROMPT, prompt_ids
+from runs import NAMES, PROMPT, prompt_ids
 from vllm_hogwild.worker_requests import group_of
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hogwild_kernels import build, fragment_attention
+from hogwild_kernels import build
+from hogwild_kernels.reference import fragment_attention
 from hogwild_kernels import cpu_op, triton_op
 from paged import inv_freq_for, naive_attention, random_cache, random_views
 

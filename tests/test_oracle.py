@@ -5,62 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines import decoder, engine, hf_model, output_dict, tokenizer
+from engines import decoder, engine, hf_model, tokenizer
 from oracle import Oracle
+from runs import BOUNDARY, NAMES, assert_matches, hogwild, prompt_ids
 from vllm_hogwild.steps import BoundaryRule
-
-NAMES = ["Alice:", " Bob says", " Carol", "Dave thinks we"]
-PROMPT = "Alice and Bob solve problems together. Let x be the unknown."
-# A boundary the tiny random models emit often, so that steps commit and move around.
-BOUNDARY = "e"
-
-
-def group_params(workers: int, layout: str, max_tokens: int = 10, stop: tuple[int, ...] = (),
-                 prefixes: list[str] | None = None) -> dict:
-    """SamplingParams keyword arguments of a greedy group (plain data: also sent to other processes)."""
-    prefixes = NAMES[:workers] if prefixes is None else prefixes
-    return dict(temperature=0, max_tokens=max_tokens, logprobs=5, stop_token_ids=list(stop),
-                extra_args={"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_boundary": BOUNDARY,
-                            "hogwild_boundary_sentence": False, "hogwild_prefixes": prefixes})
-
-
-def oracle_runs(family: str, prompt_ids: list[int], workers: int, layout: str, max_tokens: int = 10,
-                stop: tuple[int, ...] = (), prefixes: list[str] | None = None):
-    """What the group of ``group_params`` must produce, by recomputation."""
-    prefixes = NAMES[:workers] if prefixes is None else prefixes
-    tok = tokenizer(family)
-    prefix_ids = [tok.encode(p, add_special_tokens=False) for p in prefixes]
-    oracle = Oracle(hf_model(family), decoder(family), layout, BoundaryRule(BOUNDARY, False),
-                    prompt_ids, prefix_ids, max_tokens, set(stop))
-    return oracle.run()
-
-
-def hogwild(family: str, prompt_ids: list[int], workers: int, layout: str, max_tokens: int = 10,
-            stop: tuple[int, ...] = (), prefixes: list[str] | None = None):
-    """Run vLLM and the oracle on the same group; return (vLLM outputs, oracle runs)."""
-    from vllm import SamplingParams, TokensPrompt
-
-    params = SamplingParams(**group_params(workers, layout, max_tokens, stop, prefixes))
-    out = engine(family).generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)[0]
-    return out, oracle_runs(family, prompt_ids, workers, layout, max_tokens, stop, prefixes)
-
-
-def assert_matches(out, runs) -> None:
-    """Tokens equal and logprobs within 1e-4; ``out`` a RequestOutput or its ``output_dict``."""
-    outputs = (out if isinstance(out, dict) else output_dict(out))["outputs"]
-    assert len(outputs) == len(runs)
-    for w, (got, want) in enumerate(zip(outputs, runs)):
-        assert got["index"] == w
-        assert got["token_ids"] == want.generated, f"worker {w} tokens differ"
-        for step, (lp, ref) in enumerate(zip(got["logprobs"], want.logprobs)):
-            for token, logprob in lp.items():
-                expect = float(ref[token])
-                assert abs(logprob - expect) <= 1e-4 * max(1.0, abs(expect)), (w, step, token)
-
-
-def prompt_ids(family: str, text: str = PROMPT) -> list[int]:
-    return tokenizer(family).encode(text, add_special_tokens=False)
-
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "llama3-scaled"])
 @pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from engines import decoder, engine, hf_model, tokenizer
-from oracle import Oracle
-from test_oracle import assert_matches
+from runs import assert_matches, protocol_run
 from vllm_hogwild import prompts
 from vllm_hogwild.params import parse
 from vllm_hogwild.protocol import FREE, Action, GroupProtocol, ProtocolConfig
 from vllm_hogwild.steps import BoundaryRule
 
-PROBLEM = "Let x be the unknown. Then 2x + 3 = 11."
 
 # ---------------------------------------------------------------- texts
 
@@ -233,42 +230,6 @@ def test_worker_zero_aborted_stops_the_others_without_answer():
 
 
 # ---------------------------------------------------------------- in vLLM, against the oracle
-
-# Random models rarely end sentences: steps end at any token with a space.
-RULE = BoundaryRule(" ", False)
-
-
-def protocol_flags(workers: int, layout: str) -> dict:
-    return {"hogwild_workers": workers, "hogwild_layout": layout, "hogwild_protocol": True,
-            "hogwild_boundary": RULE.marker, "hogwild_boundary_sentence": RULE.sentence,
-            "hogwild_check_tokens": 5, "hogwild_answer_tokens": 3}
-
-
-def protocol_oracle(family: str, workers: int, layout: str, max_tokens: int):
-    """(prompt ids, oracle runs) of PROBLEM under ``protocol_flags``."""
-    tok = tokenizer(family)
-    names = list(prompts.NAMES[:workers])
-    prompt = tok.encode(prompts.prompt_text(prompts.PRESETS["plain"], layout, names, PROBLEM))
-    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
-    config = parse(protocol_flags(workers, layout)).protocol
-    proto = GroupProtocol(config, enc, decoder(family), {tok.eos_token_id}, max_tokens)
-    framing = [(name, enc(text)) for name, text in prompts.framing(layout, names)]
-    oracle = Oracle(hf_model(family), decoder(family), layout, RULE, prompt,
-                    [enc(prompts.first_step(n, w)) for w, n in enumerate(names)], max_tokens,
-                    {tok.eos_token_id}, framing, proto)
-    return prompt, oracle.run()
-
-
-def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80):
-    from vllm import SamplingParams
-
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=3,
-                            extra_args=protocol_flags(workers, layout))
-    out = engine(family).generate([PROBLEM], params, use_tqdm=False)[0]
-    prompt, runs = protocol_oracle(family, workers, layout, max_tokens)
-    assert list(out.prompt_token_ids) == prompt
-    return out, runs
-
 
 @pytest.mark.parametrize("family,layout,workers,checks", [
     ("llama", "combined", 3, True), ("qwen3", "interleaved", 2, True), ("qwen2", "contiguous", 2, False),

@@ -9,11 +9,9 @@ import urllib.request
 import pytest
 
 from engines import engine, model_path
-from servers import running_server
+from servers import CHATML, running_server
 from vllm_hogwild import prompts
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 PROTOCOL = {"hogwild_workers": 2, "hogwild_protocol": True, "hogwild_answer_tokens": 4}
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from engines import hf_model
-from test_oracle import assert_matches, group_params, oracle_runs, prompt_ids
-from test_protocol import PROBLEM, protocol_flags, protocol_oracle
+from runs import (PROBLEM, assert_matches, group_params, oracle_runs, prompt_ids, protocol_flags,
+                  protocol_oracle)
 from vllm_hogwild import prompts
 
 pytestmark = pytest.mark.slow

@@ -78,7 +78,7 @@ def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Ten
         padded = torch.zeros(table.shape[0], width, dtype=table.dtype, device=table.device)
         padded[:, : table.shape[1]] = table
         table = torch.cat([padded, extra.to(table.device, non_blocking=True)])
-    views = [SeqView(s.group, s.slot, s.num_rows, s.first_home, s.fragments, s.view_positions, s.shared)
+    views = [SeqView(s.group, s.worker, s.num_rows, s.first_home, s.fragments, s.view_positions, s.shared)
              for s in plan.seqs]
     return StepRows(rows, views, table, rows.numel() == num_tokens)
 
@@ -89,15 +89,15 @@ class HogwildForward:
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
                 output_scale=None, output_block_scale=None) -> torch.Tensor:
-        hog = getattr(attn_metadata, "hogwild", None)
-        if hog is None or not hog.all_rows:
+        hogwild = getattr(attn_metadata, "hogwild", None)
+        if hogwild is None or not hogwild.all_rows:
             super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                             output_scale, output_block_scale)
-        if hog is not None:
-            self._hogwild(query, kv_cache, hog, output_scale, output.view(-1, self.num_heads, self.head_size))
+        if hogwild is not None:
+            self._hogwild(query, kv_cache, hogwild, output_scale, output.view(-1, self.num_heads, self.head_size))
         return output
 
-    def _hogwild(self, query: torch.Tensor, kv_cache: torch.Tensor, hog, output_scale,
+    def _hogwild(self, query: torch.Tensor, kv_cache: torch.Tensor, hogwild, output_scale,
                  output: torch.Tensor) -> None:
         """Write the step's hogwild rows of ``output [tokens, heads, head_size]``."""
         raise NotImplementedError

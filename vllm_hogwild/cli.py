@@ -18,6 +18,8 @@ DEFAULT_PROBLEM = (
     "A farmer has 12 cows. She buys 5 more cows, then sells 4 of them. "
     "How many cows does the farmer have now?"
 )
+
+
 def demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from rich.console import Console

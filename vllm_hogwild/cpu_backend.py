@@ -71,9 +71,9 @@ def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows
 
 
 class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
-    def _hogwild(self, query, kv_cache, hog, output_scale, output) -> None:
+    def _hogwild(self, query, kv_cache, hogwild, output_scale, output) -> None:
         keys, values = cpu_caches(kv_cache)
-        cpu_op.fragment_attention(query, keys, values, hog.prepared, self.scale, out=output)
+        cpu_op.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output)
 
 
 class HogwildCPUBackend(CPUAttentionBackend):

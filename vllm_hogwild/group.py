@@ -1,6 +1,6 @@
 """A hogwild group over time: which tokens are written, which steps are committed.
 
-Pure Python. The vLLM glue (and the recompute oracle in the tests) drive it the same
+Pure Python. The model-runner hook (and the recompute oracle in the tests) drive it the same
 way, once per engine step:
 
 1. ``commit_written(texts)``: the texts of tokens whose keys were written by the

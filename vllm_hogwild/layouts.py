@@ -1,10 +1,10 @@
-"""Layouts: who sees which cached tokens, in which order (DESIGN.md section 3).
+"""Layouts: who sees which cached tokens, in which order (docs/design.md, section 2).
 
 A layout is a pure function from a group's state to one worker's *view*: an ordered
 list of fragments, each a run of one worker's cached tokens (home positions
 ``[start, end)`` in that worker's request) placed at a view offset. No torch, no vLLM.
 
-Where the tokens live (see ``requests.py``): worker 0's request holds the shared prompt
+Where the tokens live (``worker_requests.py``): worker 0's request holds the shared prompt
 ``[0, P)``, then the framing blocks, then its own stream. Every other worker's request
 starts with its own copy of the prompt's last token (home 0), then its own stream. So
 every view begins with worker 0's ``[0, P-1)`` followed by the viewer's own copy of the

@@ -129,11 +129,11 @@ def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
     return HogwildParams(workers, layout, rule, prefixes, protocol, preset)
 
 
-def to_plain(hog: HogwildParams) -> dict[str, Any]:
+def to_plain(flag: HogwildParams) -> dict[str, Any]:
     """A validated request as plain data (what crosses vLLM's process boundaries)."""
-    protocol = hog.protocol
-    return {"workers": hog.workers, "layout": hog.layout, "boundary": hog.boundary.marker,
-            "sentence": hog.boundary.sentence, "prefixes": list(hog.prefixes), "preset": hog.preset,
+    protocol = flag.protocol
+    return {"workers": flag.workers, "layout": flag.layout, "boundary": flag.boundary.marker,
+            "sentence": flag.boundary.sentence, "prefixes": list(flag.prefixes), "preset": flag.preset,
             "protocol": None if protocol is None else {
                 "names": list(protocol.names), "check_tokens": protocol.check_tokens,
                 "answer_tokens": protocol.answer_tokens}}

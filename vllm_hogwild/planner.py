@@ -1,6 +1,6 @@
 """Per-step planning on the model-runner side: batch rows to fragment views.
 
-Pure Python (no torch, no vLLM). The runner glue registers each worker request when it
+Pure Python (no torch, no vLLM). The model-runner hook registers each worker request when it
 first appears, marks it finished when vLLM drops it, and once per step asks for a plan:
 for every batch row of a hogwild worker, its view as (source row, start, end, offset)
 fragments. A source row is the batch row of a worker still running, or an *extra* row
@@ -31,7 +31,7 @@ class SeqPlan:
     ``fragments``, the rest of the view."""
 
     group: int
-    slot: int
+    worker: int
     num_rows: int
     first_home: int
     fragments: list[tuple[int, int, int, int]]
@@ -39,7 +39,7 @@ class SeqPlan:
     shared: Shared | None = None
 
 
-class RequestState(Protocol):
+class RunnerRequest(Protocol):
     """What the planner reads of a worker's request (vLLM's CachedRequestState)."""
 
     prompt_token_ids: list[int]
@@ -49,7 +49,7 @@ class RequestState(Protocol):
 
 @dataclass
 class _Member:
-    state: RequestState
+    state: RunnerRequest
     worker: int
     written: int = 0  # tokens with keys in the cache after its last scheduled step
     finished: bool = False
@@ -93,7 +93,7 @@ class StepPlan:
     extra_blocks: list[list[int]]
 
 
-def _tokens(state: RequestState, start: int, end: int) -> list[int]:
+def _tokens(state: RunnerRequest, start: int, end: int) -> list[int]:
     """Tokens ``[start, end)`` of a request, without copying the whole (growing) request."""
     prompt = state.prompt_token_ids
     n = len(prompt)
@@ -121,17 +121,17 @@ class Planner:
     def __bool__(self) -> bool:
         return bool(self._groups)
 
-    def add(self, req_id: str, stamp: WorkerStamp, state: RequestState) -> None:
+    def add(self, req_id: str, stamp: WorkerStamp, state: RunnerRequest) -> None:
         """Register a worker request; its group starts once all W workers are known."""
-        hog, key = stamp.hog, stamp.group
+        flag, key = stamp.flag, stamp.group
         pending = self._pending.setdefault(key, {})
         pending[req_id] = _Member(state, stamp.worker)
-        if len(pending) < hog.workers:
+        if len(pending) < flag.workers:
             return
         del self._pending[key]
-        starts = stream_starts(stamp.prompt_len, stamp.framing, hog.workers)
+        starts = stream_starts(stamp.prompt_len, stamp.framing, flag.workers)
         framing = framing_spans(stamp.prompt_len, stamp.framing)
-        tracker = GroupTracker(hog.layout, hog.boundary, stamp.prompt_len, starts, framing)
+        tracker = GroupTracker(flag.layout, flag.boundary, stamp.prompt_len, starts, framing)
         self._groups[key] = _Group(tracker, pending)
         self._group_of.update((rid, key) for rid in pending)
 

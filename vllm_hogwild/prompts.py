@@ -1,4 +1,4 @@
-"""Every text the collaboration protocol writes (DESIGN.md section 8), in one place.
+"""Every text the collaboration protocol writes (docs/design.md, section 6), in one place.
 
 Our own wording of what the paper's authors did: one instruction before the problem,
 headings that frame each layout's sections, a header before every step of a worker

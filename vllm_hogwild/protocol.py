@@ -1,6 +1,6 @@
 """The collaboration protocol as a per-step decision: which token each worker must emit.
 
-Pure Python. The vLLM glue (a logits processor) and the recompute oracle in the tests
+Pure Python. The sampler hook (a logits processor) and the recompute oracle in the tests
 drive one ``GroupProtocol`` per group the same way: once per engine step, before
 sampling, with every running worker's output tokens so far. It answers, per worker,
 an ``Action``: sample freely, emit a forced token (step headers, the redundancy

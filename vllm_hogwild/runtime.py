@@ -1,6 +1,6 @@
 """Per-process state the backend reads: the model runner's planner and the model's RoPE.
 
-vLLM hands attention builders no request ids; the runner glue records the runner here
+vLLM hands attention builders no request ids; the model-runner hook records the runner here
 at every step, so the builder can map batch rows to hogwild workers. Token texts
 (step boundaries) and encodings (protocol texts) come from one cached tokenizer.
 """

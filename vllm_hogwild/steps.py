@@ -1,6 +1,6 @@
 """Step boundaries: when a worker's current step ends and joins the shared history.
 
-The paper's rule (DESIGN.md section 3): a step ends at a token that contains a paragraph
+The paper's rule (docs/design.md, section 3): a step ends at a token that contains a paragraph
 break when the text before the break ends a sentence and no code or math block is open.
 Pure Python: it sees token texts, never a tokenizer.
 """

@@ -50,17 +50,17 @@ def stream_starts(prompt_len: int, framing: Framing, workers: int) -> list[int]:
 
 @dataclass(frozen=True)
 class WorkerStamp:
-    """What a worker request is: worker ``worker`` of ``group``, under the flag ``hog``."""
+    """What a worker request is: worker ``worker`` of ``group``, under the flag ``flag``."""
 
     group: str
     worker: int
-    hog: HogwildParams
+    flag: HogwildParams
     prompt_len: int  # the shared prompt's tokens (with the protocol: its full prompt)
     prefix_ids: tuple[tuple[int, ...], ...]  # each worker's first text
     framing: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def plain(self) -> dict[str, Any]:
-        return {"group": self.group, "worker": self.worker, "hog": to_plain(self.hog), "prompt_len": self.prompt_len,
+        return {"group": self.group, "worker": self.worker, "flag": to_plain(self.flag), "prompt_len": self.prompt_len,
                 "prefix_ids": [list(p) for p in self.prefix_ids], "framing": [[n, list(ids)] for n, ids in self.framing]}
 
 
@@ -82,6 +82,6 @@ def stamp_of(params: Any) -> WorkerStamp | None:
     plain = extra.get(STAMP_KEY) if extra else None
     if plain is None:
         return None
-    return WorkerStamp(str(plain["group"]), int(plain["worker"]), from_plain(plain["hog"]), int(plain["prompt_len"]),
+    return WorkerStamp(str(plain["group"]), int(plain["worker"]), from_plain(plain["flag"]), int(plain["prompt_len"]),
                        tuple(tuple(p) for p in plain["prefix_ids"]),
                        tuple((n, tuple(ids)) for n, ids in plain["framing"]))

@@ -11,7 +11,8 @@ A hogwild request on its way through vLLM, and the module that hooks each stop:
 ``model_runner``   worker requests are registered with the planner (``planner.py``),
                    which the attention backends (``cpu_backend``, ``cuda_backend``) read
 ``sampler``        the protocol's forced and greedy tokens (a logits processor)
-``outputs``        the final answer on RequestOutput and HTTP; W choices when streaming
+``outputs``        the final answer on every RequestOutput of the group
+``serving``        HTTP: W choices, the final answers on responses, bad flags as 400s
 =================  ==============================================================
 
 Each module opens with the list of vLLM internals it patches. They are internals: the
@@ -57,9 +58,9 @@ def install() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     from vllm_hogwild.hooks import (command_line, data_parallel, engine_core, frontend, model_runner, outputs,
-                                    scheduler)
+                                    scheduler, serving)
 
-    for seam in (command_line, frontend, outputs, engine_core, data_parallel, scheduler, model_runner):
+    for seam in (command_line, frontend, outputs, serving, engine_core, data_parallel, scheduler, model_runner):
         seam.install()
     if current_platform.is_cpu():
         register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.cpu_backend.HogwildCPUBackend")

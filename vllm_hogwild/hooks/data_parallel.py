@@ -11,6 +11,7 @@ from vllm_hogwild import admission
 from vllm_hogwild.hooks.patching import group_of, wrap
 from vllm_hogwild.worker_requests import stamp_of
 
+
 def install() -> None:
     """Data parallel: all W worker requests of a group go to one engine.
 
@@ -38,7 +39,7 @@ def install() -> None:
                 request.data_parallel_rank = rank
                 return original(self, request)
             engine = original(self, request)
-            workers = stamp_of(request.sampling_params).hog.workers
+            workers = stamp_of(request.sampling_params).flag.workers
             if workers > 1:
                 placed[group] = (self.core_engines.index(engine), workers - 1, now)
             return engine

@@ -8,6 +8,7 @@ from __future__ import annotations
 from vllm_hogwild.hooks.patching import wrap
 from vllm_hogwild.worker_requests import stamp_of, worker_prompt
 
+
 def install() -> None:
     from vllm.v1.engine.core import EngineCore
 

@@ -70,13 +70,13 @@ def _check_model(model_config: Any) -> None:
         raise ValueError("hogwild_workers: sliding-window attention models are not supported")
 
 
-def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int],
+def _protocol_inputs(engine: Any, flag: Any, prompt_ids: list[int],
                      encode) -> tuple[list[int], list[list[int]], list]:
     """The protocol's prompt (instruction and layout heading around the user's text),
     each worker's first text, and worker 0's framing blocks, as token ids."""
     tokenizer = engine.tokenizer
-    names = list(hog.protocol.names)
-    preset_name = hog.preset
+    names = list(flag.protocol.names)
+    preset_name = flag.preset
     if preset_name == "auto":
         vocab = tokenizer.get_vocab()
         preset_name = prompts.auto_preset(engine.model_config.hf_config.model_type, vocab.__contains__)
@@ -84,94 +84,97 @@ def _protocol_inputs(engine: Any, hog: Any, prompt_ids: list[int],
     text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
     if not preset.user_open or preset.user_open not in text:
         text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
-    full = prompts.prompt_text(preset, hog.layout, names, text)
+    full = prompts.prompt_text(preset, flag.layout, names, text)
     ids = tokenizer.encode(full, add_special_tokens=preset.special_tokens)
     prefixes = [encode(prompts.first_step(n, w)) for w, n in enumerate(names)]
-    framing = [[name, encode(block)] for name, block in prompts.framing(hog.layout, names)]
+    framing = [[name, encode(block)] for name, block in prompts.framing(flag.layout, names)]
     return ids, prefixes, framing
 
 
-def _check_protocol(hog: Any, sp: Any, encode) -> None:
+def _check_protocol(flag: Any, sp: Any, encode) -> None:
     if not stop_tokens(sp):
         raise ValueError("ignore_eos: hogwild_protocol=true needs a stop token (its workers stop with "
                          "it); set ignore_eos=false or give stop_token_ids")
     closing = len(encode(prompts.CLOSING))
-    need = GroupProtocol.least_max_tokens(hog.protocol, closing)
+    need = GroupProtocol.least_max_tokens(flag.protocol, closing)
     if sp.max_tokens < need:
         raise ValueError(f"max_tokens: hogwild_protocol=true needs max_tokens >= {need} (the closing "
-                         f"sentence and up to hogwild_answer_tokens={hog.protocol.answer_tokens} answer "
+                         f"sentence and up to hogwild_answer_tokens={flag.protocol.answer_tokens} answer "
                          f"tokens), got {sp.max_tokens}")
 
 
 def install() -> None:
-    from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.engine.parallel_sampling import ParentRequest
 
-    def process_inputs(original):
-        def wrapper(self, request_id, prompt, params, *args, **kwargs):
-            extra = getattr(params, "extra_args", None)
-            if not isinstance(params, SamplingParams) or not is_hogwild(extra):
-                return original(self, request_id, prompt, params, *args, **kwargs)
-            try:
-                return hogwild_inputs(self, request_id, prompt, params, *args, **kwargs)
-            except ValueError as error:
-                if isinstance(error, HogwildRequestError):
-                    raise
-                raise HogwildRequestError(str(error), parameter=field_of(error)) from None
+    wrap(InputProcessor, "process_inputs", _process_inputs)
+    wrap(ParentRequest, "get_child_info", _get_child_info)
 
-        def hogwild_inputs(self, request_id, prompt, params, *args, **kwargs):
-            extra = params.extra_args
-            hog = parse(extra)
-            check_n(hog.workers, params.n)
-            _check_model(self.model_config)
-            _check_engine(self.vllm_config)
-            request = original(self, request_id, prompt, params, *args, **kwargs)
-            if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
-                raise ValueError("prompt: hogwild takes a non-empty text or token-id prompt (no embeddings or images)")
-            encode = runtime.encoder(self.model_config)
-            framing: list = []
-            if hog.protocol is not None:
-                request.prompt_token_ids, prefixes, framing = _protocol_inputs(
-                    self, hog, request.prompt_token_ids, encode)
-            else:
-                prefixes = [encode(p) for p in hog.prefixes] or [[] for _ in range(hog.workers)]
-            prompt_len = len(request.prompt_token_ids)
-            sp = request.sampling_params
-            sp.max_tokens = admission.check_lengths(
-                self.model_config.max_model_len, self.vllm_config.scheduler_config.max_num_batched_tokens,
-                params.max_tokens, prompt_len, [len(p) for p in prefixes], framing_length(framing))
-            if hog.protocol is not None:
-                _check_protocol(hog, sp, encode)
-            lengths = [len(worker_prompt(request.prompt_token_ids, framing, prefixes, w)) for w in range(hog.workers)]
-            cache = self.vllm_config.cache_config
-            admission.check_capacity(self.vllm_config.scheduler_config.max_num_seqs,
-                                     cache.num_gpu_blocks and cache.num_gpu_blocks - 1,  # less vLLM's null block
-                                     cache.block_size, lengths, sp.max_tokens)
-            # Worker 0 of a group named after the request: W=1 has no fan-out, and vLLM's
-            # fan-out stamps each child with its own index (get_child_info).
-            sp.extra_args = stamped(sp.extra_args, WorkerStamp(
-                request.request_id, 0, hog, prompt_len, tuple(map(tuple, prefixes)),
-                tuple((name, tuple(ids)) for name, ids in framing)))
-            sp.n = hog.workers
-            sp.skip_reading_prefix_cache = True
-            # A salt of its own keeps the group's blocks (whose keys depend on the other
-            # workers) out of every other request's prefix-cache hits.
-            request.cache_salt = f"hogwild-{uuid.uuid4().hex}"
-            return request
 
-        return wrapper
+def _process_inputs(original):
+    from vllm.sampling_params import SamplingParams
 
-    def get_child_info(original):
-        def wrapper(self, index: int):
-            child_id, params = original(self, index)
-            stamp = stamp_of(params)
-            if stamp is not None:
-                params = params.clone()
-                params.extra_args = stamped(params.extra_args, replace(stamp, group=self.request_id, worker=index))
-            return child_id, params
+    def wrapper(self, request_id, prompt, params, *args, **kwargs):
+        extra = getattr(params, "extra_args", None)
+        if not isinstance(params, SamplingParams) or not is_hogwild(extra):
+            return original(self, request_id, prompt, params, *args, **kwargs)
+        try:
+            return hogwild_inputs(self, request_id, prompt, params, *args, **kwargs)
+        except ValueError as error:
+            if isinstance(error, HogwildRequestError):
+                raise
+            raise HogwildRequestError(str(error), parameter=field_of(error)) from None
 
-        return wrapper
+    def hogwild_inputs(self, request_id, prompt, params, *args, **kwargs):
+        extra = params.extra_args
+        flag = parse(extra)
+        check_n(flag.workers, params.n)
+        _check_model(self.model_config)
+        _check_engine(self.vllm_config)
+        request = original(self, request_id, prompt, params, *args, **kwargs)
+        if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
+            raise ValueError("prompt: hogwild takes a non-empty text or token-id prompt (no embeddings or images)")
+        encode = runtime.encoder(self.model_config)
+        framing: list = []
+        if flag.protocol is not None:
+            request.prompt_token_ids, prefixes, framing = _protocol_inputs(
+                self, flag, request.prompt_token_ids, encode)
+        else:
+            prefixes = [encode(p) for p in flag.prefixes] or [[] for _ in range(flag.workers)]
+        prompt_len = len(request.prompt_token_ids)
+        sp = request.sampling_params
+        sp.max_tokens = admission.check_lengths(
+            self.model_config.max_model_len, self.vllm_config.scheduler_config.max_num_batched_tokens,
+            params.max_tokens, prompt_len, [len(p) for p in prefixes], framing_length(framing))
+        if flag.protocol is not None:
+            _check_protocol(flag, sp, encode)
+        lengths = [len(worker_prompt(request.prompt_token_ids, framing, prefixes, w)) for w in range(flag.workers)]
+        cache = self.vllm_config.cache_config
+        admission.check_capacity(self.vllm_config.scheduler_config.max_num_seqs,
+                                 cache.num_gpu_blocks and cache.num_gpu_blocks - 1,  # less vLLM's null block
+                                 cache.block_size, lengths, sp.max_tokens)
+        # Worker 0 of a group named after the request: W=1 has no fan-out, and vLLM's
+        # fan-out stamps each child with its own index (get_child_info).
+        sp.extra_args = stamped(sp.extra_args, WorkerStamp(
+            request.request_id, 0, flag, prompt_len, tuple(map(tuple, prefixes)),
+            tuple((name, tuple(ids)) for name, ids in framing)))
+        sp.n = flag.workers
+        sp.skip_reading_prefix_cache = True
+        # A salt of its own keeps the group's blocks (whose keys depend on the other
+        # workers) out of every other request's prefix-cache hits.
+        request.cache_salt = f"hogwild-{uuid.uuid4().hex}"
+        return request
 
-    wrap(InputProcessor, "process_inputs", process_inputs)
-    wrap(ParentRequest, "get_child_info", get_child_info)
+    return wrapper
+
+
+def _get_child_info(original):
+    def wrapper(self, index: int):
+        child_id, params = original(self, index)
+        stamp = stamp_of(params)
+        if stamp is not None:
+            params = params.clone()
+            params.extra_args = stamped(params.extra_args, replace(stamp, group=self.request_id, worker=index))
+        return child_id, params
+
+    return wrapper

@@ -9,6 +9,7 @@ from vllm_hogwild import runtime
 from vllm_hogwild.hooks.patching import wrap
 from vllm_hogwild.worker_requests import stamp_of
 
+
 def install() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 

@@ -16,6 +16,7 @@ from vllm_hogwild.hooks.patching import stop_tokens
 from vllm_hogwild.protocol import GroupProtocol
 from vllm_hogwild.worker_requests import stamp_of
 
+
 class HogwildLogitsProcessor(LogitsProcessor):
     """Applies the protocol's per-step ``Action``s (``protocol.py``) to the logits rows of
     hogwild workers; every other row is left alone. Loaded in every engine through the
@@ -47,7 +48,7 @@ class HogwildLogitsProcessor(LogitsProcessor):
         for index, params, _, output_ids in batch_update.added:
             self._rows.pop(index, None)
             stamp = stamp_of(params)
-            config = stamp.hog.protocol if stamp is not None else None
+            config = stamp.flag.protocol if stamp is not None else None
             if config is not None:
                 key = stamp.group
                 self._rows[index] = (key, stamp.worker, output_ids)

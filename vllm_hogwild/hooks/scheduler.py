@@ -23,67 +23,72 @@ from vllm_hogwild.worker_requests import stamp_of
 
 logger = init_logger(__name__)
 
+
 def install() -> None:
     from vllm.v1.core.sched.scheduler import Scheduler
+
+    wrap(Scheduler, "schedule", _schedule)
+    wrap(Scheduler, "_free_blocks", _free_blocks)
+    wrap(Scheduler, "update_from_output", _update_from_output)
+
+
+def _schedule(original):
     from vllm.v1.request import RequestStatus
 
-    def schedule(original):
-        def wrapper(self, *args, **kwargs):
-            groups: dict[str, list[Any]] = defaultdict(list)
-            for request in self.requests.values():
-                key = group_of(request)
-                if key is not None and not request.is_finished():
-                    groups[key].append(request)
-            _fail_unassembled(self, groups, RequestStatus)
-            if not groups:
-                return original(self, *args, **kwargs)
-            # Workers first: under KV pressure vLLM preempts from the back of `running`.
-            self.running.sort(key=lambda r: group_of(r) is None)
-            admitted, held = _admit(self, groups, RequestStatus.WAITING)
-            self.waiting.remove_requests(held + [r for key in admitted for r in groups[key]])
-            self.waiting.prepend_requests(reversed([r for key in admitted for r in groups[key]]))
-            try:
-                output = original(self, *args, **kwargs)
-            finally:
-                self.waiting.prepend_requests(held)
-            _check_whole(output, admitted, groups)
-            return output
-
-        return wrapper
-
-    def free_blocks(original):
-        def wrapper(self, request):
+    def wrapper(self, *args, **kwargs):
+        groups: dict[str, list[Any]] = defaultdict(list)
+        for request in self.requests.values():
             key = group_of(request)
-            if key is None or key in self.__dict__.get("_hogwild_failing", ()):
-                return original(self, request)
-            ended = self.__dict__.setdefault("_hogwild_ended", defaultdict(list))
-            ended[key].append(request)
-            if len(ended[key]) < stamp_of(request.sampling_params).hog.workers:
-                return None  # the others still read this worker's keys
-            for member in ended.pop(key):
-                original(self, member)
-            return None
+            if key is not None and not request.is_finished():
+                groups[key].append(request)
+        _fail_unassembled(self, groups, RequestStatus)
+        if not groups:
+            return original(self, *args, **kwargs)
+        # Workers first: under KV pressure vLLM preempts from the back of `running`.
+        self.running.sort(key=lambda r: group_of(r) is None)
+        admitted, held = _admit(self, groups, RequestStatus.WAITING)
+        self.waiting.remove_requests(held + [r for key in admitted for r in groups[key]])
+        self.waiting.prepend_requests(reversed([r for key in admitted for r in groups[key]]))
+        try:
+            output = original(self, *args, **kwargs)
+        finally:
+            self.waiting.prepend_requests(held)
+        _check_whole(output, admitted, groups)
+        return output
 
-        return wrapper
+    return wrapper
 
-    def update_from_output(original):
-        def wrapper(self, *args, **kwargs):
-            outputs = original(self, *args, **kwargs)
-            failed = self.__dict__.pop("_hogwild_failed", None)
-            if failed:
-                from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
 
-                for request in failed:
-                    outputs.setdefault(request.client_index, EngineCoreOutputs()).outputs.append(EngineCoreOutput(
-                        request_id=request.request_id, new_token_ids=[],
-                        finish_reason=request.get_finished_reason()))
-            return outputs
+def _free_blocks(original):
+    def wrapper(self, request):
+        key = group_of(request)
+        if key is None or key in self.__dict__.get("_hogwild_failing", ()):
+            return original(self, request)
+        ended = self.__dict__.setdefault("_hogwild_ended", defaultdict(list))
+        ended[key].append(request)
+        if len(ended[key]) < stamp_of(request.sampling_params).flag.workers:
+            return None  # the others still read this worker's keys
+        for member in ended.pop(key):
+            original(self, member)
+        return None
 
-        return wrapper
+    return wrapper
 
-    wrap(Scheduler, "schedule", schedule)
-    wrap(Scheduler, "_free_blocks", free_blocks)
-    wrap(Scheduler, "update_from_output", update_from_output)
+
+def _update_from_output(original):
+    def wrapper(self, *args, **kwargs):
+        outputs = original(self, *args, **kwargs)
+        failed = self.__dict__.pop("_hogwild_failed", None)
+        if failed:
+            from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
+
+            for request in failed:
+                outputs.setdefault(request.client_index, EngineCoreOutputs()).outputs.append(EngineCoreOutput(
+                    request_id=request.request_id, new_token_ids=[],
+                    finish_reason=request.get_finished_reason()))
+        return outputs
+
+    return wrapper
 
 
 def _fail_unassembled(sched: Any, groups: dict[str, list[Any]], status: Any) -> None:
@@ -92,7 +97,7 @@ def _fail_unassembled(sched: Any, groups: dict[str, list[Any]], status: Any) -> 
     Its requests end with an error (HTTP 500); the cause goes to the engine's log."""
     now = time.time()
     for key, reqs in list(groups.items()):
-        workers = stamp_of(reqs[0].sampling_params).hog.workers
+        workers = stamp_of(reqs[0].sampling_params).flag.workers
         waited = now - min(r.arrival_time for r in reqs)
         # A group never admitted (all waiting) yet incomplete; once admitted, a group that
         # lost a worker has only seen it finish.
@@ -133,7 +138,7 @@ def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> tup
     admitted, held, blocked = [], [], False
     for key in waiting:
         reqs = sorted(groups[key], key=lambda r: stamp_of(r.sampling_params).worker)
-        complete = len(reqs) == stamp_of(reqs[0].sampling_params).hog.workers
+        complete = len(reqs) == stamp_of(reqs[0].sampling_params).flag.workers
         demand = GroupDemand(tuple(r.num_prompt_tokens for r in reqs), reqs[0].max_tokens)
         if not blocked and complete and capacity.take(demand):
             admitted.append(key)

@@ -1,9 +1,12 @@
-"""Data parallel: a group lives on one engine, and a group that cannot assemble fails.
+"""Several engines and ranks: data parallel, tensor parallel, and groups that cannot assemble.
 
 With ``--data-parallel-size 2`` vLLM's load balancer places each request of a fan-out on
 its own; the plugin sends every worker of a group to the engine its first worker went to.
 Should a group's workers still not all reach one scheduler, the group fails after
-``GROUP_ASSEMBLY_SECONDS`` instead of waiting forever.
+``GROUP_ASSEMBLY_SECONDS`` instead of waiting forever. With ``--tensor-parallel-size 2``
+each rank holds half of the KV heads, and the fragment op works head by head. Either way a
+group's greedy tokens equal one engine's. (On a 2-core machine each engine or rank gets a
+core of its own: ``VLLM_CPU_OMP_THREADS_BIND="0|1"``.)
 """
 
 from __future__ import annotations
@@ -74,34 +77,39 @@ def _engine_requests(base: str) -> dict[str, float]:
     return counts
 
 
+GROUPS = [({"hogwild_workers": 2 + i % 3, "hogwild_layout": ("combined", "interleaved", "contiguous")[i % 3]},
+           ("Each worker writes a step.", "Alice and Bob solve problems together.", "Let x be the unknown.",
+            "We plan the work, split it, and tell each other what we found.")[i % 4]) for i in range(9)]
+PLAIN = ["Each worker writes a step.", "Alice and Bob solve problems together.", "Let x be the unknown."]
+
+
 @pytest.mark.slow
-def test_groups_under_data_parallel_2_all_answer_and_equal_one_engine(tmp_path):
+@pytest.mark.parametrize("option", ["--data-parallel-size", "--tensor-parallel-size"])
+def test_groups_on_two_engines_or_ranks_all_answer_and_equal_one_engine(tmp_path, option):
+    """Groups (W 2..4, every layout) and plain requests at once, over HTTP: every request
+    answers, every group's and plain request's greedy tokens equal one engine's offline run,
+    and with data parallel both engines served groups."""
     from vllm import SamplingParams
 
-    prompts = ["Each worker writes a step.", "Alice and Bob solve problems together.", "Let x be the unknown.",
-               "We plan the work, split it, and tell each other what we found."]
-    groups = [({"hogwild_workers": 2 + i % 3, "hogwild_layout": ("combined", "interleaved", "contiguous")[i % 3]},
-               prompts[i % len(prompts)]) for i in range(9)]
-    plain = prompts[:3]
-    with running_server(model_path("llama"), tmp_path, "--data-parallel-size", "2",
-                        env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) as base:
+    with running_server(model_path("llama"), tmp_path, option, "2", env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) as base:
         with ThreadPoolExecutor(12) as pool:
             group_futures = [pool.submit(_post, base, {"prompt": p, "max_tokens": 12, "vllm_xargs": x})
-                             for x, p in groups]
-            plain_futures = [pool.submit(_post, base, {"prompt": p, "max_tokens": 12}) for p in plain]
+                             for x, p in GROUPS]
+            plain_futures = [pool.submit(_post, base, {"prompt": p, "max_tokens": 12}) for p in PLAIN]
             served = [f.result() for f in group_futures]
             plain_served = [f.result() for f in plain_futures]
         per_engine = _engine_requests(base)
     offline = engine("llama")
-    for (flags, prompt), body in zip(groups, served):
+    for (flags, prompt), body in zip(GROUPS, served):
         want = offline.generate([prompt], SamplingParams(temperature=0, max_tokens=12, extra_args=flags),
                                 use_tqdm=False)[0]
         assert [c["text"] for c in body["choices"]] == [o.text for o in want.outputs], flags
-    for prompt, body in zip(plain, plain_served):
+    for prompt, body in zip(PLAIN, plain_served):
         want = offline.generate([prompt], SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)[0]
         assert [c["text"] for c in body["choices"]] == [want.outputs[0].text]
-    # Each engine finished more requests than the plain ones: both served groups.
-    assert set(per_engine) == {"0", "1"} and all(n > len(plain) for n in per_engine.values()), per_engine
+    if option == "--data-parallel-size":
+        # Each engine finished more requests than the plain ones: both served groups.
+        assert set(per_engine) == {"0", "1"} and all(n > len(PLAIN) for n in per_engine.values()), per_engine
 
 
 def test_a_running_group_that_lost_a_worker_is_never_failed(monkeypatch):

@@ -1,0 +1,118 @@
+"""HTTP: W choices per hogwild request, the final answers on responses, bad flags as 400s.
+
+Patches ``OpenAIServingCompletion.create_completion``,
+``OpenAIServingCompletion.request_output_to_completion_response``,
+``OpenAIServingCompletion.completion_stream_generator``, ``OpenAIServingChat.create_chat_completion``,
+``OpenAIServingChat.chat_completion_full_generator`` and
+``OpenAIServingChat.chat_completion_stream_generator``.
+
+Responses carry ``"hogwild": {"final_answers": [...]}`` (one per prompt); a stream sends it as
+one more chunk (no choices) before ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+from vllm_hogwild.hooks.frontend import check_n
+from vllm_hogwild.hooks.patching import wrap
+from vllm_hogwild.params import field_of, is_hogwild, parse
+
+
+def install() -> None:
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+
+    wrap(OpenAIServingCompletion, "create_completion", _create)
+    wrap(OpenAIServingChat, "create_chat_completion", _create)
+    wrap(OpenAIServingCompletion, "request_output_to_completion_response", _completion_response)
+    wrap(OpenAIServingChat, "chat_completion_full_generator", _chat_full)
+    wrap(OpenAIServingCompletion, "completion_stream_generator", lambda f: _stream(f, "text_completion"))
+    wrap(OpenAIServingChat, "chat_completion_stream_generator", lambda f: _stream(f, "chat.completion.chunk"))
+
+
+def _create(original):
+    # A bad flag is a 400 before anything starts, streaming included.
+    async def wrapper(self, request, *args, **kwargs):
+        extra = getattr(request, "vllm_xargs", None)
+        if is_hogwild(extra):
+            try:
+                check_n(parse(extra).workers, request.n or 1)
+            except ValueError as error:
+                return self.create_error_response(str(error), param=field_of(error))
+        return await original(self, request, *args, **kwargs)
+
+    return wrapper
+
+
+def _completion_response(original):
+    def wrapper(self, final_res_batch, *args, **kwargs):
+        return _with_answers(original(self, final_res_batch, *args, **kwargs), final_res_batch)
+
+    return wrapper
+
+
+def _chat_full(original):
+    async def wrapper(self, request, result_generator, *args, **kwargs):
+        seen: list[Any] = []
+
+        async def tap():
+            async for res in result_generator:
+                seen.append(res)
+                yield res
+
+        response = await original(self, request, tap(), *args, **kwargs)
+        return _with_answers(response, seen[-1:])
+
+    return wrapper
+
+
+def _stream(original, chunk_object: str):
+    # The stream generators size their per-choice state from request.n; a hogwild
+    # request keeps n=1 (the flag fans it out), so they get a view with n=W. The
+    # final answers go out as one more chunk (no choices) before [DONE].
+    signature = inspect.signature(original)
+
+    def wrapper(self, request, *args, **kwargs):
+        bound = signature.bind(self, _with_worker_choices(request), *args, **kwargs)
+        answers: dict[int, Any] = {}
+
+        async def tap(results):
+            async for item in results:
+                index, res = item if isinstance(item, tuple) else (0, item)
+                if hasattr(res, "hogwild_final_answer"):
+                    answers[index] = res.hogwild_final_answer
+                yield item
+
+        bound.arguments["result_generator"] = tap(bound.arguments["result_generator"])
+
+        async def chunks():
+            async for chunk in original(*bound.args, **bound.kwargs):
+                if chunk.startswith("data: [DONE]") and answers:
+                    final = {"id": bound.arguments["request_id"], "object": chunk_object, "choices": [],
+                             "hogwild": {"final_answers": [answers.get(i) for i in range(max(answers) + 1)]}}
+                    yield f"data: {json.dumps(final)}\n\n"
+                yield chunk
+
+        return chunks()
+
+    return wrapper
+
+
+def _with_worker_choices(request: Any) -> Any:
+    extra = getattr(request, "vllm_xargs", None)
+    if not is_hogwild(extra) or (request.n or 1) != 1:
+        return request
+    try:
+        workers = parse(extra).workers
+    except ValueError:
+        return request  # the engine refuses it with a message naming the field
+    return request.model_copy(update={"n": workers})
+
+
+def _with_answers(response: Any, results: list[Any]) -> Any:
+    if any(hasattr(r, "hogwild_final_answer") for r in results) and hasattr(response, "choices"):
+        response.hogwild = {"final_answers": [getattr(r, "hogwild_final_answer", None) for r in results]}
+    return response
