@@ -116,6 +116,28 @@ def test_bad_fields_are_400_and_the_server_goes_on(server, xargs, field):
 
 
 @pytest.mark.slow
+def test_junk_in_every_hogwild_field_over_http_is_a_400_or_a_run(server):
+    """The offline fuzz's cases over HTTP (test_fuzz.py): each is a 400 naming the field (our
+    validation, or vLLM's own for ``vllm_xargs``), or W choices; never a 500; and after all of
+    them a plain request is served."""
+    from junk import FIELDS_NAMED, bad_input_cases
+
+    statuses = set()
+    for xargs in bad_input_cases(0):
+        status, body = post(server, "/v1/completions", {"prompt": "Let x", "max_tokens": 70, "vllm_xargs": xargs})
+        statuses.add(status)
+        if status == 400:
+            error = body["error"]
+            assert error["param"] in FIELDS_NAMED or error["param"] in xargs or "vllm_xargs" in error["message"], \
+                (xargs, error)
+        else:
+            assert status == 200 and len(body["choices"]) == int(xargs["hogwild_workers"]), (xargs, body)
+    assert statuses == {200, 400}
+    status, body = post(server, "/v1/completions", {"prompt": "Let x", "max_tokens": 3})
+    assert status == 200 and len(body["choices"]) == 1
+
+
+@pytest.mark.slow
 def test_n_with_hogwild_is_400(server):
     for streaming in (False, True):
         status, error = post(server, "/v1/completions", {"prompt": "Let x", "max_tokens": 4, "n": 2, "stream": streaming,

@@ -76,6 +76,12 @@ def _int(key: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+def _choice(key: str, value: Any, allowed: list[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{key}: got {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
 def _strings(key: str, value: Any, count: int) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
         raise ValueError(f"{key}: expected a list of {count} strings, got {value!r}")
@@ -96,9 +102,7 @@ def _protocol(keys: Mapping[str, Any], workers: int, rule: BoundaryRule) -> tupl
     names = _strings("hogwild_names", keys.get("hogwild_names", list(NAMES[:workers])), workers)
     if len(set(names)) != workers or not all(n.strip() for n in names):
         raise ValueError(f"hogwild_names: expected {workers} distinct non-empty names, got {list(names)}")
-    preset = keys.get("hogwild_preset", "auto")
-    if preset != "auto" and preset not in PRESETS:
-        raise ValueError(f"hogwild_preset: got {preset!r}; allowed: auto, {', '.join(PRESETS)}")
+    preset = _choice("hogwild_preset", keys.get("hogwild_preset", "auto"), ["auto", *PRESETS])
     check = _int("hogwild_check_tokens", keys.get("hogwild_check_tokens", 1024), 0, 10**9)
     answer = _int("hogwild_answer_tokens", keys.get("hogwild_answer_tokens", 16), 1, 256)
     return ProtocolConfig(names, rule, check, answer), preset
@@ -116,9 +120,7 @@ def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
     if "hogwild_workers" not in keys:
         raise ValueError(f"hogwild_workers: required, {FIELDS['hogwild_workers']}")
     workers = _int("hogwild_workers", keys["hogwild_workers"], 1, MAX_WORKERS)
-    layout = keys.get("hogwild_layout", "combined")
-    if layout not in LAYOUTS:
-        raise ValueError(f"hogwild_layout: got {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    layout = _choice("hogwild_layout", keys.get("hogwild_layout", "combined"), list(LAYOUTS))
     marker = keys.get("hogwild_boundary", "\n\n")
     if not isinstance(marker, str) or not marker:
         raise ValueError(f"hogwild_boundary: expected a non-empty string, got {marker!r}")
