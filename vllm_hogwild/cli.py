@@ -98,9 +98,14 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
         args = ["--model", embedded_model()] + args
     env = dict(os.environ)
-    if plugins or "VLLM_PLUGINS" in env:
-        names = plugins + [p for p in env.get("VLLM_PLUGINS", "").split(",") if p]
-        env["VLLM_PLUGINS"] = ",".join(dict.fromkeys(["hogwild"] + names))
+    # VLLM_PLUGINS always names hogwild: vLLM loads endpoint plugins (the page at /hogwild)
+    # only when named. Unset, it would load every general plugin, so those are named too.
+    names = plugins + [p for p in env.get("VLLM_PLUGINS", "").split(",") if p]
+    if "VLLM_PLUGINS" not in env:
+        from importlib.metadata import entry_points
+
+        names += [ep.name for ep in entry_points(group="vllm.general_plugins")]
+    env["VLLM_PLUGINS"] = ",".join(dict.fromkeys(["hogwild"] + names))
     given = {a.split("=", 1)[0] for a in args}
     if not _has_accelerator():
         if "--dtype" not in given:

@@ -1,0 +1,114 @@
+"""The live view at /hogwild, in a real headless browser (Debian's Chromium, driven by
+Playwright) against a live server with a tiny model: the page loads, a run fills W columns
+and shows the final answer, Stop stops a run (and the server goes on), a bad field shows
+the server's 400 message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.request
+
+import pytest
+
+from engines import model_path
+from servers import CHATML, running_server
+
+pytestmark = pytest.mark.slow
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory):
+    if BROWSER is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
+    pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    folder = tmp_path_factory.mktemp("web")
+    (folder / "chatml.jinja").write_text(CHATML)
+    with running_server(model_path("llama"), folder, "--chat-template", str(folder / "chatml.jinja"),
+                        env={"VLLM_PLUGINS": "hogwild"}) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser(page_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=BROWSER, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield chromium
+        chromium.close()
+
+
+def _open(browser, url: str, **fields: str):
+    page = browser.new_page()
+    page.goto(url + "/hogwild")
+    for field, value in fields.items():
+        page.fill(f"#{field}", value)
+    return page
+
+
+def test_a_run_fills_one_column_per_worker_and_shows_the_final_answer(browser, page_url):
+    page = _open(browser, page_url, workers="2", **{"max-tokens": "64", "temperature": "0"})
+    assert page.title() == "Hogwild! live view"
+    page.click("#start")
+    page.wait_for_selector("#answer:not([hidden])", timeout=120_000)
+    page.wait_for_function("document.querySelector('#status').textContent === 'Done.'", timeout=60_000)
+    columns = page.query_selector_all(".worker")
+    assert len(columns) == 2
+    assert all(c.query_selector(".text").inner_text().strip() for c in columns)
+    assert page.inner_text("#answer-text") != ""
+    assert page.query_selector(".worker .final") is not None  # worker 0's closing sentence, set apart
+    assert int(page.inner_text("#steps")) > 0 and float(page.inner_text("#tokens-per-s")) > 0
+    page.close()
+
+
+def _running(url: str) -> float:
+    metrics = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("vllm:num_requests_running{"))
+
+
+def test_stop_closes_the_stream_the_server_aborts_the_group_and_goes_on(browser, page_url):
+    # One worker with room for 250 tokens (the tiny model's 1024 positions hold the protocol's
+    # prompt and little more): long enough to be stopped mid-run.
+    page = _open(browser, page_url, workers="1", **{"max-tokens": "250", "temperature": "0"})
+    page.click("#start")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Running…'", timeout=120_000,
+                           polling=5)
+    page.click("#stop")
+    page.wait_for_selector("#status.stopped", timeout=30_000)
+    assert "Stopped" in page.inner_text("#status") and page.is_enabled("#start")
+    assert page.query_selector("#answer").is_hidden()
+    assert int(page.inner_text("#steps")) < 250  # cut short
+    page.close()
+    deadline = time.time() + 30
+    while _running(page_url) > 0:
+        assert time.time() < deadline, "the stopped group still runs"
+        time.sleep(0.5)
+    request = urllib.request.Request(page_url + "/v1/completions", json.dumps(
+        {"model": model_path("llama"), "prompt": "Let x", "max_tokens": 3, "temperature": 0}).encode(),
+        {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert len(json.loads(response.read())["choices"]) == 1
+
+
+def test_a_bad_field_shows_the_servers_message(browser, page_url):
+    page = _open(browser, page_url, workers="99")
+    page.click("#start")
+    page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+    error = page.inner_text("#error")
+    assert error.startswith("400: hogwild_workers:") and "1..16" in error, error
+    page.close()
+
+
+def test_the_page_loads_nothing_from_the_internet(page_url):
+    html = urllib.request.urlopen(page_url + "/hogwild", timeout=30).read().decode()
+    assert "http://" not in html and "https://" not in html
+    for name in ("app.js", "style.css"):
+        text = urllib.request.urlopen(f"{page_url}/hogwild/static/{name}", timeout=30).read().decode()
+        assert "http://" not in text and "https://" not in text and "import " not in text
