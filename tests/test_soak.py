@@ -1,0 +1,32 @@
+"""A short soak of a real server (vLLM's default multiprocess mode) on a tiny model: mixed
+hogwild and plain traffic with disconnects and malformed requests, then nothing lost or
+leaked, a clean SIGTERM and a restart (``benchmarks/soak.py``; its longer runs are in the
+README)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from engines import model_path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import soak  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_short_soak_loses_and_leaks_nothing(tmp_path):
+    report = soak.main(["--model", model_path("llama"), "--minutes", "1", "--clients", "4", "--max-tokens", "64",
+                        "--protocol-workers", "2", "--max-model-len", "1024", "--kv-gib", "0.0625",
+                        "--out", str(tmp_path / "soak")])
+    assert report["server_errors"] == 0, report["statuses"]
+    assert report["malformed"] > 0 and report["malformed_400"] == report["malformed"], report["statuses"]
+    assert report["disconnects"] > 0 and report["groups_completed"] > 0
+    assert report["mismatches"] == 0, report["mismatch_samples"]
+    assert report["health"] == 200 and report["kv_cache_usage_after"] == 0 and report["requests_left"] == 0
+    assert report["rss_end_mib"] - report["rss_after_warmup_mib"] < 256
+    assert report["sigterm_clean"] and report["sigterm_exit_seconds"] < 60 and report["served_after_restart"]
