@@ -97,12 +97,14 @@ def _fail_unassembled(sched: Any, groups: dict[str, list[Any]], status: Any) -> 
     Its requests end with an error (HTTP 500); the cause goes to the engine's log."""
     now = time.time()
     for key, reqs in list(groups.items()):
-        workers = stamp_of(reqs[0].sampling_params).flag.workers
+        # Only a group never admitted (all waiting) can lack a worker for good; once admitted,
+        # a group that lost a worker has only seen it finish. Cheap tests first: this runs
+        # every step for every running group.
+        if any(r.status != status.WAITING for r in reqs):
+            continue
         waited = now - min(r.arrival_time for r in reqs)
-        # A group never admitted (all waiting) yet incomplete; once admitted, a group that
-        # lost a worker has only seen it finish.
-        if (len(reqs) == workers or any(r.status != status.WAITING for r in reqs)
-                or waited <= admission.GROUP_ASSEMBLY_SECONDS):
+        workers = stamp_of(reqs[0].sampling_params).flag.workers
+        if len(reqs) == workers or waited <= admission.GROUP_ASSEMBLY_SECONDS:
             continue
         logger.error("hogwild: group %s failed: only %d of its %d worker requests reached this engine in "
                      "%.0f s (with data parallel, were they placed on different engines?)",
