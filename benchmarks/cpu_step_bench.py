@@ -1,6 +1,6 @@
 """CPU step time: one hogwild group of W workers vs W independent plain requests.
 
-    python benchmarks/cpu_step_bench.py --workers 2 4 8 --prompt-tokens 256 --decode-steps 64
+    python benchmarks/cpu_step_bench.py --workers 2 4 8 --prompt-tokens 256 --decode-steps 64 [--commits]
 
 Model: random weights in SmolLM2-135M's shape (30 layers, 9 query / 3 KV heads,
 head_dim 64, hidden 576), built locally; float32, vLLM CPU engine in-process. Both runs
@@ -9,6 +9,12 @@ each carry the whole prompt (what one would run without hogwild). Reported: medi
 wall time of an engine step while all W sequences decode (prefill step excluded), over
 ``--repeats`` alternating runs of each (this machine's step times drift by 10-20%), and
 the tokens/s that makes, next to one plain request's.
+
+A random-weight model never writes the default step boundary, so its steps never commit
+and a view stays a few long fragments: real text (``cpu_sweep.py``) cuts it into hundreds.
+``--commits`` makes steps commit often here too: the boundary becomes the text of the token
+that a plain greedy run of the same prompt writes most often (sentence rule off), and the
+run reports how many boundaries the group's workers wrote.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ def build_model(path: str) -> str:
     return path
 
 
-def step_times(llm, prompt_ids: list[int], params_list) -> list[float]:
+def step_times(llm, prompt_ids: list[int], params_list, texts: list[str] | None = None) -> list[float]:
+    """Engine step times while the requests decode; their outputs' texts go to ``texts``."""
     from vllm import TokensPrompt
 
     engine = llm.llm_engine
@@ -56,9 +63,24 @@ def step_times(llm, prompt_ids: list[int], params_list) -> list[float]:
     times = []
     while engine.has_unfinished_requests():
         t = time.perf_counter()
-        engine.step()
+        outputs = engine.step()
         times.append(time.perf_counter() - t)
+        if texts is not None:
+            texts += [o.text for out in outputs if out.finished for o in out.outputs]
     return times[1:-1]  # drop the prefill step and the final (finishing) step
+
+
+def frequent_token(llm, prompt_ids: list[int], steps: int) -> str:
+    """The text of the token a plain greedy run of the prompt writes most often."""
+    from collections import Counter
+
+    from vllm import SamplingParams, TokensPrompt
+
+    out = llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)],
+                       SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True), use_tqdm=False)[0]
+    tokenizer = llm.get_tokenizer()
+    counts = Counter(t for t in (tokenizer.decode([i]) for i in out.outputs[0].token_ids) if t)
+    return counts.most_common(1)[0][0]
 
 
 def main() -> None:
@@ -68,6 +90,7 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=64)
     parser.add_argument("--layout", default="combined")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--commits", action="store_true", help="steps commit often (see the docstring)")
     parser.add_argument("--model-dir", default=os.path.expanduser("~/.cache/vllm-hogwild/bench-smollm2-shape"))
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu_step.json"))
     args = parser.parse_args()
@@ -82,12 +105,16 @@ def main() -> None:
     step_times(llm, prompt, [plain] * max(args.workers))  # warm up
     single: list[float] = []
     by_workers = []
+    boundary = frequent_token(llm, prompt, args.decode_steps) if args.commits else None
     for workers in args.workers:
-        hog = SamplingParams(temperature=0, max_tokens=args.decode_steps, ignore_eos=True,
-                             extra_args={"hogwild_workers": workers, "hogwild_layout": args.layout})
+        flag = {"hogwild_workers": workers, "hogwild_layout": args.layout}
+        if boundary is not None:
+            flag.update(hogwild_boundary=boundary, hogwild_boundary_sentence=False)
+        hog = SamplingParams(temperature=0, max_tokens=args.decode_steps, ignore_eos=True, extra_args=flag)
         runs: dict[str, list[float]] = {"hogwild": [], "independent": []}
+        written: list[str] = []
         for _ in range(args.repeats):
-            runs["hogwild"] += step_times(llm, prompt, [hog])
+            runs["hogwild"] += step_times(llm, prompt, [hog], written)
             runs["independent"] += step_times(llm, prompt, [plain] * workers)
             single += step_times(llm, prompt, [plain])
         ms = {k: 1e3 * statistics.median(v) for k, v in runs.items()}
@@ -96,15 +123,19 @@ def main() -> None:
             "median_step_ms": ms,
             "ratio_hogwild_over_independent": ms["hogwild"] / ms["independent"],
             "hogwild_tokens_per_s": workers * 1e3 / ms["hogwild"],
+            "boundaries_per_worker": (sum(t.count(boundary) for t in written) / len(written)
+                                      if boundary is not None and written else None),
         })
     single_ms = 1e3 * statistics.median(single)
     result = {
         "command": "python benchmarks/cpu_step_bench.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k not in ("out", "model_dir")),
+            f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else
+                                          f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
+            for k, v in vars(args).items() if k not in ("out", "model_dir") and v is not False),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
         "single_request": {"median_step_ms": single_ms, "tokens_per_s": 1e3 / single_ms},
+        "boundary": boundary,
         "groups": by_workers,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

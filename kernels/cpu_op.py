@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .rotary import partners, turn_table
 from .table import FragmentTable
 
 TILE_ROWS = 8192  # tiles x query rows turned at once (bounds the turned queries' memory)
@@ -68,33 +69,6 @@ class Prepared:
     perm: torch.Tensor  # [D] partner of each dimension in its rotation pair
 
 
-def _pairs(head_dim: int, half: int, is_neox: bool) -> torch.Tensor:
-    """Rotation partner of every dimension (itself beyond the rotary part)."""
-    idx = torch.arange(head_dim)
-    if is_neox:
-        idx[:half], idx[half:2 * half] = torch.arange(half, 2 * half), torch.arange(half)
-    else:
-        idx[: 2 * half] = torch.arange(2 * half).view(half, 2).flip(-1).flatten()
-    return idx
-
-
-def _turns(shift: torch.Tensor, inv_freq: torch.Tensor, head_dim: int,
-           is_neox: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos, sin [n, D]`` with ``turn(x) = x * cos + x[..., perm] * sin`` (sign folded in)."""
-    half = inv_freq.numel()
-    angle = shift.double()[:, None] * inv_freq.double()[None, :]
-    c, s = angle.cos().float(), angle.sin().float()
-    cos = torch.ones(shift.numel(), head_dim)
-    sin = torch.zeros(shift.numel(), head_dim)
-    if is_neox:
-        cos[:, :half], cos[:, half:2 * half] = c, c
-        sin[:, :half], sin[:, half:2 * half] = -s, s
-    else:
-        cos[:, : 2 * half] = c.repeat_interleave(2, dim=1)
-        sin[:, : 2 * half] = torch.stack([-s, s], dim=-1).flatten(1)
-    return cos, sin
-
-
 def _shared_keys(table: FragmentTable, sources: torch.Tensor, block_table: torch.Tensor, block_size: int,
                  inv_freq: torch.Tensor, is_neox: bool,
                  head_dim: int) -> tuple[_Shared, torch.Tensor, torch.Tensor]:
@@ -122,7 +96,7 @@ def _shared_keys(table: FragmentTable, sources: torch.Tensor, block_table: torch
     slot = rank * block_size + home % block_size
     width = blocks.numel() * block_size
     offset = table.src_offset[sources].long().amax(dim=1)[key_src]  # the workers that see it agree
-    cos, sin = _turns(offset - start[key_src], inv_freq, head_dim, is_neox)
+    cos, sin = turn_table(offset - start[key_src], inv_freq, head_dim, is_neox)
     slot_cos, slot_sin = torch.zeros(head_dim, width), torch.zeros(head_dim, width)
     slot_cos[:, slot], slot_sin[:, slot] = cos.T, sin.T
     slot_view = torch.full((width,), torch.iinfo(torch.int64).max)
@@ -172,13 +146,13 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
         bias = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf"))
         shared_bias = torch.zeros(rows.numel(), slot_view.numel()).masked_fill_(
             slot_view[None, :] > view[:, None], float("-inf"))  # [R, S]
-        view_cos, view_sin = _turns(to_view, inv_freq, head_dim, is_neox)  # [R, D]
+        view_cos, view_sin = turn_table(to_view, inv_freq, head_dim, is_neox)  # [R, D]
         step = max(1, TILE_ROWS // max(1, tile_src.numel()))
         chunks = []
         for lo in range(0, rows.numel(), step):
             part = slice(lo, lo + step)
             n = rows[part].numel()
-            cos, sin = _turns(angle[:, part].flatten(), inv_freq, head_dim, is_neox)
+            cos, sin = turn_table(angle[:, part].flatten(), inv_freq, head_dim, is_neox)
             shape = (tile_src.numel(), 1, n, 1, head_dim)
             at = rows[part] if row_index is None else row_index[rows[part]]
             chunks.append(_Rows(at, cos.view(shape), sin.view(shape),
@@ -186,7 +160,7 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
                                 view_cos[part].view(1, n, 1, head_dim), view_sin[part].view(1, n, 1, head_dim),
                                 shared_bias[part].view(1, n, 1, -1)))
         groups.append(_Group(blocks, shared, chunks))
-    return Prepared(groups, _pairs(head_dim, inv_freq.numel(), is_neox))
+    return Prepared(groups, partners(head_dim, inv_freq.numel(), is_neox))
 
 
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,

@@ -31,3 +31,32 @@ def rotate(x: torch.Tensor, theta: torch.Tensor, inv_freq: torch.Tensor, is_neox
     out[..., a] = xa * cos - xb * sin
     out[..., b] = xb * cos + xa * sin
     return out
+
+
+def partners(head_dim: int, half: int, is_neox: bool) -> torch.Tensor:
+    """Rotation partner of every dimension (itself beyond the rotary part): ``perm`` of
+    ``turn_table``."""
+    idx = torch.arange(head_dim)
+    if is_neox:
+        idx[:half], idx[half:2 * half] = torch.arange(half, 2 * half), torch.arange(half)
+    else:
+        idx[: 2 * half] = torch.arange(2 * half).view(half, 2).flip(-1).flatten()
+    return idx
+
+
+def turn_table(theta: torch.Tensor, inv_freq: torch.Tensor, head_dim: int, is_neox: bool,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos, sin [n, head_dim]`` such that ``R(theta) x = x * cos + x[..., perm] * sin``
+    (``perm = partners(...)``, the rotation's sign folded into ``sin``); angles in float64."""
+    half = inv_freq.numel()
+    angle = theta.double()[:, None] * inv_freq.double()[None, :]
+    c, s = angle.cos().to(dtype), angle.sin().to(dtype)
+    cos = torch.ones(theta.numel(), head_dim, dtype=dtype)
+    sin = torch.zeros(theta.numel(), head_dim, dtype=dtype)
+    if is_neox:
+        cos[:, :half], cos[:, half:2 * half] = c, c
+        sin[:, :half], sin[:, half:2 * half] = -s, s
+    else:
+        cos[:, : 2 * half] = c.repeat_interleave(2, dim=1)
+        sin[:, : 2 * half] = torch.stack([-s, s], dim=-1).flatten(1)
+    return cos, sin

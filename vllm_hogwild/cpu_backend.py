@@ -4,10 +4,16 @@ It replaces ``CPU_ATTN`` (vLLM accepts no other backend there): ordinary request
 run through vLLM's CPU kernel exactly as without the plugin; rows of hogwild workers are
 then recomputed by the fragment op over their views. Keys and values are written by
 vLLM's own cache update, once, at each token's home position.
+
+The fragment op is the compiled one (``hogwild_kernels.cpu_native``), or the PyTorch one
+(``cpu_op``) where the extension cannot be built or ``VLLM_HOGWILD_CPU_OP=torch`` asks
+for it (to compare them).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -19,17 +25,30 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadataBuilder,
 )
 
-from hogwild_kernels import build, cpu_op
+from hogwild_kernels import build, cpu_native, cpu_op
 from vllm_hogwild import runtime
 from vllm_hogwild.attention import HogwildForward, step_rows
 from vllm_hogwild.planner import StepPlan
+
+
+CPU_OP_ENV = "VLLM_HOGWILD_CPU_OP"
+CPU_OPS = ("native", "torch")
+
+
+@functools.cache
+def fragment_op():
+    """The module of the fragment op this process runs: ``cpu_native`` or ``cpu_op``."""
+    choice = os.environ.get(CPU_OP_ENV, "native")
+    if choice not in CPU_OPS:
+        raise ValueError(f"{CPU_OP_ENV}={choice!r}: expected one of {', '.join(CPU_OPS)}")
+    return cpu_native if choice == "native" and cpu_native.available() else cpu_op
 
 
 @dataclass
 class HogwildRows:
     """Per-step inputs of the fragment op, shared by every layer."""
 
-    prepared: cpu_op.Prepared  # gathers, rotations and masks of this step (batch rows)
+    prepared: cpu_native.Prepared | cpu_op.Prepared  # the step's work for fragment_op()
     all_rows: bool  # every token of the batch is a hogwild row
 
 
@@ -65,15 +84,15 @@ def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows
     step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
                      common.num_reqs, common.num_actual_tokens)
     rotary = runtime.rotary()
-    prepared = cpu_op.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq,
-                              rotary.is_neox, head_dim, row_index=step.rows)
+    prepared = fragment_op().prepare(build(step.views), step.block_table, block_size, rotary.inv_freq,
+                                     rotary.is_neox, head_dim, row_index=step.rows)
     return HogwildRows(prepared, step.all_rows)
 
 
 class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
     def _hogwild(self, query, kv_cache, hogwild, output_scale, output) -> None:
         keys, values = cpu_caches(kv_cache)
-        cpu_op.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output)
+        fragment_op().fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output)
 
 
 class HogwildCPUBackend(CPUAttentionBackend):

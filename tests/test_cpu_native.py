@@ -1,0 +1,111 @@
+"""The compiled CPU fragment op against the float64 oracle: random views, the views of real
+text (hundreds of fragments), vLLM's cache layout, rows anywhere in a batch, and the paths
+without registers of known length."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from hogwild_kernels import build, cpu_native
+from paged import PagedCache, inv_freq_for, layout_views, naive_attention, random_cache, random_views
+
+if not cpu_native.available():  # the suite's setup builds it; without a compiler the backend falls back
+    pytest.skip("the compiled CPU op could not be built on this machine", allow_module_level=True)
+
+CASES = [
+    # (block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode)
+    (16, 1, 4, 64, 64, True, 4, True),
+    (32, 2, 3, 64, 32, False, 2, False),
+    (16, 1, 1, 128, 128, False, 8, True),
+    (128, 1, 8, 80, 64, True, 3, False),
+    (8, 2, 2, 48, 32, True, 2, False),  # neither block size nor head size has a register path
+]
+
+
+def vllm_layout(cache: PagedCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same cache as strided views of vLLM's CPU layout (keys dimension-major per block)."""
+    keys = cache.key.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    values = cache.value.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    return keys, values
+
+
+def check(q, cache, views, inv_freq, neox, scale, dtype, atol):
+    expect = naive_attention(q, cache, views, inv_freq, neox, scale)
+    prepared = cpu_native.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox,
+                                  q.shape[-1], dtype=dtype)
+    for keys, values in ((cache.key, cache.value), vllm_layout(cache)):
+        out = cpu_native.fragment_attention(q.to(dtype), keys.to(dtype), values.to(dtype), prepared, scale)
+        assert out.dtype == dtype
+        assert torch.allclose(out.double(), expect, atol=atol, rtol=0), (out.double() - expect).abs().max()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_rerotated_keys(case):
+    block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode = case
+    for seed in range(4):
+        rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+        lengths, views = random_views(rng, 2, workers, block_size, 70, decode, shared=seed % 2 == 1)
+        cache = random_cache(lengths, block_size, kv_heads, head_dim, gen=gen)
+        q = torch.randn(sum(v.num_rows for v in views), kv_heads * group, head_dim, generator=gen)
+        for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+            check(q, cache, views, inv_freq_for(rotary_dim), neox, head_dim**-0.5, dtype, atol)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])
+@pytest.mark.parametrize("workers", [2, 8])
+def test_views_of_real_text(layout, workers):
+    """A decode step over 3000 tokens of 20-token steps: hundreds of fragments per view."""
+    lengths, views = layout_views(workers, 3000, layout)
+    if layout != "contiguous":
+        assert len(views[0].all_fragments()) >= 100
+    cache = random_cache(lengths, 32, 3, 64, dtype=torch.float64, gen=torch.Generator().manual_seed(workers))
+    q = torch.randn(sum(v.num_rows for v in views), 9, 64, dtype=torch.float64)
+    check(q, cache, views, inv_freq_for(64), True, 0.125, torch.float64, 1e-12)
+
+
+def test_rows_anywhere_in_the_batch():
+    """Only the prepared rows of ``out`` are written, read from where ``row_index`` puts them."""
+    rng, gen = random.Random(3), torch.Generator().manual_seed(3)
+    lengths, views = random_views(rng, 3, 3, 32, 90, False, shared=True)
+    cache = random_cache(lengths, 32, 2, 64, gen=gen)
+    q = torch.randn(sum(v.num_rows for v in views), 6, 64, generator=gen)
+    expect = naive_attention(q, cache, views, inv_freq_for(64), True, 0.125)
+    rows = torch.randperm(q.shape[0] + 5, generator=gen)[: q.shape[0]]
+    batch = torch.zeros(q.shape[0] + 5, 6, 64)
+    batch[rows] = q
+    keys, values = vllm_layout(cache)
+    prepared = cpu_native.prepare(build(views), cache.block_table, 32, inv_freq_for(64), True, 64, row_index=rows)
+    out = torch.full_like(batch, float("nan"))
+    cpu_native.fragment_attention(batch, keys, values, prepared, 0.125, out=out)
+    assert torch.allclose(out[rows].double(), expect, atol=2e-5)
+    assert out.isnan().sum() == 5 * 6 * 64
+
+
+def test_bad_inputs_are_refused():
+    lengths, views = layout_views(2, 400, "combined")
+    cache = random_cache(lengths, 32, 3, 64)
+    prepared = cpu_native.prepare(build(views), cache.block_table, 32, inv_freq_for(64), True, 64)
+    q = torch.randn(2, 9, 64)
+    with pytest.raises(RuntimeError, match="share one dtype"):
+        cpu_native.fragment_attention(q, cache.key.double(), cache.value.double(), prepared, 0.125)
+    with pytest.raises(RuntimeError, match="head shapes"):
+        cpu_native.fragment_attention(torch.randn(2, 8, 64), cache.key, cache.value, prepared, 0.125)
+
+
+def test_the_backend_runs_the_op_asked_for(monkeypatch):
+    from hogwild_kernels import cpu_op
+    from vllm_hogwild import cpu_backend
+
+    for value, expect in (("native", cpu_native), ("torch", cpu_op)):
+        monkeypatch.setenv("VLLM_HOGWILD_CPU_OP", value)
+        cpu_backend.fragment_op.cache_clear()
+        assert cpu_backend.fragment_op() is expect
+    monkeypatch.setenv("VLLM_HOGWILD_CPU_OP", "fast")
+    cpu_backend.fragment_op.cache_clear()
+    with pytest.raises(ValueError, match="VLLM_HOGWILD_CPU_OP='fast': expected one of native, torch"):
+        cpu_backend.fragment_op()
+    monkeypatch.delenv("VLLM_HOGWILD_CPU_OP")
+    cpu_backend.fragment_op.cache_clear()
