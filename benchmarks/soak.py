@@ -9,12 +9,16 @@ not) and plain requests; some clients vanish mid-stream, some send malformed req
 Afterwards:
 
 - no 5xx, and every malformed request a 400;
-- the server healthy, and vLLM's KV-cache usage back to 0 (its metrics);
+- the server healthy, vLLM's KV-cache usage back to 0 (its metrics), and the plugin's
+  per-group state in every engine (scheduler bookkeeping, planner, protocol) empty
+  (``GET /hogwild/state``, after one more plain request: the model runner hears of a
+  step's finished requests with the next step);
 - every completed request equal to its isolated offline run (the same spec, computed by an
   offline ``LLM`` after the server is gone, one engine at a time);
 - the server's process tree memory after warm-up against the end (RSS);
-- SIGTERM ends the server and every process it started within 60 s, and a restarted
-  server serves again.
+- SIGTERM sent while a burst of streaming requests (hogwild groups and plain) is running
+  ends the server and every process it started within 60 s, every one of those clients
+  sees its stream end (none hangs), and a restarted server serves again.
 
 Writes ``OUT.json`` and ``OUT.md``.
 """
@@ -197,6 +201,10 @@ def run(args: argparse.Namespace) -> dict:
             kv_usage = metric(base, "vllm:kv_cache_usage_perc")
             running = metric(base, "vllm:num_requests_running") + metric(base, "vllm:num_requests_waiting")
             rss_end = tree_rss(proc.pid)
+            _plain_request(base, None)
+            state = json.loads(urllib.request.urlopen(base + "/hogwild/state", timeout=30).read())
+            burst = _Burst(base, args)
+            in_flight = burst.wait_until_running()
         finally:
             stop_started = time.time()
             os.killpg(proc.pid, signal.SIGTERM)
@@ -210,6 +218,7 @@ def run(args: argparse.Namespace) -> dict:
                 time.sleep(0.2)  # the engine processes end after the API server
             stop_seconds = time.time() - stop_started
         leftovers = _group_alive(proc.pid)
+        burst_ends = burst.ended(timeout=30)
         proc2, base2 = start_server(args, model, log)
         try:
             served_after_restart = _plain_request(base2, model)
@@ -231,6 +240,9 @@ def run(args: argparse.Namespace) -> dict:
         "groups_completed": sum(1 for d in done if pool[d["spec"]]["flags"]),
         "mismatches": len(mismatches), "mismatch_samples": mismatches[:3],
         "health": health, "kv_cache_usage_after": kv_usage, "requests_left": running,
+        "plugin_state_after": state, "plugin_state_empty": _all_zero(state),
+        "sigterm_requests_in_flight": in_flight, "sigterm_burst_clients": burst.size,
+        "sigterm_burst_ended": burst_ends,
         "rss_after_warmup_mib": rss_start / 2**20, "rss_end_mib": rss_end / 2**20,
         "sigterm_exit_seconds": stop_seconds, "sigterm_clean": clean_exit and not leftovers,
         "served_after_restart": served_after_restart, "server_log": log_path,
@@ -269,7 +281,74 @@ def _group_alive(pid: int) -> bool:
         return False
 
 
-def _plain_request(base: str, model: str) -> bool:
+def _all_zero(state) -> bool:
+    """Every count in ``GET /hogwild/state``'s answer is 0."""
+    if isinstance(state, dict):
+        return all(_all_zero(v) for v in state.values())
+    if isinstance(state, list):
+        return all(_all_zero(v) for v in state)
+    return state == 0
+
+
+class _Burst:
+    """Streaming requests (hogwild groups and plain) sent from a thread of their own, so that
+    SIGTERM can reach the server while they run; ``ended`` says whether every client saw its
+    stream end afterwards (an error or a cut counts: only a hang does not)."""
+
+    def __init__(self, base: str, args: argparse.Namespace, size: int = 6) -> None:
+        import threading
+
+        self.base, self.size, self.finished = base, size, 0
+        flags = [{"hogwild_workers": 2, "hogwild_layout": "combined"}, None,
+                 {"hogwild_workers": min(2, args.protocol_workers), "hogwild_protocol": True}]
+        self.bodies = []
+        for i in range(size):  # long enough to be running when SIGTERM comes (the protocol ends at EOS)
+            body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_model_len // 3, "temperature": 0,
+                    "stream": True}
+            if flags[i % 3]:
+                body["vllm_xargs"] = flags[i % 3]
+            if not (flags[i % 3] or {}).get("hogwild_protocol"):
+                body["ignore_eos"] = True
+            self.bodies.append(body)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.thread.start()
+
+    async def _run(self) -> None:
+        import aiohttp
+
+        async def one(session, body) -> None:
+            try:
+                async with session.post(self.base + "/v1/completions", json=body,
+                                        timeout=aiohttp.ClientTimeout(total=600)) as response:
+                    async for _ in response.content:
+                        pass
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+                pass
+            self.finished += 1
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(self.base + "/v1/models") as response:
+                model = (await response.json())["data"][0]["id"]
+            await asyncio.gather(*[one(session, {"model": model, **b}) for b in self.bodies])
+
+    def wait_until_running(self, timeout: float = 60) -> int:
+        """Requests running on the server once the burst has them all in (or at ``timeout``)."""
+        deadline, running = time.time() + timeout, 0
+        while time.time() < deadline:
+            running = int(metric(self.base, "vllm:num_requests_running"))
+            if running >= self.size:
+                break
+            time.sleep(0.2)
+        return running
+
+    def ended(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive() and self.finished == self.size
+
+
+def _plain_request(base: str, model: str | None) -> bool:
+    if model is None:
+        model = json.loads(urllib.request.urlopen(base + "/v1/models", timeout=30).read())["data"][0]["id"]
     body = json.dumps({"model": model, "prompt": "Hello", "max_tokens": 4, "temperature": 0}).encode()
     request = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
@@ -284,7 +363,13 @@ def table(report: dict) -> str:
             ("KV cache usage after", report["kv_cache_usage_after"]), ("requests left", report["requests_left"]),
             ("server RSS after warm-up / at the end (MiB)",
              f"{report['rss_after_warmup_mib']:.0f} / {report['rss_end_mib']:.0f}"),
-            ("SIGTERM: exit (s), clean", f"{report['sigterm_exit_seconds']:.1f}, {report['sigterm_clean']}"),
+            ("plugin state after (every engine: scheduler, planner, protocol)",
+             "empty" if report["plugin_state_empty"] else json.dumps(report["plugin_state_after"])),
+            ("SIGTERM with requests in flight: running, exit (s), clean",
+             f"{report['sigterm_requests_in_flight']}, {report['sigterm_exit_seconds']:.1f}, {report['sigterm_clean']}"),
+            ("streaming clients cut by SIGTERM whose stream ended (none hangs)",
+             f"{report['sigterm_burst_clients'] if report['sigterm_burst_ended'] else 'not all'} "
+             f"of {report['sigterm_burst_clients']}"),
             ("served after restart", report["served_after_restart"])]
     return (f"{report['seconds'] / 60:.1f} minutes, {report['config']['clients']} clients\n\n| | |\n| --- | --- |\n"
             + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n")

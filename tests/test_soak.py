@@ -1,6 +1,7 @@
 """A short soak of a real server (vLLM's default multiprocess mode) on a tiny model: mixed
 hogwild and plain traffic with disconnects and malformed requests, then nothing lost or
-leaked, a clean SIGTERM and a restart (``benchmarks/soak.py``; its longer runs are in the
+leaked (the plugin's per-group state read from the engine), a clean SIGTERM with requests in
+flight and a restart (``benchmarks/soak.py``; its longer runs are in the
 README)."""
 
 from __future__ import annotations
@@ -29,4 +30,7 @@ def test_a_short_soak_loses_and_leaks_nothing(tmp_path):
     assert report["mismatches"] == 0, report["mismatch_samples"]
     assert report["health"] == 200 and report["kv_cache_usage_after"] == 0 and report["requests_left"] == 0
     assert report["rss_end_mib"] - report["rss_after_warmup_mib"] < 256
+    assert report["plugin_state_empty"], report["plugin_state_after"]
+    # SIGTERM reached the server with the burst's requests running, and no client hung.
+    assert report["sigterm_requests_in_flight"] > 0 and report["sigterm_burst_ended"]
     assert report["sigterm_clean"] and report["sigterm_exit_seconds"] < 60 and report["served_after_restart"]

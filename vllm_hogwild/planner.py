@@ -121,6 +121,11 @@ class Planner:
     def __bool__(self) -> bool:
         return bool(self._groups)
 
+    def state(self) -> dict[str, int]:
+        """What it holds: running groups, their worker requests, groups still assembling."""
+        return {"groups": len(self._groups), "worker_requests": len(self._group_of),
+                "assembling": len(self._pending)}
+
     def add(self, req_id: str, stamp: WorkerStamp, state: RunnerRequest) -> None:
         """Register a worker request; its group starts once all W workers are known."""
         flag, key = stamp.flag, stamp.group

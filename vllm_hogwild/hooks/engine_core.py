@@ -1,11 +1,15 @@
-"""Engine core: each child of the fan-out becomes its worker's request.
+"""Engine core: each child of the fan-out becomes its worker's request; the plugin's state on request.
 
-Patches ``EngineCore.preprocess_add_request``.
+Patches ``EngineCore.preprocess_add_request``. Adds the engine-core utility ``hogwild_state``
+(vLLM's clients call any engine-core method by name: ``call_utility_async``), which the
+server's ``GET /hogwild/state`` reads.
 """
 
 from __future__ import annotations
 
-from vllm_hogwild.hooks.patching import wrap
+from typing import Any
+
+from vllm_hogwild.hooks.patching import group_of, wrap
 from vllm_hogwild.worker_requests import stamp_of, worker_prompt
 
 
@@ -23,3 +27,29 @@ def install() -> None:
         return wrapper
 
     wrap(EngineCore, "preprocess_add_request", preprocess_add_request)
+    EngineCore.hogwild_state = hogwild_state
+
+
+def hogwild_state(self) -> dict[str, Any]:
+    """What the plugin holds in this engine, as counts (all 0 when no group is live): the
+    scheduler's groups and bookkeeping, then each worker's planner and protocol."""
+    sched = self.scheduler
+    live = {group_of(r) for r in sched.requests.values()} - {None}
+    scheduler = {"groups": len(live), "ended_workers_held": sum(len(v) for v in sched.__dict__.get("_hogwild_ended", {}).values()),
+                 "failing": len(sched.__dict__.get("_hogwild_failing", ())),
+                 "failed_unreported": len(sched.__dict__.get("_hogwild_failed", ()))}
+    return {"scheduler": scheduler, "workers": self.collective_rpc(worker_state)}
+
+
+def worker_state(worker: Any) -> dict[str, Any]:
+    """One worker's planner and protocol state (run on the worker by ``collective_rpc``)."""
+    from vllm_hogwild.hooks.sampler import HogwildLogitsProcessor
+
+    runner = getattr(worker, "worker", worker).model_runner
+    planner = getattr(runner, "_hogwild_planner", None)
+    processors = [p for p in runner.input_batch.logitsprocs.all if isinstance(p, HogwildLogitsProcessor)]
+    protocol: dict[str, int] = {}
+    for p in processors:
+        for k, v in p.state().items():
+            protocol[k] = protocol.get(k, 0) + v
+    return {"planner": planner.state() if planner is not None else {}, "protocol": protocol}

@@ -17,7 +17,8 @@ FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
 class HogwildPage:
-    """``GET /hogwild`` (the page) and ``GET /hogwild/static/{name}`` (its script and style)."""
+    """``GET /hogwild`` (the page), ``GET /hogwild/static/{name}`` (its script and style) and
+    ``GET /hogwild/state`` (what the plugin holds in each engine, as counts: JSON)."""
 
     name = "hogwild"
     required_tasks = ("generate",)
@@ -37,6 +38,13 @@ class HogwildPage:
             if name not in FILES:
                 raise HTTPException(status_code=404, detail=f"no such file: {name}")
             return Response((STATIC / name).read_text(encoding="utf-8"), media_type=FILES[name])
+
+        @router.get("/hogwild/state")
+        async def state() -> dict:
+            core = app.state.engine_client.engine_core
+            if hasattr(core, "call_utility_all_async"):  # every engine (data parallel: one per rank)
+                return {"engines": await core.call_utility_all_async("hogwild_state")}
+            return {"engines": [await core.call_utility_async("hogwild_state")]}
 
         app.include_router(router)
 
