@@ -33,7 +33,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class WorkerRun:
     tokens: list[int]  # the worker's request: its prompt part, then generated tokens
     generated: list[int] = field(default_factory=list)
-    logprobs: list[torch.Tensor] = field(default_factory=list)  # per generated token, [vocab]
+    logprobs: list[torch.Tensor | None] = field(default_factory=list)  # per generated token, [vocab];
+    # None for a forced text's tokens after its first (written without logits of their own)
     finished: bool = False
 
 
@@ -54,6 +55,7 @@ class Oracle:
         self.keys = [[dict() for _ in range(layers)] for _ in range(workers)]  # raw keys by home pos
         self.values = [[dict() for _ in range(layers)] for _ in range(workers)]
         self.written = [0] * workers
+        self.steps = 0  # engine steps: every running worker computes its new tokens, then samples
 
     def run(self) -> list[WorkerRun]:
         while not all(r.finished for r in self.runs):
@@ -62,6 +64,7 @@ class Oracle:
 
     @torch.no_grad()
     def step(self) -> None:
+        self.steps += 1
         texts = {}
         for w, r in enumerate(self.runs):
             start = self.tracker.scanned(w)
@@ -95,10 +98,16 @@ class Oracle:
             self.written[w] = len(run.tokens)
             token = self._choose(logits[w], actions.get(w))
             run.logprobs.append(torch.log_softmax(logits[w].double(), -1))
-            run.generated.append(token)
-            run.tokens.append(token)
-            if token in self.stop or len(run.generated) >= self.max_tokens:
-                run.finished = True
+            # A forced text's other tokens follow in this step (no logits of their own); the
+            # next step computes them all, as vLLM does a chunk.
+            for t in [token, *(actions[w].then if w in actions else ())]:
+                if len(run.generated) > len(run.logprobs) - 1:
+                    run.logprobs.append(None)
+                run.generated.append(t)
+                run.tokens.append(t)
+                if t in self.stop or len(run.generated) >= self.max_tokens:
+                    run.finished = True
+                    break
 
     def _actions(self, logits: dict[int, torch.Tensor]) -> dict[int, Action]:
         if self.protocol is None:

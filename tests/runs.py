@@ -79,27 +79,30 @@ def protocol_flags(workers: int, layout: str) -> dict:
             "hogwild_check_tokens": 5, "hogwild_answer_tokens": 3}
 
 
-def protocol_oracle(family: str, workers: int, layout: str, max_tokens: int):
-    """(prompt ids, oracle runs) of PROBLEM under ``protocol_flags``."""
+def protocol_oracle(family: str, workers: int, layout: str, max_tokens: int, whole_texts: bool = True):
+    """(prompt ids, oracle) of PROBLEM under ``protocol_flags``, run to the end."""
     tok = tokenizer(family)
     names = list(prompts.NAMES[:workers])
     prompt = tok.encode(prompts.prompt_text(prompts.PRESETS["plain"], layout, names, PROBLEM))
     enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     config = parse(protocol_flags(workers, layout)).protocol
-    proto = GroupProtocol(config, enc, decoder(family), {tok.eos_token_id}, max_tokens)
+    proto = GroupProtocol(config, enc, decoder(family), {tok.eos_token_id}, max_tokens, whole_texts=whole_texts)
     framing = [(name, enc(text)) for name, text in prompts.framing(layout, names)]
     oracle = Oracle(hf_model(family), decoder(family), layout, RULE, prompt,
                     [enc(prompts.first_step(n, w)) for w, n in enumerate(names)], max_tokens,
                     {tok.eos_token_id}, framing, proto)
-    return prompt, oracle.run()
+    oracle.run()
+    return prompt, oracle
 
 
-def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80):
+def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80, logprobs: int | None = None):
+    """vLLM's output and the oracle's runs. With logprobs, the plugin forces one token per
+    step (a forced text's other tokens have no logprobs of their own); without, whole texts."""
     from vllm import SamplingParams
 
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=3,
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=logprobs,
                             extra_args=protocol_flags(workers, layout))
     out = engine(family).generate([PROBLEM], params, use_tqdm=False)[0]
-    prompt, runs = protocol_oracle(family, workers, layout, max_tokens)
+    prompt, oracle = protocol_oracle(family, workers, layout, max_tokens, whole_texts=logprobs is None)
     assert list(out.prompt_token_ids) == prompt
-    return out, runs
+    return out, oracle.runs

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runs import assert_matches, protocol_run
+from engines import engine
+from runs import PROBLEM, assert_matches, protocol_flags, protocol_oracle, protocol_run
 from vllm_hogwild import prompts
 from vllm_hogwild.params import parse
 from vllm_hogwild.protocol import FREE, Action, GroupProtocol, ProtocolConfig
@@ -115,9 +116,10 @@ def decode(token: int) -> str:
     return VOCAB[token]
 
 
-def protocol(workers=2, check=0, answer=4, max_tokens=400) -> GroupProtocol:
+def protocol(workers=2, check=0, answer=4, max_tokens=400, whole_texts=False) -> GroupProtocol:
+    """One token per step unless ``whole_texts``: the decisions below are stated step by step."""
     config = ProtocolConfig(prompts.NAMES[:workers], BoundaryRule("\n\n", True), check, answer)
-    return GroupProtocol(config, encode, decode, {STOP}, max_tokens)
+    return GroupProtocol(config, encode, decode, {STOP}, max_tokens, whole_texts=whole_texts)
 
 
 class Script:
@@ -129,12 +131,14 @@ class Script:
         self.cursor = {w: 0 for w in scripts}
         self.outputs = {w: [] for w in scripts}
         self.ended: set[int] = set()
+        self.steps = 0
 
     def run(self, steps: int, wants_stop_at: int = -1) -> None:
         for step in range(steps):
             running = {w: o for w, o in self.outputs.items() if w not in self.ended}
             if not running:
                 return
+            self.steps += 1
             actions = self.proto.step(running, self.ended, wants_stop=step == wants_stop_at)
             for w, action in actions.items():
                 out = self.outputs[w]
@@ -148,6 +152,7 @@ class Script:
                     if action.greedy:
                         token, self.greedy = self.answer[self.greedy % len(self.answer)], self.greedy + 1
                 out.append(token)
+                out.extend(action.then)  # a forced text's other tokens, in the same step
                 if token == STOP:
                     self.ended.add(w)
 
@@ -160,6 +165,31 @@ def test_step_headers_follow_each_finished_step():
     s.run(60)
     assert s.text(0).startswith("We add.\n\n**Alice [2]:**We add.\n\n**Alice [3]:**")
     assert s.text(1).startswith("I check.\n\n**Bob [2]:**I check.\n\n**Bob [3]:**")
+
+
+def test_a_forced_text_is_written_in_one_step():
+    one, whole = (Script(protocol(whole_texts=w), {0: "We add.\n\n" * 3, 1: "I check.\n\n" * 3}) for w in (False, True))
+    for s in (one, whole):
+        while not s.text(0).endswith("**Alice [5]:**"):  # Alice's first 4 headers, written
+            s.run(1)
+    assert whole.text(0) == one.text(0)  # the same text
+    assert whole.text(0).startswith("We add.\n\n**Alice [2]:**We add.\n\n**Alice [3]:**")
+    header = encode("**Alice [2]:**")
+    assert one.steps - whole.steps == 4 * (len(header) - 1)  # a header costs one step, not one per token
+    proto = protocol(whole_texts=True)
+    actions = proto.step({0: encode("We add.\n\n"), 1: encode("I")})  # Alice's step ends: her header is due
+    assert actions[0] == Action(force=header[0], then=tuple(header[1:])) and actions[1] == FREE
+
+
+def test_a_header_never_eats_into_the_answer_reserve():
+    """Worker 0's queued header counts as written: where it would cross into the reserve,
+    the answer starts instead, so the closing sentence and the answer always fit."""
+    reserve = GroupProtocol.reserve(protocol().config, len(encode(prompts.CLOSING)))
+    for whole in (False, True):
+        for budget in range(reserve + 8, reserve + 24):
+            s = Script(protocol(max_tokens=budget, answer=3, whole_texts=whole), {0: "Go.\n\n", 1: "b"})
+            s.run(400)
+            assert s.text(0).endswith(prompts.CLOSING + "777") and len(s.outputs[0]) <= budget, (whole, budget)
 
 
 def test_no_header_where_the_boundary_is_not_a_sentence_end():
@@ -231,18 +261,50 @@ def test_worker_zero_aborted_stops_the_others_without_answer():
 
 # ---------------------------------------------------------------- in vLLM, against the oracle
 
-@pytest.mark.parametrize("family,layout,workers,checks", [
-    ("llama", "combined", 3, True), ("qwen3", "interleaved", 2, True), ("qwen2", "contiguous", 2, False),
-    ("llama3-scaled", "combined", 2, True), ("qwen3", "combined", 1, True),
+@pytest.mark.parametrize("family,layout,workers,headers,checks", [
+    ("llama", "combined", 3, True, True), ("qwen3", "interleaved", 2, True, False),
+    ("qwen2", "contiguous", 2, True, False), ("llama3-scaled", "combined", 2, True, True),
+    ("qwen3", "contiguous", 3, True, True), ("qwen3", "combined", 1, False, False),
 ])
-def test_protocol_in_vllm_equals_the_oracle(family, layout, workers, checks):
+def test_protocol_in_vllm_equals_the_oracle(family, layout, workers, headers, checks):
+    """Forced texts written whole, one step each. Which texts a random model's run comes to
+    (a second step's header, a redundancy question) is the oracle's business: the flags say
+    which cases show them, so that each appears in some run."""
     out, runs = protocol_run(family, workers, layout)
     assert_matches(out, runs)
     texts = [o.text for o in out.outputs]
     answer = prompts.final_answer(texts[0])
     assert answer is not None and out.hogwild_final_answer == answer
-    assert all(o.finish_reason == "stop" for o in out.outputs)
-    headers = [f"**{n} [2]:**" for n in prompts.NAMES[:workers]]
-    assert any(h in t for h, t in zip(headers, texts)), texts
-    # hogwild_check_tokens=5; qwen2's random workers end no step after their first 5 tokens.
+    # A worker whose forced texts (whole, one step each) use up its max_tokens ends at it.
+    assert all(o.finish_reason == "stop" or len(o.token_ids) == 80 for o in out.outputs)
+    names = [f"**{n} [2]:**" for n in prompts.NAMES[:workers]]
+    assert any(h in t for h, t in zip(names, texts)) == headers, texts
     assert any("Quick check:" in t for t in texts) == checks, texts
+
+
+@pytest.mark.parametrize("family,layout,workers", [("llama", "combined", 3), ("qwen2", "interleaved", 2)])
+def test_with_logprobs_forced_tokens_come_one_per_step(family, layout, workers):
+    """Logprobs are per token: a request that asks for them gets one forced token per step."""
+    out, runs = protocol_run(family, workers, layout, logprobs=3)
+    assert_matches(out, runs)
+    assert all(len(o.logprobs) == len(o.token_ids) for o in out.outputs)
+
+
+@pytest.mark.parametrize("family,layout,workers", [("llama", "combined", 3), ("qwen3", "contiguous", 3)])
+def test_each_forced_text_costs_one_engine_step(family, layout, workers):
+    """vLLM takes as many engine steps as the oracle, which writes each forced text in one
+    step: fewer than one token per step by the forced texts' length."""
+    from vllm import SamplingParams
+
+    llm = engine(family).llm_engine
+    llm.add_request("steps", PROBLEM, SamplingParams(temperature=0, max_tokens=80,
+                                                     extra_args=protocol_flags(workers, layout)))
+    steps, tokens = 0, {}
+    while llm.has_unfinished_requests():
+        for out in llm.step():
+            tokens.update({o.index: list(o.token_ids) for o in out.outputs})
+        steps += 1
+    _, whole = protocol_oracle(family, workers, layout, 80)
+    _, single = protocol_oracle(family, workers, layout, 80, whole_texts=False)
+    assert [tokens[w] for w in range(workers)] == [r.generated for r in whole.runs]
+    assert steps == whole.steps < single.steps - 10, (steps, whole.steps, single.steps)

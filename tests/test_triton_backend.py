@@ -32,6 +32,11 @@ def _early_stop(runs) -> int:
     return min((s.index(t), t) for s in streams for t in s if sum(t in o for o in streams) == 1)[1]
 
 
+def _prompt_and_runs(found) -> tuple:
+    prompt, oracle = found
+    return prompt, oracle.runs
+
+
 @functools.lru_cache(maxsize=None)
 def expected() -> dict:
     """The requests, and what the oracle (or transformers, for a plain request) says they give."""
@@ -45,7 +50,8 @@ def expected() -> dict:
         "plain": plain[0, len(plain_ids):].tolist(),
         "stop": stop,
         "early": oracle_runs("qwen3", prompt_ids("qwen3"), 3, "combined", 14, stop),
-        "protocol": protocol_oracle("qwen3", 2, "combined", PROTOCOL_TOKENS),
+        "protocol": _prompt_and_runs(protocol_oracle("qwen3", 2, "combined", PROTOCOL_TOKENS, whole_texts=False)),
+        "protocol-whole": _prompt_and_runs(protocol_oracle("qwen3", 2, "combined", PROTOCOL_TOKENS)),
     }
 
 
@@ -59,6 +65,9 @@ def requests() -> list[dict]:
              {"prompt_ids": prompt_ids("qwen3", PLAIN), "params": dict(temperature=0, max_tokens=8)}],
             [{"prompt_ids": prompt_ids("qwen3"), "params": group_params(3, "combined", 14, expected()["stop"])}],
             [{"prompt": PROBLEM, "params": dict(temperature=0, max_tokens=PROTOCOL_TOKENS, logprobs=3,
+                                                extra_args=protocol_flags(2, "combined"))}],
+            # Without logprobs, each forced text is written in one step, as a chunk.
+            [{"prompt": PROBLEM, "params": dict(temperature=0, max_tokens=PROTOCOL_TOKENS,
                                                 extra_args=protocol_flags(2, "combined"))}]]},
     ]
 
@@ -104,9 +113,10 @@ def test_a_finished_worker_stays_visible(results):
     assert_matches(out, expected()["early"])
 
 
-def test_the_protocol_equals_the_oracle(results):
-    out = results["qwen3"]["batches"][2][0]
-    prompt, runs = expected()["protocol"]
+@pytest.mark.parametrize("batch,kind", [(2, "protocol"), (3, "protocol-whole")], ids=["one-token-steps", "whole-texts"])
+def test_the_protocol_equals_the_oracle(results, batch, kind):
+    out = results["qwen3"]["batches"][batch][0]
+    prompt, runs = expected()[kind]
     assert out["prompt_token_ids"] == prompt
     assert_matches(out, runs)
     assert out["final_answer"] == prompts.final_answer(out["outputs"][0]["text"]) is not None

@@ -3,10 +3,13 @@
 Pure Python. The sampler hook (a logits processor) and the recompute oracle in the tests
 drive one ``GroupProtocol`` per group the same way: once per engine step, before
 sampling, with every running worker's output tokens so far. It answers, per worker,
-an ``Action``: sample freely, emit a forced token (step headers, the redundancy
-question, the closing sentence, a stop token), or take the argmax (the final answer).
-Forced tokens are ordinary outputs of the worker, so they enter its stream and the
-shared cache exactly like sampled ones.
+an ``Action``: sample freely, emit a forced text (step headers, the redundancy
+question, the closing sentence) or a stop token, or take the argmax (the final answer).
+A forced text is written in one engine step: its first token takes the sample's place and
+the rest follow it into the stream (the engine computes them all in the next step, as a
+chunk), unless the group asks for one token per step (``whole_texts=False``: with
+logprobs, which forced tokens after the first do not have). Forced tokens are ordinary
+outputs of the worker, so they enter its stream and the shared cache like sampled ones.
 
 Who answers: worker 0. It never stops on its own (its stop tokens are banned; when one
 is its top choice, the answer starts instead). The answer starts at the token budget,
@@ -37,10 +40,12 @@ class ProtocolConfig:
 
 @dataclass(frozen=True)
 class Action:
-    """What a worker's next token must be: ``force`` it, or the (``greedy``) argmax or a
-    sample among all tokens but ``ban``."""
+    """What a worker's next token must be: ``force`` it (then the tokens of ``then`` in
+    the same engine step), or the (``greedy``) argmax or a sample among all tokens but
+    ``ban``."""
 
     force: int | None = None
+    then: tuple[int, ...] = ()
     greedy: bool = False
     ban: frozenset[int] = frozenset()
 
@@ -64,8 +69,10 @@ class GroupProtocol:
     """The protocol state of one hogwild group."""
 
     def __init__(self, config: ProtocolConfig, encode: Callable[[str], list[int]],
-                 decode: Callable[[int], str], stop_tokens: Iterable[int], max_tokens: int) -> None:
+                 decode: Callable[[int], str], stop_tokens: Iterable[int], max_tokens: int,
+                 whole_texts: bool = True) -> None:
         self.config = config
+        self.whole_texts = whole_texts
         self._encode = encode
         self._decode = decode
         self.stop_tokens = frozenset(stop_tokens)
@@ -103,7 +110,9 @@ class GroupProtocol:
         ended = set(ended)
         if self.phase == "work":
             w0 = outputs.get(0)
-            budget = w0 is not None and len(w0) + self.reserve(self.config, len(self._closing)) >= self.max_tokens
+            # Worker 0's queued text counts as written: a header never eats into the reserve.
+            budget = w0 is not None and (len(w0) + len(self.workers[0].queue)
+                                         + self.reserve(self.config, len(self._closing)) >= self.max_tokens)
             if 0 in ended:
                 self.phase = "over"
             elif ended or budget or (wants_stop and not self.workers[0].queue) or self._boxed_step:
@@ -148,13 +157,16 @@ class GroupProtocol:
         if (self.phase != "work" and w != 0) or self.phase == "over":
             return self._force(worker, self._stop)
         if worker.queue:
-            return self._force(worker, worker.queue.pop(0))
+            if not self.whole_texts:
+                return self._force(worker, worker.queue.pop(0))
+            text, worker.queue = worker.queue, []
+            return self._force(worker, text[0], tuple(text[1:]))
         if self.phase == "answer":
             done = prompts.answer_closed(self._answer) or self._answer_tokens >= self.config.answer_tokens
             return self._force(worker, self._stop) if done else Action(greedy=True, ban=self.stop_tokens)
         return Action(ban=self.stop_tokens) if w == 0 else FREE
 
     @staticmethod
-    def _force(worker: _Worker, token: int) -> Action:
-        worker.issued += 1
-        return Action(force=token)
+    def _force(worker: _Worker, token: int, then: tuple[int, ...] = ()) -> Action:
+        worker.issued += 1 + len(then)
+        return Action(force=token, then=then)

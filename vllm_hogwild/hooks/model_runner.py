@@ -1,6 +1,13 @@
-"""Model runner: worker requests are registered with the planner, which the attention backends ask for views.
+"""Model runner: worker requests are registered with the planner, which the attention backends ask
+for views; a forced text's tokens join the worker's output in the step that forced its first.
 
-Patches ``GPUModelRunner._update_states``.
+Patches ``GPUModelRunner._update_states`` and ``GPUModelRunner._bookkeeping_sync``.
+
+vLLM's scheduler appends every token the runner reports for a request (as it does for
+speculative decoding's accepted tokens) and, next step, schedules all of those whose keys
+are not yet computed: so a forced text reported whole after its first token is computed in
+one step, as a chunk. The runner keeps its own copy of each request's tokens (what it
+feeds the model), so the hook writes the chunk there too.
 """
 
 from __future__ import annotations
@@ -13,18 +20,46 @@ from vllm_hogwild.worker_requests import stamp_of
 def install() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    def update_states(original):
-        def wrapper(self, scheduler_output):
-            result = original(self, scheduler_output)
-            runtime.set_runner(self)
-            for new in scheduler_output.scheduled_new_reqs:
-                stamp = stamp_of(new.sampling_params)
-                if stamp is not None:
-                    runtime.planner(self).add(new.req_id, stamp, self.requests[new.req_id])
-            if scheduler_output.finished_req_ids and getattr(self, "_hogwild_planner", None) is not None:
-                self._hogwild_planner.finish(list(scheduler_output.finished_req_ids))
-            return result
+    wrap(GPUModelRunner, "_update_states", _update_states)
+    wrap(GPUModelRunner, "_bookkeeping_sync", _bookkeeping_sync)
 
-        return wrapper
 
-    wrap(GPUModelRunner, "_update_states", update_states)
+def _update_states(original):
+    def wrapper(self, scheduler_output):
+        result = original(self, scheduler_output)
+        runtime.set_runner(self)
+        for new in scheduler_output.scheduled_new_reqs:
+            stamp = stamp_of(new.sampling_params)
+            if stamp is not None:
+                runtime.planner(self).add(new.req_id, stamp, self.requests[new.req_id])
+        if scheduler_output.finished_req_ids and getattr(self, "_hogwild_planner", None) is not None:
+            self._hogwild_planner.finish(list(scheduler_output.finished_req_ids))
+        return result
+
+    return wrapper
+
+
+def _bookkeeping_sync(original):
+    from vllm_hogwild.hooks.sampler import HogwildLogitsProcessor
+
+    def wrapper(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        sampled = result[3]  # valid_sampled_token_ids: per batch row, what the scheduler gets
+        for processor in self.input_batch.logitsprocs.all:
+            if not isinstance(processor, HogwildLogitsProcessor):
+                continue
+            for index, then in processor.take_then().items():
+                if index >= len(sampled) or not sampled[index]:
+                    continue  # no token this step (a partial chunk): the protocol forces it again
+                batch = self.input_batch
+                start = int(batch.num_tokens_no_spec[index])
+                end = min(start + len(then), self.max_model_len)
+                then = list(then[: end - start])
+                batch.token_ids_cpu[index, start:end] = then
+                batch.is_token_ids[index, start:end] = True
+                batch.num_tokens_no_spec[index] = end
+                self.requests[batch.req_ids[index]].output_token_ids.extend(then)
+                sampled[index].extend(then)
+        return result
+
+    return wrapper

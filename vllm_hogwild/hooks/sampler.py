@@ -23,7 +23,10 @@ class HogwildLogitsProcessor(LogitsProcessor):
     ``vllm.logits_processors`` entry point.
 
     ``worker_steps`` and ``forced_steps`` count, since the engine started, the protocol
-    workers' sampled rows and those whose token was forced (benchmarks read them)."""
+    workers' sampled rows and those whose token was forced (benchmarks read them).
+
+    A forced text's tokens after the first (``Action.then``) wait in ``take_then`` for the
+    model runner's hook, which appends them to the worker's output right after sampling."""
 
     def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
         self.worker_steps = 0
@@ -34,9 +37,23 @@ class HogwildLogitsProcessor(LogitsProcessor):
         self._ended: dict[str, set[int]] = defaultdict(set)
         self._decode = None
         self._encode = None
+        self._then: dict[int, tuple[int, ...]] = {}  # batch index -> forced tokens after the sampled one
+        config = vllm_config.scheduler_config
+        # The runner's hook appends them where it has this step's tokens on the host: not
+        # with async scheduling.
+        self._whole_texts = not getattr(config, "async_scheduling", False)
 
     def is_argmax_invariant(self) -> bool:
         return False
+
+    def take_then(self) -> dict[int, tuple[int, ...]]:
+        """This step's forced tokens after the sampled one, by batch index (then forgotten)."""
+        then, self._then = self._then, {}
+        return then
+
+    def state(self) -> dict[str, int]:
+        """What it holds: protocol groups, the batch rows it follows, workers it saw end."""
+        return {"groups": len(self._groups), "rows": len(self._rows), "ended": len(self._ended)}
 
     def update_state(self, batch_update: Any) -> None:
         if batch_update is None:
@@ -70,9 +87,11 @@ class HogwildLogitsProcessor(LogitsProcessor):
         if self._decode is None:
             self._decode = runtime.token_texts(self._model_config)
             self._encode = runtime.encoder(self._model_config)
-        return GroupProtocol(config, self._encode, self._decode, stop_tokens(params), params.max_tokens)
+        return GroupProtocol(config, self._encode, self._decode, stop_tokens(params), params.max_tokens,
+                             whole_texts=self._whole_texts and params.logprobs is None)
 
     def apply(self, logits: Any) -> Any:
+        self._then = {}
         if not self._rows:
             return logits
         by_group: dict[str, dict[int, int]] = defaultdict(dict)
@@ -86,6 +105,8 @@ class HogwildLogitsProcessor(LogitsProcessor):
             self.worker_steps += len(actions)
             self.forced_steps += sum(action.force is not None for action in actions.values())
             for w, action in actions.items():
+                if action.then:
+                    self._then[rows[w]] = action.then
                 row = logits[rows[w]]
                 if action.ban:
                     row[list(action.ban)] = float("-inf")
