@@ -42,6 +42,7 @@ def test_every_hook_module_lists_what_it_patches_and_vllm_has_it():
     import vllm.entrypoints.openai.chat_completion.serving
     import vllm.entrypoints.openai.completion.serving
     import vllm.v1.core.sched.scheduler
+    import vllm.v1.engine.async_llm
     import vllm.v1.engine.core
     import vllm.v1.engine.core_client
     import vllm.v1.engine.input_processor
@@ -51,7 +52,8 @@ def test_every_hook_module_lists_what_it_patches_and_vllm_has_it():
 
     classes = {}
     for mod in (vllm.engine.arg_utils, vllm.entrypoints.openai.chat_completion.serving,
-                vllm.entrypoints.openai.completion.serving, vllm.v1.core.sched.scheduler, vllm.v1.engine.core,
+                vllm.entrypoints.openai.completion.serving, vllm.v1.core.sched.scheduler, vllm.v1.engine.async_llm,
+                vllm.v1.engine.core,
                 vllm.v1.engine.core_client, vllm.v1.engine.input_processor, vllm.v1.engine.output_processor,
                 vllm.v1.engine.parallel_sampling, vllm.v1.worker.gpu_model_runner):
         classes.update({name: obj for name, obj in vars(mod).items() if isinstance(obj, type)})

@@ -58,9 +58,10 @@ def install() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     from vllm_hogwild.hooks import (command_line, data_parallel, engine_core, frontend, model_runner, outputs,
-                                    scheduler, serving)
+                                    scheduler, serving, shutdown)
 
-    for seam in (command_line, frontend, outputs, serving, engine_core, data_parallel, scheduler, model_runner):
+    for seam in (command_line, frontend, outputs, serving, shutdown, engine_core, data_parallel, scheduler,
+                 model_runner):
         seam.install()
     if current_platform.is_cpu():
         register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.cpu_backend.HogwildCPUBackend")
