@@ -160,10 +160,10 @@ def _engine_core(llm: Any) -> Any:
 
 def _protocol_counters(llm: Any) -> tuple[int, int]:
     """(worker_steps, forced_steps) summed over the hogwild logits processors."""
-    from vllm_hogwild.hooks.sampler import HogwildLogitsProcessor
+    from vllm_hogwild.hooks.sampler import hogwild_processors
 
     runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
-    procs = [p for p in runner.input_batch.logitsprocs.all if isinstance(p, HogwildLogitsProcessor)]
+    procs = hogwild_processors(runner)
     return sum(p.worker_steps for p in procs), sum(p.forced_steps for p in procs)
 
 

@@ -108,7 +108,7 @@ def test_random_traffic_with_aborts_keeps_every_survivor_exact_and_frees_every_b
     runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
     planner = runner._hogwild_planner
     assert not planner and not planner._pending and not planner._group_of
-    from vllm_hogwild.hooks.sampler import HogwildLogitsProcessor
+    from vllm_hogwild.hooks.sampler import hogwild_processors
 
-    protocols = [p for p in runner.input_batch.logitsprocs.all if isinstance(p, HogwildLogitsProcessor)]
+    protocols = hogwild_processors(runner)
     assert protocols and not any(p._groups or p._rows for p in protocols)

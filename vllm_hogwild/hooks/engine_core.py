@@ -35,21 +35,22 @@ def hogwild_state(self) -> dict[str, Any]:
     scheduler's groups and bookkeeping, then each worker's planner and protocol."""
     sched = self.scheduler
     live = {group_of(r) for r in sched.requests.values()} - {None}
-    scheduler = {"groups": len(live), "ended_workers_held": sum(len(v) for v in sched.__dict__.get("_hogwild_ended", {}).values()),
-                 "failing": len(sched.__dict__.get("_hogwild_failing", ())),
-                 "failed_unreported": len(sched.__dict__.get("_hogwild_failed", ()))}
+    held = sched.__dict__
+    scheduler = {"groups": len(live),
+                 "ended_workers_held": sum(len(v) for v in held.get("_hogwild_ended", {}).values()),
+                 "failing": len(held.get("_hogwild_failing", ())),
+                 "failed_unreported": len(held.get("_hogwild_failed", ()))}
     return {"scheduler": scheduler, "workers": self.collective_rpc(worker_state)}
 
 
 def worker_state(worker: Any) -> dict[str, Any]:
     """One worker's planner and protocol state (run on the worker by ``collective_rpc``)."""
-    from vllm_hogwild.hooks.sampler import HogwildLogitsProcessor
+    from vllm_hogwild.hooks.sampler import hogwild_processors
 
     runner = getattr(worker, "worker", worker).model_runner
     planner = getattr(runner, "_hogwild_planner", None)
-    processors = [p for p in runner.input_batch.logitsprocs.all if isinstance(p, HogwildLogitsProcessor)]
     protocol: dict[str, int] = {}
-    for p in processors:
+    for p in hogwild_processors(runner):
         for k, v in p.state().items():
             protocol[k] = protocol.get(k, 0) + v
     return {"planner": planner.state() if planner is not None else {}, "protocol": protocol}

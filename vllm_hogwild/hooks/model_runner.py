@@ -40,17 +40,15 @@ def _update_states(original):
 
 
 def _bookkeeping_sync(original):
-    from vllm_hogwild.hooks.sampler import HogwildLogitsProcessor
+    from vllm_hogwild.hooks.sampler import hogwild_processors
 
     def wrapper(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
         sampled = result[3]  # valid_sampled_token_ids: per batch row, what the scheduler gets
-        for processor in self.input_batch.logitsprocs.all:
-            if not isinstance(processor, HogwildLogitsProcessor):
-                continue
+        for processor in hogwild_processors(self):
             for index, then in processor.take_then().items():
                 if index >= len(sampled) or not sampled[index]:
-                    continue  # no token this step (a partial chunk): the protocol forces it again
+                    continue  # the row's sample was discarded (or not on the host): nothing follows it
                 batch = self.input_batch
                 start = int(batch.num_tokens_no_spec[index])
                 end = min(start + len(then), self.max_model_len)

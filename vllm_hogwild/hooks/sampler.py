@@ -115,3 +115,8 @@ class HogwildLogitsProcessor(LogitsProcessor):
                     row.fill_(float("-inf"))
                     row[keep] = 0.0
         return logits
+
+
+def hogwild_processors(runner: Any) -> list[HogwildLogitsProcessor]:
+    """The model runner's hogwild logits processors (vLLM builds one per runner)."""
+    return [p for p in runner.input_batch.logitsprocs.all if isinstance(p, HogwildLogitsProcessor)]
