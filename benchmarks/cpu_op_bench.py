@@ -1,14 +1,17 @@
-"""The CPU fragment op, one layer: shared keys packed vs tiles only, by context length.
+"""The CPU fragment op, one layer of a decode step: the compiled op against the PyTorch one.
 
-    python benchmarks/cpu_op_bench.py --out benchmarks/results/cpu_op.json
+    python benchmarks/cpu_op_bench.py [--workers 4 8] [--contexts 1000 4000]
+                                      [--layouts contiguous combined] [--out benchmarks/results/cpu_op.json]
 
-A decode step of one group of W workers with the combined layout's views (a history of
-20-token steps, ``paged.layout_views``), SmolLM2-135M's attention shapes (9 query / 3 KV
-heads, head_dim 64), vLLM's CPU cache layout (keys dimension-major, values
-token-major), block size 32, float32. Each figure is the median over ``--repeats``
-alternating runs of the two schedules (this machine's timings drift by 2x and more),
-each run the mean of 10 calls. This is what ``cpu_op.prepare``'s ``pack_from`` is set
-from.
+A decode step of one group of W workers over a context of C tokens, the views the plugin's
+layouts build (``tests/paged.layout_views``: combined = 20-token steps of every worker,
+hundreds of fragments per view), SmolLM2-135M's attention shapes (9 query / 3 KV heads,
+head_dim 64), vLLM's CPU cache layout (keys dimension-major, values token-major), block
+size 32, float32, 2 threads. Each call runs the step's layers over ``--layers`` separate
+caches (12 by default: more than this machine's 32 MB L3 at 4000 tokens), as a model does,
+so that keys come from memory and not from the cache of the previous call. Each figure is
+the median over ``--repeats`` alternating runs of the ops (this machine's timings drift by
+10-20%), per layer. ``prepare`` (the per-step work list, once for all layers) is timed apart.
 """
 
 from __future__ import annotations
@@ -28,49 +31,64 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from hogwild_kernels import build, cpu_op  # noqa: E402
+from hogwild_kernels import build, cpu_native, cpu_op  # noqa: E402
 from paged import inv_freq_for, layout_views, random_cache  # noqa: E402
 
-SCHEDULES = {"packed": 0, "tiles": 1 << 62}  # pack_from: always, never
+OPS = {"native": cpu_native, "torch": cpu_op}
 
 
-def run(workers: int, context: int, repeats: int) -> dict:
-    lengths, views = layout_views(workers, context, "combined")
+def run(workers: int, context: int, layout: str, layers: int, repeats: int) -> dict:
+    lengths, views = layout_views(workers, context, layout)
     cache = random_cache(lengths, 32, 3, 64, gen=torch.Generator().manual_seed(context))
-    keys = cache.key.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # vLLM's CPU layouts, as views
-    values = cache.value.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
-    table = build(views)
+    caches = [(cache.key.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),  # vLLM's CPU layouts, as views
+               cache.value.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)) for _ in range(layers)]
     inv_freq = inv_freq_for(64)
     q = torch.randn(workers, 9, 64)
-    prepared = {name: cpu_op.prepare(table, cache.block_table, 32, inv_freq, True, 64, pack_from=pack_from)
-                for name, pack_from in SCHEDULES.items()}
-    outs = [cpu_op.fragment_attention(q, keys, values, p, 0.125) for p in prepared.values()]
+
+    def prepare(op):
+        return op.prepare(build(views), cache.block_table, 32, inv_freq, True, 64)
+
+    prepared = {name: prepare(op) for name, op in OPS.items()}
+    outs = [OPS[name].fragment_attention(q, *caches[0], p, 0.125) for name, p in prepared.items()]
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
-    times: dict[str, list[float]] = {name: [] for name in prepared}
+    times: dict[str, list[float]] = {name: [] for name in OPS}
+    prep: dict[str, list[float]] = {name: [] for name in OPS}
     for _ in range(repeats):
-        for name, p in prepared.items():
-            call = lambda: cpu_op.fragment_attention(q, keys, values, p, 0.125)  # noqa: E731
-            times[name].append(timeit.timeit(call, number=10) / 10 * 1e3)
-    return {"workers": workers, "context": context, "fragments_per_view": len(views[0].fragments),
-            "ms_per_layer": {name: statistics.median(v) for name, v in times.items()}}
+        for name, op in OPS.items():
+            p = prepared[name]
+            step = lambda: [op.fragment_attention(q, k, v, p, 0.125) for k, v in caches]  # noqa: E731
+            times[name].append(timeit.timeit(step, number=2) / (2 * layers) * 1e3)
+            prep[name].append(timeit.timeit(lambda: prepare(op), number=3) / 3 * 1e3)
+    return {"workers": workers, "context": context, "layout": layout,
+            "fragments_per_view": len(views[0].fragments),
+            "ms_per_layer": {name: statistics.median(v) for name, v in times.items()},
+            "ms_prepare_per_step": {name: statistics.median(v) for name, v in prep.items()}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu_op.json"))
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--workers", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--layouts", nargs="+", default=["contiguous", "combined"],
+                        choices=["contiguous", "interleaved", "combined"])
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    if not cpu_native.available():
+        sys.exit("cpu_op_bench: the compiled op could not be built (see the warning above)")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv),
               "date": time.strftime("%Y-%m-%d"), "runs": []}
-    for context in args.contexts:
-        r = run(args.workers, context, args.repeats)
-        result["runs"].append(r)
-        ms = r["ms_per_layer"]
-        print(f"C={context:5d} ({r['fragments_per_view']} fragments a view): packed {ms['packed']:6.2f} ms"
-              f"  tiles {ms['tiles']:6.2f} ms per layer", flush=True)
+    for workers in args.workers:
+        for context in args.contexts:
+            for layout in args.layouts:
+                r = run(workers, context, layout, args.layers, args.repeats)
+                result["runs"].append(r)
+                ms, prep = r["ms_per_layer"], r["ms_prepare_per_step"]
+                print(f"W={workers} C={context:5d} {layout:11s} ({r['fragments_per_view']:3d} fragments a view): "
+                      f"compiled {ms['native']:6.3f} ms, PyTorch {ms['torch']:6.3f} ms per layer; "
+                      f"work list {prep['native']:5.2f} / {prep['torch']:5.2f} ms per step", flush=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

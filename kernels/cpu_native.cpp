@@ -1,11 +1,18 @@
-// Fragment attention on the CPU: one pass over a query row's visible keys per KV head.
+// Fragment attention on the CPU: one pass over a group's visible keys per KV head.
 //
-// The work list (built once per step by cpu_native.prepare) gives every query row its
-// visible *entries*: a cache block, the run of slots [lo, hi) the row sees in it, and the
-// *turn* (an index into a cos/sin table) that rotates the query from its home position to
-// the place where that block's keys sit in the row's view. A row's cost is then what plain
-// attention over its keys costs, plus one rotation of its queries each time the turn
-// changes (once per fragment, not per key).
+// The work list (built once per step by cpu_native.prepare) gives every group its *tiles*
+// (one cache block of one of its sources each) and every tile its *entries*: the rows of
+// the group that see a slot of it, each with the run of slots [lo, hi) it sees and the
+// *turn* (an index into a cos/sin table) that rotates the row's query from its home
+// position to the place where that block's keys sit in the row's view.
+//
+// A task walks one group's tiles for one KV head (or a run of them, when there are fewer
+// groups than threads: the runs' partial softmaxes are merged after). Each tile is read
+// from memory once and serves every row of the group while it is in the core's cache: a
+// group of W workers reads its keys once per step, not W times. Each register of keys
+// serves up to QUERIES queries (rows x heads) at once, and a row's softmax is kept online
+// (flash attention's running max and sum), so no score outlives its tile. A row's query is
+// rotated once per fragment (when its turn changes), not per key.
 //
 // Layout: caches [blocks, block_size, kv_heads, D] with any strides; vLLM's CPU cache keeps
 // a block's keys dimension-major (stride 1 along the slots), which the score loop uses.
@@ -16,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -50,58 +58,82 @@ struct Lanes {
   static void store(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 };
 
-// Up to HEADS query heads of one KV head go through a block's keys together: each register
-// of keys (or values) loaded once serves all of them.
+// Up to HEADS query heads of one KV head go through a block's values together: each register
+// of values loaded once serves all of them.
 constexpr int64_t HEADS = 4;
 
-// scores[g][j - lo] = q_turned[g] . key[j]  for G heads and the slots j of [lo, hi) of one
-// block. Dimension-major keys (vLLM's CPU layout) are read a register of slots at a time; a
-// register may run past `hi` inside the block (those scores are dropped, never stored).
-template <typename T, int G>
-void scores_of_heads(const T* __restrict__ q_turned, const T* __restrict__ keys, int64_t key_dim, int64_t lo,
-                     int64_t hi, int64_t dims, T* __restrict__ scores, int64_t scores_stride) {
+// Queries whose scores one register of keys serves at once: QUERIES x 2 sums in flight,
+// enough to hide the latency of a fused multiply-add, and all of them in registers (32
+// registers with AVX-512, 16 of half the width without).
+#ifdef __AVX512F__
+constexpr int QUERIES = 8;
+#else
+constexpr int QUERIES = 2;
+#endif
+
+// scores[i][j] = q[i] . key[j]  for Q queries and the R registers of slots from j0 of one
+// block of dimension-major keys (vLLM's CPU layout).
+template <typename T, int Q, int R>
+void scores_block(const T* const* q, const T* __restrict__ keys, int64_t key_dim, int64_t j0, int64_t dims,
+                  T* const* scores) {
   using L = Lanes<T>;
-  for (int64_t j0 = lo - lo % L::N; j0 < hi; j0 += L::N) {
-    typename L::V acc[G] = {};
-    for (int64_t d = 0; d < dims; ++d) {
-      const typename L::V k = L::load(keys + d * key_dim + j0);
-      for (int g = 0; g < G; ++g) acc[g] += q_turned[g * dims + d] * k;
+  typename L::V acc[Q][R] = {};
+  for (int64_t d = 0; d < dims; ++d) {
+    typename L::V k[R];
+    for (int r = 0; r < R; ++r) k[r] = L::load(keys + d * key_dim + j0 + r * L::N);
+    for (int i = 0; i < Q; ++i) {
+      const T x = q[i][d];
+      for (int r = 0; r < R; ++r) acc[i][r] += x * k[r];
     }
-    for (int g = 0; g < G; ++g) {
-      T part[L::N];
-      L::store(part, acc[g]);
-      T* __restrict__ s = scores + g * scores_stride - lo;
-      for (int64_t i = std::max<int64_t>(0, lo - j0); i < L::N && j0 + i < hi; ++i) s[j0 + i] = part[i];
-    }
+  }
+  for (int i = 0; i < Q; ++i)
+    for (int r = 0; r < R; ++r) L::store(scores[i] + j0 + r * L::N, acc[i][r]);
+}
+
+// The same for the slots [lo, hi), two registers at a time; a register may run past `hi`
+// inside the block (those scores are stored but never read).
+template <typename T, int Q>
+void scores_run(const T* const* q, const T* keys, int64_t key_dim, int64_t block_size, int64_t lo, int64_t hi,
+                int64_t dims, T* const* scores) {
+  constexpr int64_t N = Lanes<T>::N;
+  for (int64_t j0 = lo - lo % N; j0 < hi; j0 += 2 * N) {
+    if (j0 + N < hi && j0 + 2 * N <= block_size)
+      scores_block<T, Q, 2>(q, keys, key_dim, j0, dims, scores);
+    else
+      scores_block<T, Q, 1>(q, keys, key_dim, j0, dims, scores);
   }
 }
 
+// scores[i][j] = q[i] . key[j]  for `queries` queries (pointers to head_dim values each) and
+// the slots j of [lo, hi) of one block, stored at slot j of each query's row of scores.
 template <typename T>
-void scores_of(const T* __restrict__ q_turned, const T* __restrict__ keys, const Cache& c, int64_t block_size,
-               int64_t lo, int64_t hi, int64_t group, int64_t dims, T* __restrict__ scores, int64_t scores_stride) {
+void scores_of(const T* const* q, int64_t queries, const T* __restrict__ keys, const Cache& c, int64_t block_size,
+               int64_t lo, int64_t hi, int64_t dims, T* const* scores) {
   if (c.slot == 1 && block_size % Lanes<T>::N == 0) {
-    for (int64_t g = 0; g < group; g += HEADS) {
-      const T* q = q_turned + g * dims;
-      T* s = scores + g * scores_stride;
-      switch (std::min(HEADS, group - g)) {
-        case 1: scores_of_heads<T, 1>(q, keys, c.dim, lo, hi, dims, s, scores_stride); break;
-        case 2: scores_of_heads<T, 2>(q, keys, c.dim, lo, hi, dims, s, scores_stride); break;
-        case 3: scores_of_heads<T, 3>(q, keys, c.dim, lo, hi, dims, s, scores_stride); break;
-        default: scores_of_heads<T, 4>(q, keys, c.dim, lo, hi, dims, s, scores_stride);
+    for (int64_t i = 0; i < queries;) {
+      const int64_t left = queries - i;
+      if (left >= QUERIES) {
+        scores_run<T, QUERIES>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
+        i += QUERIES;
+      } else if (QUERIES > 4 && left >= 4) {
+        scores_run<T, 4>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
+        i += 4;
+      } else if (left >= 2) {
+        scores_run<T, 2>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
+        i += 2;
+      } else {
+        scores_run<T, 1>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
+        i += 1;
       }
     }
     return;
   }
-  for (int64_t g = 0; g < group; ++g) {
-    T* __restrict__ s = scores + g * scores_stride - lo;
-    const T* __restrict__ qg = q_turned + g * dims;
+  for (int64_t i = 0; i < queries; ++i)
     for (int64_t j = lo; j < hi; ++j) {
-      const T* __restrict__ k = keys + j * c.slot;
       T acc = 0;
-      for (int64_t d = 0; d < dims; ++d) acc += qg[d] * k[d * c.dim];
-      s[j] = acc;
+      for (int64_t d = 0; d < dims; ++d) acc += q[i][d] * keys[j * c.slot + d * c.dim];
+      scores[i][j] = acc;
     }
-  }
 }
 
 // out[g] += sum_j weights[g][j - lo] * value[j]  for G heads, out held in registers (D known)
@@ -151,65 +183,227 @@ void add_values(const T* __restrict__ weights, int64_t weights_stride, const T* 
   }
 }
 
-// The program: one task per (query row, KV head); softmax over all the row's entries.
+// One query row's running softmax over the entries seen so far (flash attention's online
+// form, per query head): out = o / l, with every weight taken relative to the running max m.
+// `m` starts at a finite floor, not -inf: the build's -ffast-math assumes finite values.
+template <typename T>
+constexpr T floor_score() { return -std::numeric_limits<T>::max() / 4; }
+
+// e^x for a register: x = k ln2 + r with |r| <= ln2/2, e^r by its Taylor series (to 2^-24
+// for float, 2^-52 for double), 2^k put into the exponent bits. Inputs below the clamp
+// (where e^x underflows) give 0.
+template <typename T>
+typename Lanes<T>::V exp_lanes(typename Lanes<T>::V x) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef I IV __attribute__((vector_size(64)));
+  constexpr int terms = sizeof(T) == 4 ? 7 : 13;
+  constexpr int mantissa = sizeof(T) == 4 ? 23 : 52;
+  constexpr I bias = sizeof(T) == 4 ? 127 : 1023;
+  const T clamp = sizeof(T) == 4 ? T(-87) : T(-707);
+  const auto under = x < clamp;
+  x = x < clamp ? V{} + clamp : x;
+  const V y = x * T(1.4426950408889634) + T(0.5);  // x / ln2, rounded down below
+  IV k = __builtin_convertvector(y, IV);
+  k += (__builtin_convertvector(k, V) > y);  // truncated toward zero -> floor (true is -1)
+  const V r = x - __builtin_convertvector(k, V) * T(0.6931471805599453);
+  V p = V{} + T(1);
+  for (int i = terms; i >= 1; --i) p = p * r / T(i) + T(1);  // Horner: 1 + r(1 + r/2(1 + r/3 ...))
+  V scale;
+  const IV bits = (k + bias) << mantissa;
+  __builtin_memcpy(&scale, &bits, sizeof(V));
+  return under ? V{} : p * scale;
+}
+
+// Fold one entry's scores into the running state and turn them into the weights of its
+// values: G heads' rows of scores (stride `stride`), slot j of the block at index j, the
+// slots [lo, hi) valid.
+template <typename T>
+void fold(T* __restrict__ scores, int64_t stride, int64_t lo, int64_t hi, int64_t block_size, int64_t group,
+          int64_t dim, T* __restrict__ m, T* __restrict__ l, T* __restrict__ o) {
+  using L = Lanes<T>;
+  constexpr int64_t N = L::N;
+  const bool whole = block_size % N == 0;  // then the registers that hold [lo, hi) lie in the block
+  const int64_t j0 = lo - lo % N, j1 = (hi + N - 1) / N * N;
+  for (int64_t g = 0; g < group; ++g) {
+    T* s = scores + g * stride;
+    T top = m[g];
+    if (whole) {  // slots outside [lo, hi) of the registers get the floor: no weight, no max
+      for (int64_t j = j0; j < lo; ++j) s[j] = floor_score<T>();
+      for (int64_t j = hi; j < j1; ++j) s[j] = floor_score<T>();
+      typename L::V most = L::load(s + j0);
+      for (int64_t j = j0 + N; j < j1; j += N) {
+        const typename L::V x = L::load(s + j);
+        most = most > x ? most : x;
+      }
+      for (int64_t i = 0; i < N; ++i) top = std::max(top, most[i]);
+    } else {
+      for (int64_t j = lo; j < hi; ++j) top = std::max(top, s[j]);
+    }
+    if (top > m[g]) {  // a new max: what came before shrinks by exp(old - new)
+      const T shrink = std::exp(m[g] - top);
+      l[g] *= shrink;
+      for (int64_t d = 0; d < dim; ++d) o[g * dim + d] *= shrink;
+      m[g] = top;
+    }
+    T sum = 0;
+    if (whole) {
+      typename L::V total{};
+      for (int64_t j = j0; j < j1; j += N) {
+        const typename L::V e = exp_lanes<T>(L::load(s + j) - top);
+        L::store(s + j, e);
+        total += e;
+      }
+      for (int64_t i = 0; i < N; ++i) sum += total[i];
+    } else {
+      for (int64_t j = lo; j < hi; ++j) {
+        s[j] = std::exp(s[j] - top);
+        sum += s[j];
+      }
+    }
+    l[g] += sum;
+  }
+}
+
+// The inputs of the program, as the work list gives them (see cpu_native.py's Prepared).
+template <typename T>
+struct Work {
+  const T* q;
+  int64_t q_row, q_head;
+  Cache keys, values;
+  const int64_t *row_at, *group_rows, *group_row_ptr, *group_tile_ptr, *tile_entry_ptr, *entry_block, *perm;
+  const int32_t *entry_row, *entry_lo, *entry_hi, *entry_turn;
+  const T *turn_cos, *turn_sin;
+  T scale;
+  T* out;
+  int64_t out_row, out_head, kv_heads, group, dim, block_size;
+};
+
+// One task: the rows of one group, one KV head, the tiles [tile_lo, tile_hi) of the group.
+// Tiles come in turn and every row that sees a tile takes it while its keys and values are
+// still in the core's cache, so a group's keys are read from memory once per step, not once
+// per worker. Leaves each row's (m, l, o) for its query heads in the given arrays.
 template <typename T, int D>
-void attend(const T* q, int64_t q_row, int64_t q_head, const Cache& keys, const Cache& values,
-            const int64_t* row_at, const int64_t* row_ptr, const int64_t* entry_block,
-            const int32_t* entry_lo, const int32_t* entry_hi, const int32_t* entry_turn,
-            const T* turn_cos, const T* turn_sin, const int64_t* perm, T scale, T* out,
-            int64_t out_row, int64_t out_head, int64_t rows, int64_t kv_heads, int64_t group,
-            int64_t dim, int64_t block_size) {
-  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> q_scaled(group * dim), q_partner(group * dim), q_turned(group * dim), o(group * dim), scores;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / kv_heads, h = task % kv_heads;
-      const int64_t first = row_ptr[r], last = row_ptr[r + 1];
-      int64_t n = 0;
-      for (int64_t e = first; e < last; ++e) n += entry_hi[e] - entry_lo[e];
-      const int64_t at = row_at[r];
-      for (int64_t g = 0; g < group; ++g)
-        for (int64_t d = 0; d < dim; ++d) q_scaled[g * dim + d] = q[at * q_row + (h * group + g) * q_head + d] * scale;
-      for (int64_t g = 0; g < group; ++g)
-        for (int64_t d = 0; d < dim; ++d) q_partner[g * dim + d] = q_scaled[g * dim + perm[d]];
-      scores.assign(group * std::max<int64_t>(n, 1), 0);
-      // Scores of every visible key, entry by entry, the queries turned when the turn changes.
-      int32_t turned_by = -1;
-      int64_t at_key = 0;
-      for (int64_t e = first; e < last; ++e) {
-        if (entry_turn[e] != turned_by) {
-          turned_by = entry_turn[e];
-          turn(q_scaled.data(), q_partner.data(), turn_cos + turned_by * dim, turn_sin + turned_by * dim, group, dim,
-               q_turned.data());
-        }
-        const T* block = static_cast<const T*>(keys.data) + entry_block[e] * keys.block + h * keys.head;
-        scores_of<T>(q_turned.data(), block, keys, block_size, entry_lo[e], entry_hi[e], group, dim,
-                     scores.data() + at_key, n);
-        at_key += entry_hi[e] - entry_lo[e];
+void walk(const Work<T>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile_hi, T* m, T* l, T* o,
+          std::vector<T>& q_scaled, std::vector<T>& q_partner, std::vector<T>& q_turned,
+          std::vector<int32_t>& turned_by, std::vector<T>& scores, std::vector<const T*>& query,
+          std::vector<T*>& score_row) {
+  const int64_t rows = w.group_row_ptr[gi + 1] - w.group_row_ptr[gi], group = w.group, dim = w.dim;
+  const int64_t width = group * dim;
+  q_scaled.resize(rows * width);
+  q_partner.resize(rows * width);
+  q_turned.resize(rows * width);
+  turned_by.assign(rows, -1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t at = w.row_at[w.group_rows[w.group_row_ptr[gi] + r]];
+    T* qs = q_scaled.data() + r * width;
+    for (int64_t g = 0; g < group; ++g)
+      for (int64_t d = 0; d < dim; ++d) qs[g * dim + d] = w.q[at * w.q_row + (h * group + g) * w.q_head + d] * w.scale;
+    for (int64_t g = 0; g < group; ++g)
+      for (int64_t d = 0; d < dim; ++d) q_partner[r * width + g * dim + d] = qs[g * dim + w.perm[d]];
+  }
+  std::fill(m, m + rows * group, floor_score<T>());
+  std::fill(l, l + rows * group, T(0));
+  std::fill(o, o + rows * width, T(0));
+  for (int64_t t = tile_lo; t < tile_hi; ++t) {
+    const int64_t first = w.tile_entry_ptr[t], entries = w.tile_entry_ptr[t + 1] - first;
+    if (entries == 0) continue;
+    // Every row that sees the tile: its queries, turned to where the tile sits in its view.
+    int64_t lo = w.block_size, hi = 0;
+    query.resize(entries * group);
+    score_row.resize(entries * group);
+    scores.resize(entries * group * w.block_size);
+    for (int64_t i = 0; i < entries; ++i) {
+      const int64_t e = first + i, r = w.entry_row[e];
+      T* qt = q_turned.data() + r * width;
+      if (w.entry_turn[e] != turned_by[r]) {  // the row's next fragment: turn its queries once
+        turned_by[r] = w.entry_turn[e];
+        turn(q_scaled.data() + r * width, q_partner.data() + r * width, w.turn_cos + turned_by[r] * dim,
+             w.turn_sin + turned_by[r] * dim, group, dim, qt);
       }
-      // Softmax per query head, then the weighted values.
-      std::vector<T> total(group, 0);
       for (int64_t g = 0; g < group; ++g) {
-        T* s = scores.data() + g * n;
-        T top = -std::numeric_limits<T>::infinity();
-        for (int64_t j = 0; j < n; ++j) top = std::max(top, s[j]);
-        T sum = 0;
-        for (int64_t j = 0; j < n; ++j) {
-          s[j] = std::exp(s[j] - top);
-          sum += s[j];
+        query[i * group + g] = qt + g * dim;
+        score_row[i * group + g] = scores.data() + (i * group + g) * w.block_size;
+      }
+      lo = std::min<int64_t>(lo, w.entry_lo[e]);
+      hi = std::max<int64_t>(hi, w.entry_hi[e]);
+    }
+    // Their scores against the tile's keys, all queries at once; then row by row, the
+    // softmax's running state and the weighted values.
+    const T* keys = static_cast<const T*>(w.keys.data) + w.entry_block[first] * w.keys.block + h * w.keys.head;
+    const T* values = static_cast<const T*>(w.values.data) + w.entry_block[first] * w.values.block + h * w.values.head;
+    scores_of<T>(query.data(), entries * group, keys, w.keys, w.block_size, lo, hi, dim, score_row.data());
+    for (int64_t i = 0; i < entries; ++i) {
+      const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
+      T* s = scores.data() + i * group * w.block_size;
+      fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, m + r * group, l + r * group,
+           o + r * width);
+      add_values<T, D>(s + at, w.block_size, values, w.values, at, w.entry_hi[e], group, dim, o + r * width);
+    }
+  }
+}
+
+// The program. Tasks are (group, KV head, split), a split being a run of the group's tiles;
+// groups are split only as far as needed to keep every thread busy (one long group on many
+// cores), and the splits' partial softmaxes are then merged per row.
+template <typename T, int D>
+void attend(const Work<T>& w, int64_t groups, int64_t splits_asked) {
+  const int64_t group = w.group, dim = w.dim, width = group * dim, kv_heads = w.kv_heads;
+  const int64_t threads = at::get_num_threads();
+  // Splits per group: enough tasks for every thread (x2, to even out unequal groups), but
+  // never a split of fewer than 4 tiles (128 keys at block size 32).
+  std::vector<int64_t> splits(groups), part_at(groups + 1, 0);
+  const int64_t want = splits_asked > 0 ? splits_asked : (2 * threads + groups * kv_heads - 1) / (groups * kv_heads);
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    const int64_t tiles = w.group_tile_ptr[gi + 1] - w.group_tile_ptr[gi];
+    splits[gi] = std::max<int64_t>(1, std::min(want, splits_asked > 0 ? tiles : tiles / 4));
+    part_at[gi + 1] = part_at[gi] + splits[gi] * (w.group_row_ptr[gi + 1] - w.group_row_ptr[gi]);
+  }
+  std::vector<int64_t> task_ptr(groups + 1, 0);  // tasks of group gi: [task_ptr[gi], ...) x kv_heads
+  for (int64_t gi = 0; gi < groups; ++gi) task_ptr[gi + 1] = task_ptr[gi] + splits[gi] * kv_heads;
+  // Partial state of (split, row) of each KV head: m and l per query head, o per query head and dim.
+  const int64_t parts = part_at[groups];
+  std::vector<T> part_m(parts * kv_heads * group), part_l(parts * kv_heads * group), part_o(parts * kv_heads * width);
+  at::parallel_for(0, task_ptr[groups], 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> q_scaled, q_partner, q_turned, scores;
+    std::vector<int32_t> turned_by;
+    std::vector<const T*> query;
+    std::vector<T*> score_row;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t gi = std::upper_bound(task_ptr.begin(), task_ptr.end(), task) - task_ptr.begin() - 1;
+      const int64_t local = task - task_ptr[gi], s = local / kv_heads, h = local % kv_heads;
+      const int64_t rows = w.group_row_ptr[gi + 1] - w.group_row_ptr[gi];
+      const int64_t first = w.group_tile_ptr[gi], tiles = w.group_tile_ptr[gi + 1] - first;
+      const int64_t at = (part_at[gi] + s * rows) * kv_heads + h * rows;  // (split, head, row) of the group
+      walk<T, D>(w, gi, h, first + tiles * s / splits[gi], first + tiles * (s + 1) / splits[gi],
+                 part_m.data() + at * group, part_l.data() + at * group, part_o.data() + at * width, q_scaled,
+                 q_partner, q_turned, turned_by, scores, query, score_row);
+    }
+  });
+  // Merge: out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M the largest m_s.
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t gi = begin; gi < end; ++gi) {
+      const int64_t rows = w.group_row_ptr[gi + 1] - w.group_row_ptr[gi];
+      for (int64_t h = 0; h < kv_heads; ++h)
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t at = w.row_at[w.group_rows[w.group_row_ptr[gi] + r]];
+          for (int64_t g = 0; g < group; ++g) {
+            auto part = [&](int64_t s) { return ((part_at[gi] + s * rows) * kv_heads + h * rows + r) * group + g; };
+            T top = floor_score<T>();
+            for (int64_t s = 0; s < splits[gi]; ++s) top = std::max(top, part_m[part(s)]);
+            T total = 0;
+            T* o = w.out + at * w.out_row + (h * group + g) * w.out_head;
+            for (int64_t d = 0; d < dim; ++d) o[d] = 0;
+            for (int64_t s = 0; s < splits[gi]; ++s) {
+              const T weight = std::exp(part_m[part(s)] - top);
+              total += part_l[part(s)] * weight;
+              const T* os = part_o.data() + part(s) * dim;
+              for (int64_t d = 0; d < dim; ++d) o[d] += os[d] * weight;
+            }
+            for (int64_t d = 0; d < dim; ++d) o[d] /= total;
+          }
         }
-        total[g] = sum;
-      }
-      std::fill(o.begin(), o.end(), T(0));
-      at_key = 0;
-      for (int64_t e = first; e < last; ++e) {
-        const T* block = static_cast<const T*>(values.data) + entry_block[e] * values.block + h * values.head;
-        add_values<T, D>(scores.data() + at_key, n, block, values, entry_lo[e], entry_hi[e], group, dim,
-                   o.data());
-        at_key += entry_hi[e] - entry_lo[e];
-      }
-      for (int64_t g = 0; g < group; ++g)
-        for (int64_t d = 0; d < dim; ++d)
-          out[at * out_row + (h * group + g) * out_head + d] = o[g * dim + d] / total[g];
     }
   });
 }
@@ -219,11 +413,13 @@ Cache cache_of(const torch::Tensor& c) {
 }
 
 void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, const torch::Tensor& value_cache,
-                        torch::Tensor& out, const torch::Tensor& row_at, const torch::Tensor& row_ptr,
+                        torch::Tensor& out, const torch::Tensor& row_at, const torch::Tensor& group_rows,
+                        const torch::Tensor& group_row_ptr, const torch::Tensor& group_tile_ptr,
+                        const torch::Tensor& tile_entry_ptr, const torch::Tensor& entry_row,
                         const torch::Tensor& entry_block, const torch::Tensor& entry_lo,
                         const torch::Tensor& entry_hi, const torch::Tensor& entry_turn,
                         const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm,
-                        double scale) {
+                        double scale, int64_t splits) {
   TORCH_CHECK(q.dim() == 3 && out.sizes() == q.sizes() && q.stride(2) == 1 && out.stride(2) == 1,
               "q and out must be [tokens, heads, head_dim] with unit stride along head_dim");
   TORCH_CHECK(key_cache.dim() == 4 && value_cache.sizes() == key_cache.sizes(),
@@ -234,29 +430,31 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
               "q, out, the caches and the turns must share one dtype");
   const int64_t kv_heads = key_cache.size(2), dim = q.size(2);
   TORCH_CHECK(key_cache.size(3) == dim && q.size(1) % kv_heads == 0, "head shapes of q and the caches differ");
-  for (const auto* t : {&row_at, &row_ptr, &entry_block, &perm})
+  for (const auto* t : {&row_at, &group_rows, &group_row_ptr, &group_tile_ptr, &tile_entry_ptr, &entry_block, &perm})
     TORCH_CHECK(t->scalar_type() == torch::kInt64 && t->is_contiguous(), "index arrays must be contiguous int64");
-  for (const auto* t : {&entry_lo, &entry_hi, &entry_turn})
+  for (const auto* t : {&entry_row, &entry_lo, &entry_hi, &entry_turn})
     TORCH_CHECK(t->scalar_type() == torch::kInt32 && t->is_contiguous(), "slot arrays must be contiguous int32");
   TORCH_CHECK(turn_cos.is_contiguous() && turn_sin.is_contiguous() && turn_cos.size(-1) == dim,
               "turns must be contiguous [turns, head_dim]");
-  const int64_t rows = row_at.numel();
+  TORCH_CHECK(group_row_ptr.numel() == group_tile_ptr.numel(), "one row range and one tile range per group");
+  const int64_t groups = group_row_ptr.numel() - 1;
   // The head sizes of common models get loops of known length (their accumulators in registers).
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "fragment_attention", [&] {
-    auto run = [&](auto head_dim) {
-      attend<scalar_t, decltype(head_dim)::value>(q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), cache_of(key_cache), cache_of(value_cache),
-                     row_at.data_ptr<int64_t>(), row_ptr.data_ptr<int64_t>(), entry_block.data_ptr<int64_t>(),
-                     entry_lo.data_ptr<int32_t>(), entry_hi.data_ptr<int32_t>(), entry_turn.data_ptr<int32_t>(),
-                     turn_cos.data_ptr<scalar_t>(), turn_sin.data_ptr<scalar_t>(), perm.data_ptr<int64_t>(),
-                     static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(), out.stride(0), out.stride(1), rows,
-                     kv_heads, q.size(1) / kv_heads, dim, key_cache.size(1));
-    };
+    const Work<scalar_t> w{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), cache_of(key_cache),
+                           cache_of(value_cache), row_at.data_ptr<int64_t>(), group_rows.data_ptr<int64_t>(),
+                           group_row_ptr.data_ptr<int64_t>(), group_tile_ptr.data_ptr<int64_t>(),
+                           tile_entry_ptr.data_ptr<int64_t>(), entry_block.data_ptr<int64_t>(),
+                           perm.data_ptr<int64_t>(), entry_row.data_ptr<int32_t>(), entry_lo.data_ptr<int32_t>(),
+                           entry_hi.data_ptr<int32_t>(), entry_turn.data_ptr<int32_t>(),
+                           turn_cos.data_ptr<scalar_t>(), turn_sin.data_ptr<scalar_t>(),
+                           static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(), out.stride(0), out.stride(1),
+                           kv_heads, q.size(1) / kv_heads, dim, key_cache.size(1)};
     switch (dim) {
-      case 64: run(std::integral_constant<int, 64>()); break;
-      case 128: run(std::integral_constant<int, 128>()); break;
-      case 80: run(std::integral_constant<int, 80>()); break;
-      case 96: run(std::integral_constant<int, 96>()); break;
-      default: run(std::integral_constant<int, 0>());
+      case 64: attend<scalar_t, 64>(w, groups, splits); break;
+      case 128: attend<scalar_t, 128>(w, groups, splits); break;
+      case 80: attend<scalar_t, 80>(w, groups, splits); break;
+      case 96: attend<scalar_t, 96>(w, groups, splits); break;
+      default: attend<scalar_t, 0>(w, groups, splits);
     }
   });
 }

@@ -2,13 +2,15 @@
 
 Same contract as ``reference.fragment_attention``. ``prepare`` turns the step's fragment
 table into a flat work list once per step (vectorised, no Python loop over groups or
-fragments): every query row gets its *entries*, the cache blocks it sees with the run of
-slots ``[lo, hi)`` visible to it and the *turn* (a row of a cos/sin table) that rotates
-its query to where those keys sit in its view. ``fragment_attention`` hands the list to
-``cpu_native.cpp``, which works through (row, KV head) tasks on PyTorch's thread pool:
-a row costs what plain attention over its keys costs, plus one rotation of its queries
-per fragment. So a step's cost follows the keys the views hold, not the fragments they
-are cut into, and no packing of the shared history is needed.
+fragments): every group's *tiles* (a cache block of one of its sources), and for every
+tile its *entries*, the rows that see it with the run of slots ``[lo, hi)`` visible to
+each and the *turn* (a row of a cos/sin table) that rotates the row's query to where those
+keys sit in its view. ``fragment_attention`` hands the list to ``cpu_native.cpp``, which
+walks each group's tiles once per KV head, every row of the group taking a tile while it
+is in cache: a step reads a group's keys once, whatever its number of workers, and costs
+one rotation of a row's queries per fragment. So the cost follows the keys the group
+holds, not the fragments its views are cut into, and no packing of the shared history is
+needed.
 
 The extension is compiled on first use (``torch.utils.cpp_extension``, with
 ``-march=native``: it is built on the machine that runs it) into PyTorch's extension cache
@@ -36,10 +38,18 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_native.cp
 
 @dataclass
 class Prepared:
-    """A step's work list, shared by every layer (CPU tensors)."""
+    """A step's work list, shared by every layer (CPU tensors).
+
+    Query rows are listed by group; a group's *tiles* (one cache block of one of its
+    sources each) in order; a tile's *entries* (one per row that sees a slot of it) in row
+    order. The op walks a group's tiles once, each tile taken by all its entries in turn."""
 
     row_at: torch.Tensor  # [R] int64: batch row of each query row (of q and out)
-    row_ptr: torch.Tensor  # [R+1] int64: entries of row r are [row_ptr[r], row_ptr[r+1])
+    group_rows: torch.Tensor  # [R] int64: query rows by group
+    group_row_ptr: torch.Tensor  # [G+1] int64: rows of group g are group_rows[ptr[g]:ptr[g+1]]
+    group_tile_ptr: torch.Tensor  # [G+1] int64: tiles of group g are [ptr[g], ptr[g+1])
+    tile_entry_ptr: torch.Tensor  # [T+1] int64: entries of tile t are [ptr[t], ptr[t+1])
+    entry_row: torch.Tensor  # [E] int32: the entry's row, as an index into its group's rows
     entry_block: torch.Tensor  # [E] int64: physical cache block
     entry_lo: torch.Tensor  # [E] int32: first visible slot of the block
     entry_hi: torch.Tensor  # [E] int32: past the last visible slot
@@ -92,7 +102,11 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, in
     row_worker = table.seq_worker.numpy()[row_seq].astype(np.int64)
     q_view = table.q_view.numpy().astype(np.int64)
     to_view = q_view - table.q_pos.numpy()  # [R] turn from home to view position
-    # Tiles: one cache block of one source, for every source of every group.
+    # Rows by group.
+    group_rows = np.argsort(row_group, kind="stable")
+    group_size = np.bincount(row_group, minlength=table.num_groups)
+    group_row_ptr = np.concatenate([[0], np.cumsum(group_size)])
+    # Tiles: one cache block of one source, for every source of every group (in group order).
     start = table.src_start.numpy().astype(np.int64)
     end = table.src_end.numpy().astype(np.int64)
     first = start // block_size
@@ -100,13 +114,13 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, in
     tile_src = np.repeat(np.arange(start.size), tiles)
     tile_block = first[tile_src] + np.arange(tile_src.size) - np.repeat(np.cumsum(tiles) - tiles, tiles)
     src_group = np.repeat(np.arange(table.num_groups), np.diff(table.group_src_ptr.numpy()))
-    group_tiles = np.bincount(src_group[tile_src], minlength=table.num_groups)
-    group_first = np.cumsum(group_tiles) - group_tiles
-    # Entries: every row against every tile of its group, kept where it sees a slot.
-    per_row = group_tiles[row_group]
-    entry_row = np.repeat(np.arange(rows), per_row)
-    entry_tile = np.repeat(group_first[row_group], per_row) + np.arange(entry_row.size) \
-        - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    tile_group = src_group[tile_src]
+    group_tile_ptr = np.concatenate([[0], np.cumsum(np.bincount(tile_group, minlength=table.num_groups))])
+    # Entries: every tile against every row of its group, kept where the row sees a slot.
+    per_tile = group_size[tile_group]
+    entry_tile = np.repeat(np.arange(tile_src.size), per_tile)
+    entry_local = np.arange(entry_tile.size) - np.repeat(np.cumsum(per_tile) - per_tile, per_tile)
+    entry_row = group_rows[group_row_ptr[tile_group[entry_tile]] + entry_local]
     src = tile_src[entry_tile]
     offset = table.src_offset.numpy()[src, row_worker[entry_row]].astype(np.int64)
     shift = offset - start[src]  # D_f: the source's place in the row's view, less its home
@@ -114,26 +128,32 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, in
     lo = np.maximum(start[src] - base, 0)
     hi = np.minimum(np.minimum(end[src] - base, block_size), q_view[entry_row] - shift - base + 1)
     keep = (offset >= 0) & (hi > lo)
-    entry_row, entry_tile, lo, hi = entry_row[keep], entry_tile[keep], lo[keep], hi[keep]
+    entry_row, entry_tile, entry_local, lo, hi = entry_row[keep], entry_tile[keep], entry_local[keep], lo[keep], hi[keep]
     angle = to_view[entry_row] - shift[keep]
     turns, entry_turn = np.unique(angle, return_inverse=True)
     cos, sin = turn_table(torch.from_numpy(turns), inv_freq, head_dim, is_neox, dtype)
     blocks = block_table.numpy()[table.src_row.numpy()[tile_src[entry_tile]], tile_block[entry_tile]]
-    row_ptr = np.concatenate([[0], np.cumsum(np.bincount(entry_row, minlength=rows))])
+    tile_entry_ptr = np.concatenate([[0], np.cumsum(np.bincount(entry_tile, minlength=tile_src.size))])
     row_at = torch.arange(rows) if row_index is None else row_index.long()
-    return Prepared(row_at, torch.from_numpy(row_ptr.astype(np.int64)), torch.from_numpy(blocks.astype(np.int64)),
-                    torch.from_numpy(lo.astype(np.int32)), torch.from_numpy(hi.astype(np.int32)),
-                    torch.from_numpy(entry_turn.reshape(-1).astype(np.int32)), cos, sin,
-                    partners(head_dim, inv_freq.numel(), is_neox))
+
+    def ints(x, dtype=np.int64):
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
+
+    return Prepared(row_at, ints(group_rows), ints(group_row_ptr), ints(group_tile_ptr), ints(tile_entry_ptr),
+                    ints(entry_local, np.int32), ints(blocks), ints(lo, np.int32), ints(hi, np.int32),
+                    ints(entry_turn.reshape(-1), np.int32), cos, sin, partners(head_dim, inv_freq.numel(), is_neox))
 
 
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, prepared: Prepared,
-                       scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+                       scale: float, out: torch.Tensor | None = None, splits: int = 0) -> torch.Tensor:
     """Attention of ``q [T, Hq, D]`` (float32 or float64); caches ``[blocks, block_size,
-    Hkv, D]`` of q's dtype (any strides). Only the prepared rows of ``out`` are written."""
+    Hkv, D]`` of q's dtype (any strides). Only the prepared rows of ``out`` are written.
+    ``splits``: how many runs of tiles each group's walk is cut into (0: as many as keep
+    the threads busy; the tests set it to check the merge)."""
     out = torch.empty_like(q) if out is None else out
     p = prepared
-    _extension().fragment_attention(q, key_cache, value_cache, out, p.row_at, p.row_ptr, p.entry_block, p.entry_lo,
+    _extension().fragment_attention(q, key_cache, value_cache, out, p.row_at, p.group_rows, p.group_row_ptr,
+                                    p.group_tile_ptr, p.tile_entry_ptr, p.entry_row, p.entry_block, p.entry_lo,
                                     p.entry_hi, p.entry_turn, p.turn_cos.to(q.dtype), p.turn_sin.to(q.dtype), p.perm,
-                                    scale)
+                                    scale, splits)
     return out

@@ -40,6 +40,12 @@ def check(q, cache, views, inv_freq, neox, scale, dtype, atol):
         out = cpu_native.fragment_attention(q.to(dtype), keys.to(dtype), values.to(dtype), prepared, scale)
         assert out.dtype == dtype
         assert torch.allclose(out.double(), expect, atol=atol, rtol=0), (out.double() - expect).abs().max()
+    # A group's walk cut into runs of tiles (the op's choice depends on the thread count):
+    # every cut merges to the same rows.
+    for splits in (1, 2, 5):
+        out = cpu_native.fragment_attention(q.to(dtype), keys.to(dtype), values.to(dtype), prepared, scale,
+                                            splits=splits)
+        assert torch.allclose(out.double(), expect, atol=atol, rtol=0), (splits, (out.double() - expect).abs().max())
 
 
 @pytest.mark.parametrize("case", CASES)
