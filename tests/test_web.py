@@ -67,29 +67,51 @@ def test_a_run_fills_one_column_per_worker_and_shows_the_final_answer(browser, p
     page.close()
 
 
-def _running(url: str) -> float:
+def _metric(url: str, prefix: str, label: str = "") -> float:
+    """The sum of a vLLM metric's series (lines starting with ``prefix``, holding ``label``)."""
     metrics = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("vllm:num_requests_running{"))
+               if line.startswith(prefix) and label in line)
+
+
+def _running(url: str) -> float:
+    return _metric(url, "vllm:num_requests_running{")
+
+
+def _generated(url: str) -> float:
+    return _metric(url, "vllm:generation_tokens_total{")
 
 
 def test_stop_closes_the_stream_the_server_aborts_the_group_and_goes_on(browser, page_url):
     # One worker with room for 250 tokens (the tiny model's 1024 positions hold the protocol's
-    # prompt and little more): long enough to be stopped mid-run.
-    page = _open(browser, page_url, workers="1", **{"max-tokens": "250", "temperature": "0"})
+    # prompt and little more): about a second of streaming. The page clicks Stop itself the
+    # moment the stream starts (a poll from here may come too late on a loaded machine: the
+    # whole stream can arrive while the page's timers wait).
+    fields = {"workers": "1", "max-tokens": "250", "temperature": "0"}
+    generated = _generated(page_url)
+    page = _open(browser, page_url, **fields)
+    page.evaluate("""() => new MutationObserver((changes, observer) => {
+        if (document.querySelector('#status').textContent === 'Running…') {
+            observer.disconnect();
+            document.querySelector('#stop').click();
+        }
+    }).observe(document.querySelector('#status'), {childList: true, characterData: true, subtree: true})""")
     page.click("#start")
-    page.wait_for_function("document.querySelector('#status').textContent === 'Running…'", timeout=120_000,
-                           polling=5)
-    page.click("#stop")
-    page.wait_for_selector("#status.stopped", timeout=30_000)
+    page.wait_for_selector("#status.stopped", timeout=120_000)
     assert "Stopped" in page.inner_text("#status") and page.is_enabled("#start")
     assert page.query_selector("#answer").is_hidden()
-    assert int(page.inner_text("#steps")) < 250  # cut short
     page.close()
     deadline = time.time() + 30
     while _running(page_url) > 0:
         assert time.time() < deadline, "the stopped group still runs"
         time.sleep(0.5)
+    generated = _generated(page_url) - generated
+    # The same run, not stopped: the server wrote fewer tokens for the stopped one.
+    page = _open(browser, page_url, **fields)
+    page.click("#start")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Done.'", timeout=120_000)
+    assert generated < int(page.inner_text("#steps")), generated
+    page.close()
     request = urllib.request.Request(page_url + "/v1/completions", json.dumps(
         {"model": model_path("llama"), "prompt": "Let x", "max_tokens": 3, "temperature": 0}).encode(),
         {"Content-Type": "application/json"})
