@@ -17,12 +17,14 @@ def model_path(family: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024):
-    """One in-process vLLM engine per configuration, shared by the tests."""
+def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024, step_tokens: int | None = None):
+    """One in-process vLLM engine per configuration, shared by the tests; ``step_tokens``:
+    its ``max_num_batched_tokens`` (vLLM's default if None)."""
     from vllm import LLM
 
+    step = {} if step_tokens is None else {"max_num_batched_tokens": step_tokens}
     return LLM(model=model_path(family), dtype="float32", enforce_eager=True, block_size=32,
-               max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, max_num_seqs=16, seed=0)
+               max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, max_num_seqs=16, seed=0, **step)
 
 
 def output_dict(out) -> dict:

@@ -95,14 +95,16 @@ def protocol_oracle(family: str, workers: int, layout: str, max_tokens: int, who
     return prompt, oracle
 
 
-def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80, logprobs: int | None = None):
+def protocol_run(family: str, workers: int, layout: str, max_tokens: int = 80, logprobs: int | None = None,
+                 step_tokens: int | None = None):
     """vLLM's output and the oracle's runs. With logprobs, the plugin forces one token per
-    step (a forced text's other tokens have no logprobs of their own); without, whole texts."""
+    step (a forced text's other tokens have no logprobs of their own); without, whole texts.
+    ``step_tokens``: the engine's max_num_batched_tokens (vLLM's default if None)."""
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=logprobs,
                             extra_args=protocol_flags(workers, layout))
-    out = engine(family).generate([PROBLEM], params, use_tqdm=False)[0]
+    out = engine(family, step_tokens=step_tokens).generate([PROBLEM], params, use_tqdm=False)[0]
     prompt, oracle = protocol_oracle(family, workers, layout, max_tokens, whole_texts=logprobs is None)
     assert list(out.prompt_token_ids) == prompt
     return out, oracle.runs

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from engines import hf_model
+from test_chunked_prefill import STEP, long_prompt
 from runs import (PROBLEM, assert_matches, group_params, oracle_runs, prompt_ids, protocol_flags,
                   protocol_oracle)
 from vllm_hogwild import prompts
@@ -52,6 +53,7 @@ def expected() -> dict:
         "early": oracle_runs("qwen3", prompt_ids("qwen3"), 3, "combined", 14, stop),
         "protocol": _prompt_and_runs(protocol_oracle("qwen3", 2, "combined", PROTOCOL_TOKENS, whole_texts=False)),
         "protocol-whole": _prompt_and_runs(protocol_oracle("qwen3", 2, "combined", PROTOCOL_TOKENS)),
+        "chunked": oracle_runs("llama", long_prompt("llama"), 3, "combined"),
     }
 
 
@@ -69,6 +71,9 @@ def requests() -> list[dict]:
             # Without logprobs, each forced text is written in one step, as a chunk.
             [{"prompt": PROBLEM, "params": dict(temperature=0, max_tokens=PROTOCOL_TOKENS,
                                                 extra_args=protocol_flags(2, "combined"))}]]},
+        # A prompt of three steps and more: worker 0 prefills it in chunks, then all start.
+        {"family": "llama", "engine": {"max_num_batched_tokens": STEP}, "batches": [[
+            {"prompt_ids": long_prompt("llama"), "params": group_params(3, "combined")}]]},
     ]
 
 
@@ -88,12 +93,12 @@ def results() -> dict:
             for request in batch:
                 for o in request["outputs"]:
                     o["logprobs"] = [{int(t): lp for t, lp in step.items()} for step in o["logprobs"]]
-    return {case["family"]: case for case in cases}
+    return {case["family"] + ("-chunked" if case["engine"] else ""): case for case in cases}
 
 
 def test_the_engine_ran_the_cuda_backend(results):
     assert {family: case["impls"] for family, case in results.items()} == {
-        "llama": ["HogwildTritonImpl"], "qwen3": ["HogwildTritonImpl"]}
+        "llama": ["HogwildTritonImpl"], "qwen3": ["HogwildTritonImpl"], "llama-chunked": ["HogwildTritonImpl"]}
 
 
 def test_a_group_equals_the_oracle(results):
@@ -120,3 +125,7 @@ def test_the_protocol_equals_the_oracle(results, batch, kind):
     assert out["prompt_token_ids"] == prompt
     assert_matches(out, runs)
     assert out["final_answer"] == prompts.final_answer(out["outputs"][0]["text"]) is not None
+
+
+def test_a_prompt_of_three_steps_equals_the_oracle(results):
+    assert_matches(results["llama-chunked"]["batches"][0][0], expected()["chunked"])

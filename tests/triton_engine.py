@@ -8,8 +8,8 @@ of 16. What it changes is process-wide, so it runs as a script in its own proces
 
     python tests/triton_engine.py REQUESTS.json RESULTS.json
 
-REQUESTS.json is a list of ``{"family", "batches": [[{"prompt_ids" | "prompt", "params"}]]}``
-(``params``: SamplingParams keyword arguments); RESULTS.json mirrors it, one output per
+REQUESTS.json is a list of ``{"family", "engine"?, "batches": [[{"prompt_ids" | "prompt", "params"}]]}``
+(``params``: SamplingParams keyword arguments; ``engine``: more LLM keyword arguments); RESULTS.json mirrors it, one output per
 request, plus the attention implementation the engine used.
 """
 
@@ -69,7 +69,8 @@ def run(cases: list[dict]) -> list[dict]:
     results = []
     for case in cases:
         llm = LLM(model=model_path(case["family"]), dtype="float32", enforce_eager=True, block_size=BLOCK_SIZE,
-                  max_model_len=1024, kv_cache_memory_bytes=32 * 2**20, max_num_seqs=16, seed=0)
+                  max_model_len=1024, kv_cache_memory_bytes=32 * 2**20, max_num_seqs=16, seed=0,
+                  **case.get("engine", {}))
         batches = []
         for batch in case["batches"]:
             prompts = [TokensPrompt(prompt_token_ids=r["prompt_ids"]) if "prompt_ids" in r else r["prompt"]
@@ -78,7 +79,8 @@ def run(cases: list[dict]) -> list[dict]:
             start = time.perf_counter()
             batches.append([output_dict(o) for o in llm.generate(prompts, params, use_tqdm=False)])
             print(f"triton_engine: {case['family']} batch of {len(batch)} in {time.perf_counter() - start:.1f} s")
-        results.append({"family": case["family"], "impls": _attention_impls(llm), "batches": batches})
+        results.append({"family": case["family"], "engine": case.get("engine", {}), "impls": _attention_impls(llm),
+                        "batches": batches})
         del llm
     return results
 

@@ -1,12 +1,20 @@
 """When a hogwild group may start: all of it at once, and never half-evicted later.
 
 Pure arithmetic. Policy: *hold back*, never preempt. A group is admitted only when
-(1) its whole prefill (every worker's prompt) fits this step's token budget and seats,
+(1) the step its workers start in fits this step's token budget and seats,
 (2) the free blocks hold its prompts now, with one spare block per running request, and
 (3) the worst case of every admitted group (each worker at ``max_tokens``) fits the whole
 cache. Ordinary requests may use the rest and are the ones preempted under pressure, so a
 running group always finds its next blocks and no group is ever partly evicted (a
 preempted worker's keys could not be recomputed as the others saw them).
+
+A group whose whole prefill does not fit one step *leads*: worker 0 alone prefills the
+shared prompt (all of it but its last token, whose keys are the plain causal prompt's in
+every layout) in chunks, over as many steps as it takes; the group is charged in full when
+it leads. The other workers *join* in the step that prefills the rest: worker 0's last
+prompt token and framing, and every worker's first text, so all workers start together
+and every key that depends on another worker is written in that one step, as without
+chunks.
 
 A group that could never start is refused when it arrives (``check_lengths``,
 ``check_capacity``), so nothing waits for room that will never come.
@@ -28,13 +36,19 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 @dataclass(frozen=True)
 class GroupDemand:
-    """What a waiting group needs: ``prompts`` is each worker's prompt length."""
+    """What a waiting group needs: ``prompts`` is each worker's prompt length (worker 0's
+    first); ``shared`` is how many of worker 0's prompt tokens it may prefill ahead, alone."""
 
     prompts: tuple[int, ...]
     max_tokens: int
+    shared: int = 0
 
     def prefill_tokens(self) -> int:
         return sum(self.prompts)
+
+    def join_tokens(self) -> int:
+        """Tokens of the step the workers start in, when worker 0 led."""
+        return sum(self.prompts) - self.shared
 
     def prompt_blocks(self, block_size: int) -> int:
         return sum(blocks_for(p, block_size) for p in self.prompts)
@@ -53,27 +67,45 @@ class Capacity:
     unreserved_blocks: int  # total blocks minus the worst case of admitted groups
     block_size: int
 
-    def take(self, group: GroupDemand) -> bool:
-        """Admit ``group`` if it fits, consuming its room; False leaves it waiting."""
-        need = (
-            group.prefill_tokens(),
-            len(group.prompts),
-            group.prompt_blocks(self.block_size),
-            group.worst_blocks(self.block_size),
-        )
+    def _fits(self, tokens: int, seats: int, free_blocks: int, unreserved_blocks: int) -> bool:
+        """Consume the room if all of it is there; False (and nothing taken) if not."""
+        need = (tokens, seats, free_blocks, unreserved_blocks)
         room = (self.tokens, self.seats, self.free_blocks, self.unreserved_blocks)
         if any(n > r for n, r in zip(need, room)):
             return False
-        self.tokens -= need[0]
-        self.seats -= need[1]
-        self.free_blocks -= need[2]
-        self.unreserved_blocks -= need[3]
+        self.tokens -= tokens
+        self.seats -= seats
+        self.free_blocks -= free_blocks
+        self.unreserved_blocks -= unreserved_blocks
         return True
+
+    def take(self, group: GroupDemand) -> bool:
+        """Admit ``group`` whole (its prefill in this one step) if it fits."""
+        return self._fits(group.prefill_tokens(), len(group.prompts), group.prompt_blocks(self.block_size),
+                          group.worst_blocks(self.block_size))
+
+    def lead(self, group: GroupDemand) -> bool:
+        """Start worker 0 on the shared prompt, the group charged in full (seats, blocks of
+        every prompt, worst case); it takes whatever token budget is left, up to ``shared``."""
+        if group.shared <= 0 or self.tokens <= 0:
+            return False
+        return self._fits(min(group.shared, self.tokens), len(group.prompts), group.prompt_blocks(self.block_size),
+                          group.worst_blocks(self.block_size))
+
+    def join(self, group: GroupDemand, led: int) -> bool:
+        """Start the other workers of a group whose worker 0 has prefilled ``led`` tokens:
+        their prompts fit this step beside worker 0's rest (a running request's need, already
+        counted in ``tokens``). The group was charged its seats and blocks when it led."""
+        rest = group.prompts[1:]
+        blocks = sum(blocks_for(p, self.block_size) for p in rest) \
+            + blocks_for(group.prompts[0], self.block_size) - blocks_for(led, self.block_size)
+        return self._fits(sum(rest), len(rest), blocks, 0)
 
 
 def check_lengths(max_model_len: int, step_budget: int, max_tokens: int | None, prompt_len: int,
                   prefix_lens: list[int], framing_len: int) -> int:
-    """The views must fit the model and the group's prefill one step; returns max_tokens
+    """The views must fit the model and the step the workers start in (the prompt's last
+    token, the framing and every worker's first text) must fit one step; returns max_tokens
     (each worker's share of the room when the user gave none)."""
     workers = len(prefix_lens)
     written = prompt_len + framing_len + sum(prefix_lens)
@@ -84,18 +116,19 @@ def check_lengths(max_model_len: int, step_budget: int, max_tokens: int | None, 
                 f"max_tokens: the prompt ({written} tokens with the protocol's texts) leaves no room "
                 f"for {workers} workers within max_model_len={max_model_len}"
             )
-        return room // workers
-    if max_tokens * workers > room:
+        max_tokens = room // workers
+    elif max_tokens * workers > room:
         raise ValueError(
             f"max_tokens: {workers} workers x max_tokens={max_tokens} plus the prompt and "
             f"the workers' first texts ({written} tokens) exceed max_model_len={max_model_len}; allowed: "
             f"max_tokens <= {max(room, 0) // workers}"
         )
-    prefill = written + workers - 1
-    if prefill > step_budget:
+    start = written - (prompt_len - 1) + workers - 1  # GroupDemand.join_tokens
+    if start > step_budget:
         raise ValueError(
-            f"prompt: a hogwild group prefills its prompt and every worker's first text in one step "
-            f"({prefill} tokens), more than max_num_batched_tokens={step_budget}; raise it or shorten the prompt"
+            f"hogwild_prefixes: a hogwild group's workers start in one step, which prefills every worker's "
+            f"first text with the prompt's last token and the protocol's texts ({start} tokens), more than "
+            f"max_num_batched_tokens={step_budget}; raise it or shorten the prefixes"
         )
     return max_tokens
 

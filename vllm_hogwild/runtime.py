@@ -54,6 +54,13 @@ def encoder(model_config: Any) -> Callable[[str], list[int]]:
     return lambda text: list(encode(text))
 
 
+def discarded_rows() -> Any:
+    """Per batch row of this step, whether vLLM will discard its sample (a prompt chunk
+    before the last: its logits are not at the end of anything), or None before the first step."""
+    mask = getattr(_runner, "discard_request_mask", None)
+    return None if mask is None else mask.np
+
+
 def step_plan(common: Any) -> StepPlan | None:
     """Hogwild views of the batch that ``common`` (CommonAttentionMetadata) describes."""
     runner = _runner

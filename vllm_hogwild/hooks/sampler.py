@@ -95,8 +95,12 @@ class HogwildLogitsProcessor(LogitsProcessor):
         if not self._rows:
             return logits
         by_group: dict[str, dict[int, int]] = defaultdict(dict)
+        discarded = runtime.discarded_rows()
         for index, (group, worker, _) in self._rows.items():
-            by_group[group][worker] = index
+            # A prompt chunk's sample is thrown away: the protocol must not see it (its
+            # logits could even "want" a stop).
+            if discarded is None or not discarded[index]:
+                by_group[group][worker] = index
         for group, rows in by_group.items():
             protocol = self._groups[group]
             outputs = {w: self._rows[i][2] for w, i in rows.items()}

@@ -1,17 +1,24 @@
 """Scheduler: a group is admitted whole, runs before ordinary requests, and frees its blocks together.
 
-Patches ``Scheduler.schedule``, ``Scheduler._free_blocks`` and ``Scheduler.update_from_output``.
+Patches ``Scheduler.schedule``, ``Scheduler._reserve_prefill_lookahead``,
+``Scheduler._free_blocks`` and ``Scheduler.update_from_output``.
 
 Admission policy is ``admission.py``; the workers of running groups go first in vLLM's
 running list (vLLM preempts from the back); a finished worker's blocks are freed only when
 its whole group has ended (or was aborted); a group whose workers do not all arrive within
 ``GROUP_ASSEMBLY_SECONDS`` fails instead of waiting forever.
+
+A group too long for one step *leads* (``admission.py``): vLLM chunks worker 0's prompt as
+it chunks any long prompt, and ``_reserve_prefill_lookahead`` (where vLLM already caps a
+chunk per request) stops each chunk at the end of the shared prompt until the other
+workers join, so worker 0 never starts before them.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 from vllm.logger import init_logger
@@ -19,7 +26,7 @@ from vllm.logger import init_logger
 from vllm_hogwild import admission
 from vllm_hogwild.admission import Capacity, GroupDemand, blocks_for
 from vllm_hogwild.hooks.patching import group_of, wrap
-from vllm_hogwild.worker_requests import stamp_of
+from vllm_hogwild.worker_requests import prompt_tails, stamp_of
 
 logger = init_logger(__name__)
 
@@ -28,6 +35,7 @@ def install() -> None:
     from vllm.v1.core.sched.scheduler import Scheduler
 
     wrap(Scheduler, "schedule", _schedule)
+    wrap(Scheduler, "_reserve_prefill_lookahead", _reserve_prefill_lookahead)
     wrap(Scheduler, "_free_blocks", _free_blocks)
     wrap(Scheduler, "update_from_output", _update_from_output)
 
@@ -46,15 +54,28 @@ def _schedule(original):
             return original(self, *args, **kwargs)
         # Workers first: under KV pressure vLLM preempts from the back of `running`.
         self.running.sort(key=lambda r: group_of(r) is None)
-        admitted, held = _admit(self, groups, RequestStatus.WAITING)
-        self.waiting.remove_requests(held + [r for key in admitted for r in groups[key]])
-        self.waiting.prepend_requests(reversed([r for key in admitted for r in groups[key]]))
+        plan = _admit(self, groups, RequestStatus.WAITING)
+        self.waiting.remove_requests(plan.held + plan.starting)
+        self.waiting.prepend_requests(reversed(plan.starting))
+        self._hogwild_hold = plan.hold
         try:
             output = original(self, *args, **kwargs)
         finally:
-            self.waiting.prepend_requests(held)
-        _check_whole(output, admitted, groups)
+            self._hogwild_hold = {}
+            self.waiting.prepend_requests(plan.held)
+        _check_whole(output, plan, groups)
         return output
+
+    return wrapper
+
+
+def _reserve_prefill_lookahead(original):
+    def wrapper(self, request, num_computed_tokens, num_new_tokens):
+        num_new_tokens = original(self, request, num_computed_tokens, num_new_tokens)
+        shared = self.__dict__.get("_hogwild_hold", {}).get(request.request_id)
+        if shared is not None:  # a leading worker 0 whose group does not join this step
+            num_new_tokens = max(0, min(num_new_tokens, shared - num_computed_tokens))
+        return num_new_tokens
 
     return wrapper
 
@@ -119,8 +140,30 @@ def _fail_unassembled(sched: Any, groups: dict[str, list[Any]], status: Any) -> 
         sched.__dict__.setdefault("_hogwild_failed", []).extend(reqs)
 
 
-def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> tuple[list[str], list[Any]]:
-    """Which waiting groups start now (in arrival order) and which requests wait."""
+@dataclass
+class _Admission:
+    """This step's decisions, by group key: ``whole`` groups start in this step;
+    ``leading`` ones start worker 0 on the shared prompt; ``joining`` ones start their other
+    workers beside worker 0's last chunk. ``hold``: leading workers 0 (request id) that must
+    not prefill past the shared prompt (its length) this step. ``held``: waiting requests
+    that stay waiting."""
+
+    whole: list[str] = field(default_factory=list)
+    leading: list[str] = field(default_factory=list)
+    joining: list[str] = field(default_factory=list)
+    hold: dict[str, int] = field(default_factory=dict)
+    held: list[Any] = field(default_factory=list)
+    starting: list[Any] = field(default_factory=list)  # waiting requests scheduled first, in the order decided
+
+
+def _leading(reqs: list[Any], waiting_status: Any) -> bool:
+    """Worker 0 of this group (reqs in worker order) runs alone, its prompt not done."""
+    first = reqs[0]
+    return first.status != waiting_status and first.num_computed_tokens < first.num_prompt_tokens
+
+
+def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> _Admission:
+    """Which waiting groups start now, lead or join (in arrival order), and which requests wait."""
     bs = sched.block_size
     pool = sched.kv_cache_manager.block_pool
     running_need = sum(max(0, r.num_tokens_with_spec - r.num_computed_tokens) for r in sched.running)
@@ -133,30 +176,66 @@ def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> tup
         unreserved_blocks=pool.num_gpu_blocks - 1 - reserved,
         block_size=bs,
     )
-    waiting = sorted(
-        (key for key, reqs in groups.items() if all(r.status == waiting_status for r in reqs)),
+    for key in groups:
+        groups[key].sort(key=lambda r: stamp_of(r.sampling_params).worker)
+    candidates = sorted(
+        (key for key, reqs in groups.items()
+         if all(r.status == waiting_status for r in reqs) or _leading(reqs, waiting_status)),
         key=lambda key: min(r.arrival_time for r in groups[key]),
     )
-    admitted, held, blocked = [], [], False
-    for key in waiting:
-        reqs = sorted(groups[key], key=lambda r: stamp_of(r.sampling_params).worker)
-        complete = len(reqs) == stamp_of(reqs[0].sampling_params).flag.workers
-        demand = GroupDemand(tuple(r.num_prompt_tokens for r in reqs), reqs[0].max_tokens)
-        if not blocked and complete and capacity.take(demand):
-            admitted.append(key)
-            groups[key] = reqs
+    plan, blocked = _Admission(), False
+    for key in candidates:
+        reqs = groups[key]
+        stamp = stamp_of(reqs[0].sampling_params)
+        complete = len(reqs) == stamp.flag.workers
+        demand = GroupDemand(tuple(r.num_prompt_tokens for r in reqs), reqs[0].max_tokens,
+                             shared=prompt_tails(stamp.prompt_len, stamp.flag.workers)[0])
+        if _leading(reqs, waiting_status):
+            if not blocked and capacity.join(demand, reqs[0].num_computed_tokens):
+                plan.joining.append(key)
+                plan.starting.extend(reqs[1:])
+            else:
+                blocked = True
+                plan.hold[reqs[0].request_id] = demand.shared
+                plan.held.extend(reqs[1:])
+        elif not blocked and complete and capacity.take(demand):
+            plan.whole.append(key)
+            plan.starting.extend(reqs)
+        elif not blocked and complete and capacity.lead(demand):
+            plan.leading.append(key)
+            plan.starting.append(reqs[0])
+            plan.hold[reqs[0].request_id] = demand.shared
+            plan.held.extend(reqs[1:])
+            blocked = True  # first come, first served among groups
         else:
-            blocked = blocked or complete  # first come, first served among groups
-            held.extend(reqs)
-    return admitted, held
+            blocked = blocked or complete
+            plan.held.extend(reqs)
+    return plan
 
 
-def _check_whole(output: Any, admitted: list[str], groups: dict[str, list[Any]]) -> None:
-    """A group runs whole or not at all: anything else is a bug, never silent."""
-    for key in admitted:
+def _check_whole(output: Any, plan: _Admission, groups: dict[str, list[Any]]) -> None:
+    """A group starts whole or not at all: anything else is a bug, never silent."""
+    scheduled = output.num_scheduled_tokens
+
+    def fail(key: str, what: str) -> None:
+        raise RuntimeError(f"hogwild: group {key} {what}")
+
+    for key in plan.whole:
         for r in groups[key]:
-            if output.num_scheduled_tokens.get(r.request_id) != r.num_prompt_tokens:
-                raise RuntimeError(f"hogwild: group {key} was only partly admitted (request {r.request_id})")
+            if scheduled.get(r.request_id) != r.num_prompt_tokens:
+                fail(key, f"was only partly admitted (request {r.request_id})")
+    for key in plan.joining:
+        if groups[key][0].num_computed_tokens != groups[key][0].num_prompt_tokens:
+            fail(key, "started its workers before worker 0's prompt was done")
+        for r in groups[key][1:]:
+            if scheduled.get(r.request_id) != r.num_prompt_tokens:
+                fail(key, f"was only partly admitted (request {r.request_id})")
+    for key in plan.leading + [k for k in groups if groups[k][0].request_id in plan.hold]:
+        first = groups[key][0]
+        if first.num_computed_tokens > plan.hold[first.request_id]:
+            fail(key, "prefilled worker 0 past the shared prompt before its workers joined")
+        if any(r.request_id in scheduled for r in groups[key][1:]):
+            fail(key, "started a worker before the group joined")
     preempted = output.preempted_req_ids or ()
     for key, reqs in groups.items():
         if any(r.request_id in preempted for r in reqs):
