@@ -7,12 +7,15 @@ A hogwild request on its way through vLLM, and the module that hooks each stop:
 ``frontend``       the flag is validated, the protocol's texts built, W workers fanned out
 ``engine_core``    each child of the fan-out becomes its worker's request
 ``data_parallel``  every worker of a group goes to one engine
-``scheduler``      a group is admitted whole, runs first, frees its blocks together
+``scheduler``      a group is admitted whole (a long prompt led by worker 0 in chunks),
+                   its workers start together, run first, free their blocks together
 ``model_runner``   worker requests are registered with the planner (``planner.py``),
-                   which the attention backends (``cpu_backend``, ``cuda_backend``) read
+                   which the attention backends (``cpu_backend``, ``cuda_backend``) read;
+                   forced texts join the output whole
 ``sampler``        the protocol's forced and greedy tokens (a logits processor)
 ``outputs``        the final answer on every RequestOutput of the group
 ``serving``        HTTP: W choices, the final answers on responses, bad flags as 400s
+``shutdown``       SIGTERM with streams in flight: every waiting request is ended
 =================  ==============================================================
 
 Each module opens with the list of vLLM internals it patches. They are internals: the
