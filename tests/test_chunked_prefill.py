@@ -142,3 +142,19 @@ def test_seeded_requests_with_long_prompts_sample_as_without_chunks():
     whole = engine("llama").generate([TokensPrompt(prompt_token_ids=ids)] * 2, [plain, group], use_tqdm=False)
     for a, b in zip(chunked, whole):
         assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]
+
+
+def test_a_prompt_longer_than_the_model_is_still_refused_before_scheduling():
+    from vllm import SamplingParams, TokensPrompt
+    from vllm.exceptions import VLLMValidationError
+
+    llm = engine("llama", step_tokens=STEP)
+    ids = (long_prompt("llama") * 6)[:1100]
+    with pytest.raises(VLLMValidationError, match="maximum context length is 1024 tokens.*your prompt contains 1100"):
+        llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(**group_params(2, "combined")),
+                     use_tqdm=False)
+    with pytest.raises(ValueError, match=r"hogwild_prefixes: .*more than max_num_batched_tokens=64"):
+        llm.generate([TokensPrompt(prompt_token_ids=ids[:300])],
+                     SamplingParams(**group_params(2, "combined", prefixes=["A long first text " * 6, "B"])),
+                     use_tqdm=False)
+    assert not scheduler(llm).requests
