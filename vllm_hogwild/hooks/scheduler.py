@@ -230,7 +230,7 @@ def _check_whole(output: Any, plan: _Admission, groups: dict[str, list[Any]]) ->
         for r in groups[key][1:]:
             if scheduled.get(r.request_id) != r.num_prompt_tokens:
                 fail(key, f"was only partly admitted (request {r.request_id})")
-    for key in plan.leading + [k for k in groups if groups[k][0].request_id in plan.hold]:
+    for key in (k for k in groups if groups[k][0].request_id in plan.hold):  # leading, or led and waiting
         first = groups[key][0]
         if first.num_computed_tokens > plan.hold[first.request_id]:
             fail(key, "prefilled worker 0 past the shared prompt before its workers joined")
