@@ -46,10 +46,6 @@ class GroupDemand:
     def prefill_tokens(self) -> int:
         return sum(self.prompts)
 
-    def join_tokens(self) -> int:
-        """Tokens of the step the workers start in, when worker 0 led."""
-        return sum(self.prompts) - self.shared
-
     def prompt_blocks(self, block_size: int) -> int:
         return sum(blocks_for(p, block_size) for p in self.prompts)
 
@@ -123,7 +119,7 @@ def check_lengths(max_model_len: int, step_budget: int, max_tokens: int | None, 
             f"the workers' first texts ({written} tokens) exceed max_model_len={max_model_len}; allowed: "
             f"max_tokens <= {max(room, 0) // workers}"
         )
-    start = written - (prompt_len - 1) + workers - 1  # GroupDemand.join_tokens
+    start = written - (prompt_len - 1) + workers - 1  # all prompts but the shared part worker 0 leads with
     if start > step_budget:
         raise ValueError(
             f"hogwild_prefixes: a hogwild group's workers start in one step, which prefills every worker's "

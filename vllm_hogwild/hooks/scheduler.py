@@ -142,14 +142,12 @@ def _fail_unassembled(sched: Any, groups: dict[str, list[Any]], status: Any) -> 
 
 @dataclass
 class _Admission:
-    """This step's decisions, by group key: ``whole`` groups start in this step;
-    ``leading`` ones start worker 0 on the shared prompt; ``joining`` ones start their other
-    workers beside worker 0's last chunk. ``hold``: leading workers 0 (request id) that must
-    not prefill past the shared prompt (its length) this step. ``held``: waiting requests
-    that stay waiting."""
+    """This step's decisions, by group key: ``whole`` groups start in this step; ``joining``
+    ones start their other workers beside worker 0's last chunk. ``hold``: workers 0
+    (request id) leading their group, that must not prefill past the shared prompt (its
+    length) this step. ``held``: waiting requests that stay waiting."""
 
     whole: list[str] = field(default_factory=list)
-    leading: list[str] = field(default_factory=list)
     joining: list[str] = field(default_factory=list)
     hold: dict[str, int] = field(default_factory=dict)
     held: list[Any] = field(default_factory=list)
@@ -176,8 +174,10 @@ def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> _Ad
         unreserved_blocks=pool.num_gpu_blocks - 1 - reserved,
         block_size=bs,
     )
-    for key in groups:
-        groups[key].sort(key=lambda r: stamp_of(r.sampling_params).worker)
+    # Groups not yet started (a waiting worker, or a prompt not done), in worker order.
+    for key, reqs in groups.items():
+        if any(r.status == waiting_status or r.num_computed_tokens < r.num_prompt_tokens for r in reqs):
+            reqs.sort(key=lambda r: stamp_of(r.sampling_params).worker)
     candidates = sorted(
         (key for key, reqs in groups.items()
          if all(r.status == waiting_status for r in reqs) or _leading(reqs, waiting_status)),
@@ -202,7 +202,6 @@ def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> _Ad
             plan.whole.append(key)
             plan.starting.extend(reqs)
         elif not blocked and complete and capacity.lead(demand):
-            plan.leading.append(key)
             plan.starting.append(reqs[0])
             plan.hold[reqs[0].request_id] = demand.shared
             plan.held.extend(reqs[1:])
