@@ -272,8 +272,9 @@ struct Work {
   const T* q;
   int64_t q_row, q_head;
   Cache keys, values;
-  const int64_t *row_at, *group_rows, *group_row_ptr, *group_tile_ptr, *tile_entry_ptr, *entry_block, *perm;
-  const int32_t *entry_row, *entry_lo, *entry_hi, *entry_turn;
+  Cache stored_keys, stored_values;  // the packed store (vllm_hogwild/packing.py), of the caches' shape
+  const int64_t *row_at, *group_rows, *group_row_ptr, *group_tile_ptr, *tile_entry_ptr, *tile_block, *perm;
+  const int32_t *tile_stored, *entry_row, *entry_lo, *entry_hi, *entry_turn;
   const T *turn_cos, *turn_sin;
   T scale;
   T* out;
@@ -331,15 +332,17 @@ void walk(const Work<T>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile
     }
     // Their scores against the tile's keys, all queries at once; then row by row, the
     // softmax's running state and the weighted values.
-    const T* keys = static_cast<const T*>(w.keys.data) + w.entry_block[first] * w.keys.block + h * w.keys.head;
-    const T* values = static_cast<const T*>(w.values.data) + w.entry_block[first] * w.values.block + h * w.values.head;
-    scores_of<T>(query.data(), entries * group, keys, w.keys, w.block_size, lo, hi, dim, score_row.data());
+    const Cache& kc = w.tile_stored[t] ? w.stored_keys : w.keys;
+    const Cache& vc = w.tile_stored[t] ? w.stored_values : w.values;
+    const T* keys = static_cast<const T*>(kc.data) + w.tile_block[t] * kc.block + h * kc.head;
+    const T* values = static_cast<const T*>(vc.data) + w.tile_block[t] * vc.block + h * vc.head;
+    scores_of<T>(query.data(), entries * group, keys, kc, w.block_size, lo, hi, dim, score_row.data());
     for (int64_t i = 0; i < entries; ++i) {
       const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
       T* s = scores.data() + i * group * w.block_size;
       fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, m + r * group, l + r * group,
            o + r * width);
-      add_values<T, D>(s + at, w.block_size, values, w.values, at, w.entry_hi[e], group, dim, o + r * width);
+      add_values<T, D>(s + at, w.block_size, values, vc, at, w.entry_hi[e], group, dim, o + r * width);
     }
   }
 }
@@ -412,28 +415,42 @@ Cache cache_of(const torch::Tensor& c) {
   return {c.data_ptr(), c.stride(0), c.stride(1), c.stride(2), c.stride(3)};
 }
 
+void check_caches(const torch::Tensor& keys, const torch::Tensor& values, const torch::Tensor& like,
+                  const char* what) {
+  TORCH_CHECK(keys.dim() == 4 && values.sizes() == keys.sizes(), what, " must be [blocks, block_size, kv_heads, head_dim]");
+  TORCH_CHECK(keys.scalar_type() == like.scalar_type() && values.scalar_type() == like.scalar_type(), what,
+              " must have q's dtype");
+}
+
+void check_indices(std::initializer_list<const torch::Tensor*> tensors, torch::ScalarType type) {
+  for (const auto* t : tensors)
+    TORCH_CHECK(t->scalar_type() == type && t->is_contiguous(), "index arrays must be contiguous ",
+                type == torch::kInt64 ? "int64" : "int32");
+}
+
 void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, const torch::Tensor& value_cache,
-                        torch::Tensor& out, const torch::Tensor& row_at, const torch::Tensor& group_rows,
+                        const torch::Tensor& stored_keys, const torch::Tensor& stored_values, torch::Tensor& out,
+                        const torch::Tensor& row_at, const torch::Tensor& group_rows,
                         const torch::Tensor& group_row_ptr, const torch::Tensor& group_tile_ptr,
-                        const torch::Tensor& tile_entry_ptr, const torch::Tensor& entry_row,
-                        const torch::Tensor& entry_block, const torch::Tensor& entry_lo,
-                        const torch::Tensor& entry_hi, const torch::Tensor& entry_turn,
+                        const torch::Tensor& tile_entry_ptr, const torch::Tensor& tile_block,
+                        const torch::Tensor& tile_stored, const torch::Tensor& entry_row,
+                        const torch::Tensor& entry_lo, const torch::Tensor& entry_hi, const torch::Tensor& entry_turn,
                         const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm,
                         double scale, int64_t splits) {
   TORCH_CHECK(q.dim() == 3 && out.sizes() == q.sizes() && q.stride(2) == 1 && out.stride(2) == 1,
               "q and out must be [tokens, heads, head_dim] with unit stride along head_dim");
-  TORCH_CHECK(key_cache.dim() == 4 && value_cache.sizes() == key_cache.sizes(),
-              "caches must be [blocks, block_size, kv_heads, head_dim]");
-  TORCH_CHECK(key_cache.scalar_type() == q.scalar_type() && value_cache.scalar_type() == q.scalar_type() &&
-                  out.scalar_type() == q.scalar_type() && turn_cos.scalar_type() == q.scalar_type() &&
+  check_caches(key_cache, value_cache, q, "the caches");
+  check_caches(stored_keys, stored_values, q, "the packed store");
+  TORCH_CHECK(out.scalar_type() == q.scalar_type() && turn_cos.scalar_type() == q.scalar_type() &&
                   turn_sin.scalar_type() == q.scalar_type(),
-              "q, out, the caches and the turns must share one dtype");
+              "q, out and the turns must share one dtype");
   const int64_t kv_heads = key_cache.size(2), dim = q.size(2);
   TORCH_CHECK(key_cache.size(3) == dim && q.size(1) % kv_heads == 0, "head shapes of q and the caches differ");
-  for (const auto* t : {&row_at, &group_rows, &group_row_ptr, &group_tile_ptr, &tile_entry_ptr, &entry_block, &perm})
-    TORCH_CHECK(t->scalar_type() == torch::kInt64 && t->is_contiguous(), "index arrays must be contiguous int64");
-  for (const auto* t : {&entry_row, &entry_lo, &entry_hi, &entry_turn})
-    TORCH_CHECK(t->scalar_type() == torch::kInt32 && t->is_contiguous(), "slot arrays must be contiguous int32");
+  TORCH_CHECK(stored_keys.size(0) == 0 || stored_keys.sizes().slice(1) == key_cache.sizes().slice(1),
+              "the packed store's blocks must be shaped like the cache's");
+  check_indices({&row_at, &group_rows, &group_row_ptr, &group_tile_ptr, &tile_entry_ptr, &tile_block, &perm},
+                torch::kInt64);
+  check_indices({&tile_stored, &entry_row, &entry_lo, &entry_hi, &entry_turn}, torch::kInt32);
   TORCH_CHECK(turn_cos.is_contiguous() && turn_sin.is_contiguous() && turn_cos.size(-1) == dim,
               "turns must be contiguous [turns, head_dim]");
   TORCH_CHECK(group_row_ptr.numel() == group_tile_ptr.numel(), "one row range and one tile range per group");
@@ -441,11 +458,12 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
   // The head sizes of common models get loops of known length (their accumulators in registers).
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "fragment_attention", [&] {
     const Work<scalar_t> w{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), cache_of(key_cache),
-                           cache_of(value_cache), row_at.data_ptr<int64_t>(), group_rows.data_ptr<int64_t>(),
+                           cache_of(value_cache), cache_of(stored_keys), cache_of(stored_values),
+                           row_at.data_ptr<int64_t>(), group_rows.data_ptr<int64_t>(),
                            group_row_ptr.data_ptr<int64_t>(), group_tile_ptr.data_ptr<int64_t>(),
-                           tile_entry_ptr.data_ptr<int64_t>(), entry_block.data_ptr<int64_t>(),
-                           perm.data_ptr<int64_t>(), entry_row.data_ptr<int32_t>(), entry_lo.data_ptr<int32_t>(),
-                           entry_hi.data_ptr<int32_t>(), entry_turn.data_ptr<int32_t>(),
+                           tile_entry_ptr.data_ptr<int64_t>(), tile_block.data_ptr<int64_t>(),
+                           perm.data_ptr<int64_t>(), tile_stored.data_ptr<int32_t>(), entry_row.data_ptr<int32_t>(),
+                           entry_lo.data_ptr<int32_t>(), entry_hi.data_ptr<int32_t>(), entry_turn.data_ptr<int32_t>(),
                            turn_cos.data_ptr<scalar_t>(), turn_sin.data_ptr<scalar_t>(),
                            static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(), out.stride(0), out.stride(1),
                            kv_heads, q.size(1) / kv_heads, dim, key_cache.size(1)};
@@ -459,8 +477,52 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
   });
 }
 
+// The packed store's copies (vllm_hogwild/packing.py): token n's key, at (src_block, src_slot) of
+// the cache, turned by turn row n (from its home position to its index in the packed history),
+// and its value, to (dst_block, dst_slot) of the store; every KV head.
+void pack(const torch::Tensor& key_cache, const torch::Tensor& value_cache, torch::Tensor& stored_keys,
+          torch::Tensor& stored_values, const torch::Tensor& src_block, const torch::Tensor& src_slot,
+          const torch::Tensor& dst_block, const torch::Tensor& dst_slot, const torch::Tensor& turn,
+          const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm) {
+  check_caches(key_cache, value_cache, key_cache, "the caches");
+  check_caches(stored_keys, stored_values, key_cache, "the packed store");
+  TORCH_CHECK(stored_keys.sizes().slice(1) == key_cache.sizes().slice(1),
+              "the packed store's blocks must be shaped like the cache's");
+  check_indices({&src_block, &dst_block, &perm}, torch::kInt64);
+  check_indices({&src_slot, &dst_slot, &turn}, torch::kInt32);
+  TORCH_CHECK(turn_cos.scalar_type() == key_cache.scalar_type() && turn_cos.is_contiguous() &&
+                  turn_sin.is_contiguous() && turn_cos.size(-1) == key_cache.size(3),
+              "turns must be contiguous [turns, head_dim] of the caches' dtype");
+  const int64_t tokens = src_block.numel(), heads = key_cache.size(2), dim = key_cache.size(3);
+  AT_DISPATCH_FLOATING_TYPES(key_cache.scalar_type(), "pack", [&] {
+    using T = scalar_t;
+    const Cache k = cache_of(key_cache), v = cache_of(value_cache), sk = cache_of(stored_keys),
+                sv = cache_of(stored_values);
+    const int64_t* sb = src_block.data_ptr<int64_t>();
+    const int64_t* db = dst_block.data_ptr<int64_t>();
+    const int64_t* pm = perm.data_ptr<int64_t>();
+    const int32_t *ss = src_slot.data_ptr<int32_t>(), *ds = dst_slot.data_ptr<int32_t>(), *tn = turn.data_ptr<int32_t>();
+    const T *cos = turn_cos.data_ptr<T>(), *sin = turn_sin.data_ptr<T>();
+    at::parallel_for(0, tokens * heads, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / heads, h = i % heads;
+        const T* key = static_cast<const T*>(k.data) + sb[n] * k.block + ss[n] * k.slot + h * k.head;
+        const T* value = static_cast<const T*>(v.data) + sb[n] * v.block + ss[n] * v.slot + h * v.head;
+        T* to_key = static_cast<T*>(const_cast<void*>(sk.data)) + db[n] * sk.block + ds[n] * sk.slot + h * sk.head;
+        T* to_value = static_cast<T*>(const_cast<void*>(sv.data)) + db[n] * sv.block + ds[n] * sv.slot + h * sv.head;
+        const T *c = cos + tn[n] * dim, *s = sin + tn[n] * dim;
+        for (int64_t d = 0; d < dim; ++d) {
+          to_key[d * sk.dim] = key[d * k.dim] * c[d] + key[pm[d] * k.dim] * s[d];
+          to_value[d * sv.dim] = value[d * v.dim];
+        }
+      }
+    });
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fragment_attention", &fragment_attention, "Fragment attention over a prepared work list (CPU)");
+  m.def("pack", &pack, "Copy committed tokens into the packed store, keys turned to their history index (CPU)");
 }

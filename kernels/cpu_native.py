@@ -49,8 +49,9 @@ class Prepared:
     group_row_ptr: torch.Tensor  # [G+1] int64: rows of group g are group_rows[ptr[g]:ptr[g+1]]
     group_tile_ptr: torch.Tensor  # [G+1] int64: tiles of group g are [ptr[g], ptr[g+1])
     tile_entry_ptr: torch.Tensor  # [T+1] int64: entries of tile t are [ptr[t], ptr[t+1])
+    tile_block: torch.Tensor  # [T] int64: the tile's block, in the cache or the packed store
+    tile_stored: torch.Tensor  # [T] int32: 1 where that block is the packed store's
     entry_row: torch.Tensor  # [E] int32: the entry's row, as an index into its group's rows
-    entry_block: torch.Tensor  # [E] int64: physical cache block
     entry_lo: torch.Tensor  # [E] int32: first visible slot of the block
     entry_hi: torch.Tensor  # [E] int32: past the last visible slot
     entry_turn: torch.Tensor  # [E] int32: row of turn_cos / turn_sin
@@ -89,12 +90,17 @@ def available() -> bool:
         return False
 
 
+def _ints(x, dtype=np.int64) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
+
+
 def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, inv_freq: torch.Tensor,
             is_neox: bool, head_dim: int, row_index: torch.Tensor | None = None,
-            dtype: torch.dtype = torch.float32) -> Prepared:
+            dtype: torch.dtype = torch.float32, stored_from: int | None = None) -> Prepared:
     """The work list of a step. ``row_index[i]``: where the table's query row ``i`` sits in
     the ``q`` and ``out`` that ``fragment_attention`` gets (default: row ``i``); ``dtype``:
-    the op's (its rotations are tabled in it)."""
+    the op's (its rotations are tabled in it); ``stored_from``: block-table rows from this
+    one on list blocks of the packed store, not of the cache."""
     qsl = table.query_start_loc.numpy().astype(np.int64)
     rows = int(qsl[-1])
     row_seq = np.repeat(np.arange(qsl.size - 1), np.diff(qsl))
@@ -132,28 +138,76 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, in
     angle = to_view[entry_row] - shift[keep]
     turns, entry_turn = np.unique(angle, return_inverse=True)
     cos, sin = turn_table(torch.from_numpy(turns), inv_freq, head_dim, is_neox, dtype)
-    blocks = block_table.numpy()[table.src_row.numpy()[tile_src[entry_tile]], tile_block[entry_tile]]
+    tile_row = table.src_row.numpy()[tile_src].astype(np.int64)
+    blocks = block_table.numpy()[tile_row, tile_block]
+    stored = tile_row >= (block_table.shape[0] if stored_from is None else stored_from)
     tile_entry_ptr = np.concatenate([[0], np.cumsum(np.bincount(entry_tile, minlength=tile_src.size))])
     row_at = torch.arange(rows) if row_index is None else row_index.long()
-
-    def ints(x, dtype=np.int64):
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
-
-    return Prepared(row_at, ints(group_rows), ints(group_row_ptr), ints(group_tile_ptr), ints(tile_entry_ptr),
-                    ints(entry_local, np.int32), ints(blocks), ints(lo, np.int32), ints(hi, np.int32),
-                    ints(entry_turn.reshape(-1), np.int32), cos, sin, partners(head_dim, inv_freq.numel(), is_neox))
+    return Prepared(row_at, _ints(group_rows), _ints(group_row_ptr), _ints(group_tile_ptr), _ints(tile_entry_ptr),
+                    _ints(blocks), _ints(stored, np.int32), _ints(entry_local, np.int32), _ints(lo, np.int32),
+                    _ints(hi, np.int32), _ints(entry_turn.reshape(-1), np.int32), cos, sin,
+                    partners(head_dim, inv_freq.numel(), is_neox))
 
 
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, prepared: Prepared,
-                       scale: float, out: torch.Tensor | None = None, splits: int = 0) -> torch.Tensor:
+                       scale: float, out: torch.Tensor | None = None, splits: int = 0,
+                       store: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention of ``q [T, Hq, D]`` (float32 or float64); caches ``[blocks, block_size,
     Hkv, D]`` of q's dtype (any strides). Only the prepared rows of ``out`` are written.
     ``splits``: how many runs of tiles each group's walk is cut into (0: as many as keep
-    the threads busy; the tests set it to check the merge)."""
+    the threads busy; the tests set it to check the merge). ``store``: the packed store's
+    keys and values (shaped like the caches), which tiles of ``stored_from`` rows read."""
     out = torch.empty_like(q) if out is None else out
+    if store is None:
+        empty = key_cache.new_empty((0, *key_cache.shape[1:]))
+        store = (empty, empty)
     p = prepared
-    _extension().fragment_attention(q, key_cache, value_cache, out, p.row_at, p.group_rows, p.group_row_ptr,
-                                    p.group_tile_ptr, p.tile_entry_ptr, p.entry_row, p.entry_block, p.entry_lo,
-                                    p.entry_hi, p.entry_turn, p.turn_cos.to(q.dtype), p.turn_sin.to(q.dtype), p.perm,
-                                    scale, splits)
+    _extension().fragment_attention(q, key_cache, value_cache, store[0], store[1], out, p.row_at, p.group_rows,
+                                    p.group_row_ptr, p.group_tile_ptr, p.tile_entry_ptr, p.tile_block, p.tile_stored,
+                                    p.entry_row, p.entry_lo, p.entry_hi, p.entry_turn, p.turn_cos.to(q.dtype),
+                                    p.turn_sin.to(q.dtype), p.perm, scale, splits)
     return out
+
+
+@dataclass
+class Copies:
+    """A step's copies into the packed store (``vllm_hogwild/packing.py``), shared by every
+    layer: token ``n``'s key and value, at slot ``src_slot[n]`` of cache block
+    ``src_block[n]``, go to slot ``dst_slot[n]`` of store block ``dst_block[n]``, the key
+    turned by row ``turn[n]`` of the cos/sin table."""
+
+    src_block: torch.Tensor  # [N] int64
+    src_slot: torch.Tensor  # [N] int32
+    dst_block: torch.Tensor  # [N] int64
+    dst_slot: torch.Tensor  # [N] int32
+    turn: torch.Tensor  # [N] int32
+    turn_cos: torch.Tensor  # [U, D]
+    turn_sin: torch.Tensor
+    perm: torch.Tensor  # [D] int64
+
+    @property
+    def store_blocks(self) -> int:
+        """How many blocks the store needs for these copies."""
+        return int(self.dst_block.max()) + 1 if self.dst_block.numel() else 0
+
+
+def prepare_copies(src_row: np.ndarray, home: np.ndarray, dst_row: np.ndarray, index: np.ndarray,
+                   turn: np.ndarray, block_table: torch.Tensor, block_size: int, inv_freq: torch.Tensor,
+                   is_neox: bool, head_dim: int, dtype: torch.dtype = torch.float32) -> Copies:
+    """The copies of tokens at ``home`` of block-table rows ``src_row`` to ``index`` of the
+    rows ``dst_row`` (rows that list store blocks), keys turned by ``turn`` positions."""
+    table = block_table.numpy()
+    turns, turn_of = np.unique(np.asarray(turn, dtype=np.int64), return_inverse=True)
+    cos, sin = turn_table(torch.from_numpy(turns), inv_freq, head_dim, is_neox, dtype)
+    return Copies(_ints(table[src_row, home // block_size]), _ints(home % block_size, np.int32),
+                  _ints(table[dst_row, index // block_size]), _ints(index % block_size, np.int32),
+                  _ints(turn_of.reshape(-1), np.int32), cos, sin, partners(head_dim, inv_freq.numel(), is_neox))
+
+
+def pack(key_cache: torch.Tensor, value_cache: torch.Tensor, store: tuple[torch.Tensor, torch.Tensor],
+         copies: Copies) -> None:
+    """Make ``copies`` from the caches into the store (each ``[blocks, block_size, Hkv, D]``)."""
+    c = copies
+    if c.src_block.numel():
+        _extension().pack(key_cache, value_cache, store[0], store[1], c.src_block, c.src_slot, c.dst_block,
+                          c.dst_slot, c.turn, c.turn_cos.to(key_cache.dtype), c.turn_sin.to(key_cache.dtype), c.perm)

@@ -95,7 +95,7 @@ def test_bad_inputs_are_refused():
     cache = random_cache(lengths, 32, 3, 64)
     prepared = cpu_native.prepare(build(views), cache.block_table, 32, inv_freq_for(64), True, 64)
     q = torch.randn(2, 9, 64)
-    with pytest.raises(RuntimeError, match="share one dtype"):
+    with pytest.raises(RuntimeError, match="the caches must have q's dtype"):
         cpu_native.fragment_attention(q, cache.key.double(), cache.value.double(), prepared, 0.125)
     with pytest.raises(RuntimeError, match="head shapes"):
         cpu_native.fragment_attention(torch.randn(2, 8, 64), cache.key, cache.value, prepared, 0.125)

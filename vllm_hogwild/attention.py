@@ -4,19 +4,21 @@ forward that splits a batch between vLLM's attention and the fragment op.
 vLLM's backends see batch rows and block tables, never requests; the planner's
 ``StepPlan`` says which rows are hogwild workers and what their views are. This module
 turns it into the fragment op's inputs: the query row indices, the ``SeqView``s and the
-block table extended with rows for finished workers (whose blocks outlive their requests).
+block table extended with rows for finished workers (whose blocks outlive their requests)
+and for the groups' packed histories (the CPU path's: blocks of its packed store).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbeddingBase
 
 from hogwild_kernels import SeqView
-from vllm_hogwild.planner import StepPlan
+from vllm_hogwild.planner import Copies, StepPlan
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,10 @@ class StepRows:
 
     rows: torch.Tensor  # token indices of hogwild query rows, in view order
     views: list[SeqView]
-    block_table: torch.Tensor  # the batch's rows, then one per finished worker
+    block_table: torch.Tensor  # the batch's rows, one per finished worker, then the packed runs'
     all_rows: bool  # every token of the batch is a hogwild row
+    first_packed_row: int  # block-table rows from here on list blocks of the packed store
+    copies: Copies | None  # the step's copies into the packed store, all groups together
 
 
 def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Tensor,
@@ -68,10 +72,11 @@ def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Ten
     """The fragment op's inputs for ``plan`` over a batch of ``num_reqs`` requests."""
     rows = torch.cat([torch.arange(query_start_loc[r], query_start_loc[r + 1]) for r in plan.batch_rows])
     table = block_table[:num_reqs]
-    if plan.extra_blocks:
-        width = max(table.shape[1], max(len(b) for b in plan.extra_blocks))
-        extra = torch.zeros(len(plan.extra_blocks), width, dtype=table.dtype)
-        for i, blocks in enumerate(plan.extra_blocks):
+    more = plan.extra_blocks + plan.packed_blocks
+    if more:
+        width = max(table.shape[1], max(len(b) for b in more))
+        extra = torch.zeros(len(more), width, dtype=table.dtype)
+        for i, blocks in enumerate(more):
             extra[i, : len(blocks)] = torch.tensor(blocks, dtype=table.dtype)
         if table.is_cuda:  # one asynchronous copy (from pageable memory it would wait for the GPU)
             extra = extra.pin_memory()
@@ -80,7 +85,8 @@ def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Ten
         table = torch.cat([padded, extra.to(table.device, non_blocking=True)])
     views = [SeqView(s.group, s.worker, s.num_rows, s.first_home, s.fragments, s.view_positions, s.shared)
              for s in plan.seqs]
-    return StepRows(rows, views, table, rows.numel() == num_tokens)
+    copies = tuple(np.concatenate(c) for c in zip(*plan.copies)) if plan.copies else None
+    return StepRows(rows, views, table, rows.numel() == num_tokens, num_reqs + len(plan.extra_blocks), copies)
 
 
 class HogwildForward:

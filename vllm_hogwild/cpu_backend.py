@@ -8,6 +8,11 @@ vLLM's own cache update, once, at each token's home position.
 The fragment op is the compiled one (``hogwild_kernels.cpu_native``), or the PyTorch one
 (``cpu_op``) where the extension cannot be built or ``VLLM_HOGWILD_CPU_OP=torch`` asks
 for it (to compare them).
+
+The compiled op reads each group's committed history from a packed store
+(``vllm_hogwild/packing.py``): one per layer, shaped like vLLM's cache, grown as groups take
+its blocks, of at most ``VLLM_HOGWILD_CPU_PACKED_GIB`` GiB over all layers (default: a
+quarter of the KV cache; 0 turns packing off).
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from vllm.v1.attention.backends.cpu_attn import (
 from hogwild_kernels import build, cpu_native, cpu_op
 from vllm_hogwild import runtime
 from vllm_hogwild.attention import HogwildForward, step_rows
-from vllm_hogwild.planner import StepPlan
+from vllm_hogwild.planner import Packing, StepPlan
 
 
 CPU_OP_ENV = "VLLM_HOGWILD_CPU_OP"
 CPU_OPS = ("native", "torch")
+PACKED_ENV = "VLLM_HOGWILD_CPU_PACKED_GIB"
 
 
 @functools.cache
@@ -44,12 +50,35 @@ def fragment_op():
     return cpu_native if choice == "native" and cpu_native.available() else cpu_op
 
 
+def packing(kv_caches: list[torch.Tensor], block_size: int) -> Packing | None:
+    """The packed store's size for the runner's caches (each ``[blocks, ...]``, one per
+    layer), or None where the op does not pack (the PyTorch op, or 0 GiB asked)."""
+    if fragment_op() is not cpu_native or not kv_caches:
+        return None
+    blocks = kv_caches[0].shape[0]
+    asked = os.environ.get(PACKED_ENV)
+    if asked is not None:
+        try:
+            gib = float(asked)
+        except ValueError:
+            gib = -1.0
+        if not gib >= 0:
+            raise ValueError(f"{PACKED_ENV}={asked!r}: expected a size in GiB, 0 or more")
+        block_bytes = kv_caches[0][0].numel() * kv_caches[0].element_size() * len(kv_caches)
+        blocks = int(gib * 2**30 // block_bytes)
+    else:
+        blocks //= 4
+    return Packing(block_size, blocks) if blocks > 0 else None
+
+
 @dataclass
 class HogwildRows:
     """Per-step inputs of the fragment op, shared by every layer."""
 
     prepared: cpu_native.Prepared | cpu_op.Prepared  # the step's work for fragment_op()
     all_rows: bool  # every token of the batch is a hogwild row
+    copies: cpu_native.Copies | None = None  # into the packed store, before attention
+    store_blocks: int = 0  # blocks of the packed store this step reads or writes
 
 
 def cpu_caches(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +98,7 @@ def cpu_caches(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
     def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False) -> CPUAttentionMetadata:
         meta = super().build(common_prefix_len, common_attn_metadata, fast_build)
-        plan = runtime.step_plan(common_attn_metadata)
+        plan = runtime.step_plan(common_attn_metadata, packing=self._packing())
         if plan is not None and self.isa != "vec":
             raise NotImplementedError(
                 f"hogwild on CPU reads vLLM's 'vec' cache layout; this engine uses {self.isa!r} "
@@ -79,20 +108,55 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
                                                         self.kv_cache_spec.head_size)
         return meta
 
+    def _packing(self) -> Packing | None:
+        """The packed store's size, decided once the caches exist (the environment read once)."""
+        if "_hogwild_packing" not in self.__dict__:
+            caches = runtime.kv_caches()
+            if not caches:
+                return None
+            self._hogwild_packing = packing(caches, self.block_size)
+        return self._hogwild_packing
+
 
 def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows:
     step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
                      common.num_reqs, common.num_actual_tokens)
     rotary = runtime.rotary()
-    prepared = fragment_op().prepare(build(step.views), step.block_table, block_size, rotary.inv_freq,
-                                     rotary.is_neox, head_dim, row_index=step.rows)
-    return HogwildRows(prepared, step.all_rows)
+    op = fragment_op()
+    if op is not cpu_native:
+        prepared = op.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq, rotary.is_neox,
+                              head_dim, row_index=step.rows)
+        return HogwildRows(prepared, step.all_rows)
+    prepared = cpu_native.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq,
+                                  rotary.is_neox, head_dim, row_index=step.rows, stored_from=step.first_packed_row)
+    copies = None if step.copies is None else cpu_native.prepare_copies(
+        *step.copies, step.block_table, block_size, rotary.inv_freq, rotary.is_neox, head_dim)
+    stored = step.block_table[step.first_packed_row:]
+    return HogwildRows(prepared, step.all_rows, copies, int(stored.max()) + 1 if stored.numel() else 0)
 
 
 class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
     def _hogwild(self, query, kv_cache, hogwild, output_scale, output) -> None:
         keys, values = cpu_caches(kv_cache)
-        fragment_op().fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output)
+        op = fragment_op()
+        if op is not cpu_native:
+            op.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output)
+            return
+        store = cpu_caches(self._store(kv_cache, hogwild.store_blocks))
+        if hogwild.copies is not None:
+            cpu_native.pack(keys, values, store, hogwild.copies)
+        cpu_native.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output, store=store)
+
+    def _store(self, kv_cache: torch.Tensor, blocks: int) -> torch.Tensor:
+        """This layer's packed store, of at least ``blocks`` blocks (the planner bounds them;
+        grown 64 blocks at a time, as a group's history takes blocks a few at a time)."""
+        store = getattr(self, "_hogwild_store", None)
+        if store is None or store.shape[0] < blocks:
+            grown = kv_cache.new_zeros((-(-blocks // 64) * 64, *kv_cache.shape[1:]))
+            if store is not None:
+                grown[: store.shape[0]] = store
+            store = self._hogwild_store = grown
+        return store
 
 
 class HogwildCPUBackend(CPUAttentionBackend):

@@ -17,11 +17,24 @@ import numpy as np
 
 from vllm_hogwild.group import GroupTracker
 from vllm_hogwild.layouts import Fragment, Span, split_view, view_position
+from vllm_hogwild.packing import BlockPool, PackedHistory
 from vllm_hogwild.worker_requests import WorkerStamp, stream_starts
 
 
 # rows, starts, ends, offsets: hogwild_kernels.table.Shared (not imported: no torch here)
 Shared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# Copies into the packed store, one per token: source row, home, packed row, index, turn
+# (packing.PackOrder, with block-table rows for workers)
+Copies = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The packed store a plan may use (``packing.py``): its block size and how many blocks
+    it holds, for all the runner's groups."""
+
+    block_size: int
+    blocks: int
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class _Group:
     tracker: GroupTracker
     members: dict[str, _Member] = field(default_factory=dict)
     history: _HistoryArrays = field(default_factory=_HistoryArrays)
+    packed: PackedHistory | None = None
 
 
 @dataclass
@@ -85,12 +99,16 @@ class StepPlan:
     """Hogwild rows of one step: ``batch_rows[i]`` is the batch row of ``seqs[i]``.
 
     Fragment rows ``< num_batch_rows`` are batch rows; row ``num_batch_rows + k`` holds
-    ``extra_blocks[k]`` (a finished worker's block ids).
+    ``extra_blocks[k]`` (a finished worker's block ids); the rows after those,
+    ``packed_blocks`` (a group's packed history: blocks of the packed store, not of the
+    cache), filled by ``copies`` before attention.
     """
 
     seqs: list[SeqPlan]
     batch_rows: list[int]
     extra_blocks: list[list[int]]
+    packed_blocks: list[list[int]] = field(default_factory=list)
+    copies: list[Copies] = field(default_factory=list)
 
 
 def _tokens(state: RunnerRequest, start: int, end: int) -> list[int]:
@@ -117,14 +135,16 @@ class Planner:
         self._groups: dict[str, _Group] = {}
         self._group_of: dict[str, str] = {}
         self._pending: dict[str, dict[str, _Member]] = {}
+        self._pool: BlockPool | None = None  # the packed store's blocks (with a Packing)
 
     def __bool__(self) -> bool:
         return bool(self._groups)
 
     def state(self) -> dict[str, int]:
-        """What it holds: running groups, their worker requests, groups still assembling."""
+        """What it holds: running groups, their worker requests, groups still assembling,
+        blocks of the packed store in use."""
         return {"groups": len(self._groups), "worker_requests": len(self._group_of),
-                "assembling": len(self._pending)}
+                "assembling": len(self._pending), "packed_blocks": self._pool.in_use if self._pool else 0}
 
     def add(self, req_id: str, stamp: WorkerStamp, state: RunnerRequest) -> None:
         """Register a worker request; its group starts once all W workers are known."""
@@ -150,6 +170,8 @@ class Planner:
             group = self._groups[key]
             group.members[rid].finished = True
             if all(m.finished for m in group.members.values()):
+                if group.packed is not None:
+                    group.packed.release(self._pool)
                 del self._groups[key]
 
     def _drop_pending(self, rid: str) -> None:
@@ -157,29 +179,40 @@ class Planner:
             if pending.pop(rid, None) is not None and not pending:
                 del self._pending[key]
 
-    def plan(self, rows: Sequence[tuple[str, int, int]]) -> StepPlan | None:
-        """Views for a batch given as ``(req_id, query rows, tokens incl. this step)``."""
+    def plan(self, rows: Sequence[tuple[str, int, int]], packing: Packing | None = None) -> StepPlan | None:
+        """Views for a batch given as ``(req_id, query rows, tokens incl. this step)``;
+        with ``packing``, each group's shared history is packed as far as the store allows."""
         batch = {rid: i for i, (rid, _, _) in enumerate(rows)}
         plan = StepPlan([], [], [])
-        for gi, group in enumerate(g for g in self._groups.values()
-                                   if any(rid in batch for rid in g.members)):
+        live = [g for g in self._groups.values() if any(rid in batch for rid in g.members)]
+        source_rows: list[dict[int, int]] = []  # per group: worker -> fragment row
+        for group in live:
             self._advance(group, rows, batch)
-            by_worker = {m.worker: (rid, m) for rid, m in group.members.items()}
-            source_row: dict[int, int] = {}
-            for w, (rid, m) in sorted(by_worker.items()):
+            source_row = {}
+            for rid, m in sorted(group.members.items(), key=lambda x: x[1].worker):
                 if rid in batch:
-                    source_row[w] = batch[rid]
+                    source_row[m.worker] = batch[rid]
                 else:
-                    source_row[w] = len(rows) + len(plan.extra_blocks)
+                    source_row[m.worker] = len(rows) + len(plan.extra_blocks)
                     plan.extra_blocks.append(list(m.state.block_ids[0]))
+            source_rows.append(source_row)
+        if packing is not None and self._pool is None:
+            self._pool = BlockPool(packing.blocks)
+        first_packed_row = len(rows) + len(plan.extra_blocks)
+        for gi, (group, source_row) in enumerate(zip(live, source_rows)):
+            by_worker = {m.worker: (rid, m) for rid, m in group.members.items()}
             lengths = [by_worker[w][1].written for w in range(len(by_worker))]
             views = group.tracker.views(lengths)
             history = group.tracker.shared_history()
             shared = None
             if history:
-                worker, start, end, offset = group.history.sync(history)
+                columns = group.history.sync(history)
                 rows_of = np.array([source_row[w] for w in range(len(by_worker))], dtype=np.int64)
-                shared = (rows_of[worker], start, end, offset)
+                if packing is None:
+                    worker, start, end, offset = columns
+                    shared = (rows_of[worker], start, end, offset)
+                else:
+                    shared = self._pack(group, columns, rows_of, packing, plan, first_packed_row)
             for w, (rid, m) in sorted(by_worker.items()):
                 if rid not in batch:
                     continue
@@ -192,6 +225,27 @@ class Planner:
                 plan.seqs.append(SeqPlan(gi, w, num_rows, first, frags, positions, shared))
                 plan.batch_rows.append(batch[rid])
         return plan if plan.seqs else None
+
+    def _pack(self, group: _Group, columns: np.ndarray, rows_of: np.ndarray, packing: Packing, plan: StepPlan,
+              first_packed_row: int) -> Shared:
+        """The group's shared history as its packed run (a row of ``plan.packed_blocks``)
+        and the fragments past it; the step's copies into the run go to ``plan.copies``."""
+        prompt_len = group.tracker.state.prompt_len
+        if group.packed is None:
+            group.packed = PackedHistory(packing.block_size)
+        packed = group.packed
+        order = packed.advance(columns, prompt_len, self._pool)
+        worker, start, end, offset = packed.rest(columns, prompt_len)
+        shared = (rows_of[worker], start, end, offset)
+        if not packed.packed:
+            return shared
+        row = first_packed_row + len(plan.packed_blocks)
+        plan.packed_blocks.append(list(packed.blocks))
+        if len(order):
+            plan.copies.append((rows_of[order.worker], order.home, np.full(len(order), row), order.index,
+                                order.turn))
+        run = [np.array([x], dtype=np.int64) for x in (row, 0, packed.packed, prompt_len)]
+        return tuple(np.concatenate([r, s]) for r, s in zip(run, shared))
 
     def _advance(self, group: _Group, rows: Sequence[tuple[str, int, int]], batch: dict[str, int]) -> None:
         """Commit steps written before this step, then count this step's tokens."""

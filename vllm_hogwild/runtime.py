@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from vllm_hogwild.planner import Planner, StepPlan
+from vllm_hogwild.planner import Packing, Planner, StepPlan
 
 _runner: Any = None
 
@@ -61,8 +61,14 @@ def discarded_rows() -> Any:
     return None if mask is None else mask.np
 
 
-def step_plan(common: Any) -> StepPlan | None:
-    """Hogwild views of the batch that ``common`` (CommonAttentionMetadata) describes."""
+def kv_caches() -> list[Any]:
+    """The runner's KV caches, one per layer (empty before they are allocated)."""
+    return list(getattr(_runner, "kv_caches", None) or [])
+
+
+def step_plan(common: Any, packing: Packing | None = None) -> StepPlan | None:
+    """Hogwild views of the batch that ``common`` (CommonAttentionMetadata) describes; with
+    ``packing``, the shared histories packed (the CPU path)."""
     runner = _runner
     if runner is None:
         return None
@@ -76,7 +82,7 @@ def step_plan(common: Any) -> StepPlan | None:
     seq_lens = common.seq_lens_cpu_upper_bound
     seq_lens = (common.seq_lens.cpu() if seq_lens is None else seq_lens).tolist()
     rows = [(rid, qsl[i + 1] - qsl[i], seq_lens[i]) for i, rid in enumerate(req_ids)]
-    return plan_for.plan(rows)
+    return plan_for.plan(rows, packing)
 
 
 def rotary() -> Any:

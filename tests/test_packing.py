@@ -1,0 +1,180 @@
+"""The packed shared history: the planner copies every committed token into the packed store
+once, at the index the history gives it, and the views read the packed run plus the rest of
+the history; the compiled op over a packed history equals the float64 oracle over the
+unpacked views."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hogwild_kernels import SeqView, build, cpu_native
+from paged import inv_freq_for, layout_views, naive_attention, random_cache
+from planned import END, WORD, planned_group
+from vllm_hogwild.packing import BlockPool, PackedHistory
+from vllm_hogwild.planner import Packing
+
+
+def test_the_pool_hands_out_lowest_blocks_first_and_runs_short():
+    pool = BlockPool(5)
+    assert pool.take(2) == [0, 1] and pool.take(4) == [2, 3, 4] and pool.take(1) == []
+    pool.give_back([3, 1])
+    assert pool.in_use == 3 and pool.take(3) == [1, 3]
+
+
+def _tokens_of_view(fragments, worker_of, packed_rows, store, block_size):
+    """view offset -> (worker, home) of every token a view reads; a packed run's tokens
+    are what the store's slots hold."""
+    tokens = {}
+    for row, start, end, offset in fragments:
+        for i in range(end - start):
+            if row in packed_rows:
+                blocks = packed_rows[row]
+                tokens[offset + i] = store[(blocks[(start + i) // block_size], (start + i) % block_size)]
+            else:
+                tokens[offset + i] = (worker_of[row], start + i)
+    return tokens
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "combined"])
+@pytest.mark.parametrize("capacity", [1000, 7])
+def test_the_planner_packs_each_committed_token_once_where_the_history_puts_it(layout, capacity):
+    """Step after step (steps commit, fragments grow, a worker finishes), each view read
+    through the packed store holds the very tokens of the layouts' view; with a small
+    store, the history past it stays fragments; the group's blocks go back when it ends."""
+    workers, block_size = 3, 4
+    planner, requests = planned_group(workers, layout, prompt=7)
+    tracker = planner._groups["g"].tracker
+    rng = random.Random(1)
+    running = list(requests)
+    store: dict[tuple[int, int], tuple[int, int]] = {}  # (store block, slot) -> (worker, home)
+    packed_any = 0
+    for step in range(70):
+        if step == 45:
+            planner.finish(["w2"])
+            running.remove("w2")
+        rows = [(rid, 1, len(requests[rid].prompt_token_ids) + len(requests[rid].output_token_ids) + 1)
+                for rid in running]
+        plan = planner.plan(rows, Packing(block_size, capacity))
+        source_row = {w: i for i, w in enumerate(int(rid[1]) for rid in running)}
+        source_row.update({w: len(running) + k for k, w in enumerate(w for w in range(workers)
+                                                                          if f"w{w}" not in running)})
+        worker_of = {r: w for w, r in source_row.items()}
+        first_packed = len(rows) + len(plan.extra_blocks)
+        packed_rows = {first_packed + k: b for k, b in enumerate(plan.packed_blocks)}
+        assert len(packed_rows) <= 1 and planner.state()["packed_blocks"] == sum(map(len, plan.packed_blocks))
+        assert sum(map(len, plan.packed_blocks)) <= capacity
+        for src_row, home, dst_row, index, turn in plan.copies:
+            assert (turn == index - home).all()
+            for r, h, d, i in zip(src_row, home, dst_row, index):
+                slot = (packed_rows[d][i // block_size], i % block_size)
+                assert slot not in store, "a token is copied once"
+                store[slot] = (worker_of[r], h)
+        lengths = [max(tracker.state.workers[w].length, 0) for w in range(workers)]
+        expect = [{f.offset + i: (f.source, f.start + i) for f in view for i in range(f.end - f.start)}
+                  for w, view in enumerate(tracker.views(lengths)) if f"w{w}" in running]
+        for seq, want in zip(plan.seqs, expect):
+            whole = SeqView(seq.group, seq.worker, seq.num_rows, seq.first_home, seq.fragments,
+                            seq.view_positions, seq.shared).all_fragments()
+            assert _tokens_of_view(whole, worker_of, packed_rows, store, block_size) == want
+            assert sum(end - start for _, start, end, _ in whole) == len(want)  # no token read twice
+        packed_any = max(packed_any, sum(len(c[0]) for c in plan.copies))
+        for rid in running:
+            ends = rng.random() < (0.3 if rid == "w0" or step > 20 else 0.0)
+            requests[rid].output_token_ids.append(END if ends else WORD)
+    history = sum(s.end - s.start for s in tracker.state.history)
+    packed = planner._groups["g"].packed.packed
+    assert packed == min(history, capacity * block_size) and packed_any > 0
+    if capacity < 10:
+        assert history > packed  # the rest of the history was read as fragments
+    planner.finish(["w0", "w1"])
+    assert planner.state() == {"groups": 0, "worker_requests": 0, "assembling": 0, "packed_blocks": 0}
+
+
+def _history_columns(views: list[SeqView], prompt: int) -> np.ndarray:
+    """The fragments every view holds alike past the prompt: the committed history."""
+    common = set(views[0].fragments).intersection(*(set(v.fragments) for v in views[1:]))
+    return np.array(sorted((f for f in common if f[3] >= prompt), key=lambda f: f[3]), dtype=np.int64).T
+
+
+@pytest.mark.parametrize("workers", [2, 8])
+def test_the_op_over_a_packed_history_equals_the_unpacked_views(workers):
+    """Real text's views (3000 tokens of 20-token steps, hundreds of fragments), their
+    history packed in two steps as far as a store of 61 blocks allows: the op reads the
+    packed run, the rest of the history and the other fragments, equal to the float64
+    oracle over the views as they were; so do vLLM's cache layout and the float32 path."""
+    prompt, block_size = 256, 32
+    lengths, views = layout_views(workers, 3000, "combined")
+    cache = random_cache(lengths, block_size, 3, 64, dtype=torch.float64, gen=torch.Generator().manual_seed(workers))
+    q = torch.randn(len(views), 9, 64, dtype=torch.float64)
+    expect = naive_attention(q, cache, views, inv_freq_for(64), True, 0.125)
+
+    history = _history_columns(views, prompt)
+    packed, pool = PackedHistory(block_size), BlockPool(61)  # cuts a fragment
+    orders = [packed.advance(history[:, : history.shape[1] // 3], prompt, pool), packed.advance(history, prompt, pool)]
+    assert 0 < packed.packed < history[2, -1] - history[1, -1] + history[3, -1] - prompt
+    run_row = len(lengths)
+    table = torch.zeros(run_row + 1, max(cache.block_table.shape[1], len(packed.blocks)), dtype=torch.int32)
+    table[:run_row, : cache.block_table.shape[1]] = cache.block_table
+    table[run_row, : len(packed.blocks)] = torch.tensor(packed.blocks)
+    rest = packed.rest(history, prompt)
+    shared = tuple(np.concatenate([[x], r]) for x, r in zip((run_row, 0, packed.packed, prompt), rest))
+    in_history = {tuple(f) for f in history.T.tolist()}
+    packed_views = [SeqView(v.group, v.worker, v.num_rows, v.first_home,
+                            [f for f in v.fragments if f not in in_history], v.view_positions, shared)
+                    for v in views]
+    prepared = cpu_native.prepare(build(packed_views), table, block_size, inv_freq_for(64), True, 64,
+                                  dtype=torch.float64, stored_from=run_row)
+    for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        keys, values = cache.key.to(dtype), cache.value.to(dtype)
+        store = (torch.full((64, block_size, 3, 64), float("nan"), dtype=dtype),
+                 torch.full((64, block_size, 3, 64), float("nan"), dtype=dtype))
+        for order in orders:
+            copies = cpu_native.prepare_copies(order.worker, order.home, np.full(len(order), run_row), order.index,
+                                               order.turn, table, block_size, inv_freq_for(64), True, 64, dtype)
+            cpu_native.pack(keys, values, store, copies)
+        for splits in (0, 3):
+            out = cpu_native.fragment_attention(q.to(dtype), keys, values, prepared, 0.125, splits=splits,
+                                                store=store)
+            assert torch.allclose(out.double(), expect, atol=atol, rtol=0), (out.double() - expect).abs().max()
+
+
+def _runner(llm):
+    return llm.llm_engine.model_executor.driver_worker.worker.model_runner
+
+
+@pytest.mark.parametrize("store", ["default", "2 blocks"])
+def test_engine_groups_over_packed_histories_equal_the_oracle(monkeypatch, store):
+    """A group of 4 on the CPU backend reads its history from the packed store, equal to the
+    recompute oracle: with the default store (a quarter of the KV cache: all of it packed),
+    and with a store of 2 blocks (64 tokens), past which the history is read from the
+    cache as fragments. The group's blocks go back to the pool when it ends."""
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    from engines import model_path
+    from runs import assert_matches, group_params, oracle_runs, prompt_ids
+
+    if store == "2 blocks":  # 2 layers x 2 KV heads x 32 slots x (32 + 32) floats = 32 KiB a block
+        monkeypatch.setenv("VLLM_HOGWILD_CPU_PACKED_GIB", str(2.5 * 2**15 / 2**30))
+    llm = LLM(model=model_path("llama"), dtype="float32", enforce_eager=True, block_size=32, max_model_len=1024,
+              kv_cache_memory_bytes=64 * 2**20, max_num_seqs=16, seed=0)
+    ids = prompt_ids("llama")
+    params = SamplingParams(**group_params(4, "combined", max_tokens=48))
+    out = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
+    runs = oracle_runs("llama", ids, 4, "combined", max_tokens=48)
+    assert_matches(out, runs)
+    runner = _runner(llm)
+    history = sum(len(r.generated) for r in runs)  # an upper bound: what was committed is less
+    pool = runner._hogwild_planner._pool
+    assert pool.in_use > 0
+    # The runner hears that the group ended with the next step's batch.
+    llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1), use_tqdm=False)
+    assert pool.capacity == (2 if store == "2 blocks" else runner.kv_caches[0].shape[0] // 4)
+    assert pool.in_use == 0 and runner._hogwild_planner.state()["packed_blocks"] == 0
+    stores = [layer.impl._hogwild_store for layer in runner.compilation_config.static_forward_context.values()]
+    assert len(stores) == 2 and all(s.abs().sum() > 0 for s in stores)  # keys were copied into every layer's
+    if store == "2 blocks":
+        assert history > 64 and all(s.shape[0] == 64 for s in stores)
