@@ -1,4 +1,5 @@
-"""The CPU fragment op, one layer of a decode step: the compiled op against the PyTorch one.
+"""The CPU fragment op, one layer of a decode step: the compiled op against the PyTorch one,
+and, for layouts with a committed history, the compiled op reading the history packed.
 
     python benchmarks/cpu_op_bench.py [--workers 4 8] [--contexts 1000 4000]
                                       [--layouts contiguous combined] [--out benchmarks/results/cpu_op.json]
@@ -12,6 +13,9 @@ caches (12 by default: more than this machine's 32 MB L3 at 4000 tokens), as a m
 so that keys come from memory and not from the cache of the previous call. Each figure is
 the median over ``--repeats`` alternating runs of the ops (this machine's timings drift by
 10-20%), per layer. ``prepare`` (the per-step work list, once for all layers) is timed apart.
+``packed``: the compiled op with the whole history in the packed store
+(``vllm_hogwild/packing.py``), as the plugin runs it; filling the store (a few tokens a step)
+is not timed.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from hogwild_kernels import build, cpu_native, cpu_op  # noqa: E402
-from paged import inv_freq_for, layout_views, random_cache  # noqa: E402
+from paged import fill_store, inv_freq_for, layout_views, packed_views, random_cache  # noqa: E402
 
 OPS = {"native": cpu_native, "torch": cpu_op}
 
@@ -48,17 +52,34 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int) -> d
     def prepare(op):
         return op.prepare(build(views), cache.block_table, 32, inv_freq, True, 64)
 
-    prepared = {name: prepare(op) for name, op in OPS.items()}
-    outs = [OPS[name].fragment_attention(q, *caches[0], p, 0.125) for name, p in prepared.items()]
-    assert torch.allclose(outs[0], outs[1], atol=1e-5)
-    times: dict[str, list[float]] = {name: [] for name in OPS}
-    prep: dict[str, list[float]] = {name: [] for name in OPS}
+    calls = {name: (op, prepare, None) for name, op in OPS.items()}
+    if layout != "contiguous":
+        packed = packed_views(views, cache.block_table, 256, 32, blocks=context // 32 + 1)
+        stores = [fill_store(packed, k, v, inv_freq, True, context // 32 + 1) for k, v in caches]
+
+        def prepare_packed(op):
+            return op.prepare(build(packed.views), packed.block_table, 32, inv_freq, True, 64,
+                              stored_from=packed.run_row)
+
+        calls["packed"] = (cpu_native, prepare_packed, stores)
+    prepared = {name: prep(op) for name, (op, prep, _) in calls.items()}
+    outs = {name: op.fragment_attention(q, *caches[0], prepared[name], 0.125,
+                                        **({} if stores is None else {"store": stores[0]}))
+            for name, (op, _, stores) in calls.items()}
+    for name, out in outs.items():
+        assert torch.allclose(out, outs["torch"], atol=1e-5), name
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    prep: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        for name, op in OPS.items():
+        for name, (op, prepare_of, stores) in calls.items():
             p = prepared[name]
-            step = lambda: [op.fragment_attention(q, k, v, p, 0.125) for k, v in caches]  # noqa: E731
+            if stores is None:
+                step = lambda: [op.fragment_attention(q, k, v, p, 0.125) for k, v in caches]  # noqa: E731
+            else:
+                step = lambda: [op.fragment_attention(q, k, v, p, 0.125, store=s)  # noqa: E731
+                                for (k, v), s in zip(caches, stores)]
             times[name].append(timeit.timeit(step, number=2) / (2 * layers) * 1e3)
-            prep[name].append(timeit.timeit(lambda: prepare(op), number=3) / 3 * 1e3)
+            prep[name].append(timeit.timeit(lambda: prepare_of(op), number=3) / 3 * 1e3)
     return {"workers": workers, "context": context, "layout": layout,
             "fragments_per_view": len(views[0].fragments),
             "ms_per_layer": {name: statistics.median(v) for name, v in times.items()},
@@ -86,9 +107,11 @@ def main() -> None:
                 r = run(workers, context, layout, args.layers, args.repeats)
                 result["runs"].append(r)
                 ms, prep = r["ms_per_layer"], r["ms_prepare_per_step"]
+                packed = (f", packed {ms['packed']:6.3f} ms" if "packed" in ms else "")
                 print(f"W={workers} C={context:5d} {layout:11s} ({r['fragments_per_view']:3d} fragments a view): "
-                      f"compiled {ms['native']:6.3f} ms, PyTorch {ms['torch']:6.3f} ms per layer; "
-                      f"work list {prep['native']:5.2f} / {prep['torch']:5.2f} ms per step", flush=True)
+                      f"compiled {ms['native']:6.3f} ms{packed}, PyTorch {ms['torch']:6.3f} ms per layer; "
+                      f"work list " + " / ".join(f"{k} {v:5.2f}" for k, v in prep.items()) + " ms per step",
+                      flush=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

@@ -14,8 +14,12 @@
 // (flash attention's running max and sum), so no score outlives its tile. A row's query is
 // rotated once per fragment (when its turn changes), not per key.
 //
-// Layout: caches [blocks, block_size, kv_heads, D] with any strides; vLLM's CPU cache keeps
-// a block's keys dimension-major (stride 1 along the slots), which the score loop uses.
+// A tile's block is the cache's or the packed store's (tile_stored): a copy of a group's
+// committed history, keys turned to their index in it, filled by `pack` as steps commit.
+//
+// Layout: caches [blocks, block_size, kv_heads, D] with any strides (the store likewise);
+// vLLM's CPU cache keeps a block's keys dimension-major (stride 1 along the slots), which the
+// score loop uses.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>

@@ -8,9 +8,12 @@ each and the *turn* (a row of a cos/sin table) that rotates the row's query to w
 keys sit in its view. ``fragment_attention`` hands the list to ``cpu_native.cpp``, which
 walks each group's tiles once per KV head, every row of the group taking a tile while it
 is in cache: a step reads a group's keys once, whatever its number of workers, and costs
-one rotation of a row's queries per fragment. So the cost follows the keys the group
-holds, not the fragments its views are cut into, and no packing of the shared history is
-needed.
+one rotation of a row's queries per fragment.
+
+A tile's block is the cache's, or the *packed store*'s (``stored_from``: block-table rows
+that list store blocks): a copy of a group's committed history, each key turned to its
+index in the history, that ``pack`` fills as steps commit (``vllm_hogwild/packing.py``
+says why). A history of hundreds of fragments is then one, read in whole tiles.
 
 The extension is compiled on first use (``torch.utils.cpp_extension``, with
 ``-march=native``: it is built on the machine that runs it) into PyTorch's extension cache

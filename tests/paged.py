@@ -140,3 +140,65 @@ def layout_views(workers: int, context: int, layout: str, step_tokens: int = 20)
         frags = [(f.source, f.start, f.end, f.offset) for f in fragments]
         views.append(SeqView(0, w, 1, home, frags, [layouts.view_position(fragments, w, home)]))
     return lengths, views
+
+
+@dataclass
+class Packed:
+    """Views whose committed history is read from a packed store (``vllm_hogwild.packing``):
+    the packed run is row ``run_row`` of ``block_table`` (store blocks), the rest of the
+    history and the other fragments as before; ``orders`` fill the store."""
+
+    views: list[SeqView]
+    block_table: torch.Tensor
+    run_row: int
+    orders: list
+    packed: object  # the group's PackedHistory
+
+
+def packed_views(views: list[SeqView], block_table: torch.Tensor, prompt: int, block_size: int, blocks: int,
+                 steps: int = 1) -> Packed:
+    """``views`` (of one group, the history among their fragments: ``layout_views``) with the
+    history packed into a pool of ``blocks`` blocks, in ``steps`` steps of a growing history."""
+    import numpy as np
+
+    from vllm_hogwild.packing import BlockPool, PackedHistory
+
+    common = set(views[0].fragments).intersection(*(set(v.fragments) for v in views[1:]))
+    history = np.array(sorted((f for f in common if f[3] >= prompt), key=lambda f: f[3]), dtype=np.int64).T
+    packed, pool = PackedHistory(block_size), BlockPool(blocks)
+    orders = [packed.advance(history[:, : history.shape[1] * (k + 1) // steps], prompt, pool) for k in range(steps)]
+    run_row = block_table.shape[0]
+    table = torch.zeros(run_row + 1, max(block_table.shape[1], len(packed.blocks)), dtype=block_table.dtype)
+    table[:run_row, : block_table.shape[1]] = block_table
+    table[run_row, : len(packed.blocks)] = torch.tensor(packed.blocks, dtype=block_table.dtype)
+    rest = packed.rest(history, prompt)
+    shared = tuple(np.concatenate([[x], r]) for x, r in zip((run_row, 0, packed.packed, prompt), rest))
+    in_history = {tuple(f) for f in history.T.tolist()}
+    return Packed([SeqView(v.group, v.worker, v.num_rows, v.first_home, [f for f in v.fragments if f not in in_history],
+                           v.view_positions, shared) for v in views], table, run_row, orders, packed)
+
+
+def _blocks_like(cache: torch.Tensor, blocks: int) -> torch.Tensor:
+    """NaN blocks shaped like ``cache``'s, laid out in memory as it is (vLLM's CPU keys are
+    dimension-major within a block: the op's fast path wants the store so too)."""
+    order = sorted(range(4), key=lambda d: -cache.stride(d))  # outermost dimension first
+    shape = [blocks, *cache.shape[1:]]
+    base = torch.full([shape[d] for d in order], float("nan"), dtype=cache.dtype)
+    return base.permute([order.index(d) for d in range(4)])
+
+
+def fill_store(p: Packed, keys: torch.Tensor, values: torch.Tensor, inv_freq: torch.Tensor, is_neox: bool,
+               blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A store of ``blocks`` blocks shaped like ``keys`` (NaN where nothing is copied), filled
+    by ``p.orders`` from the caches, as the CPU backend fills it before attention."""
+    import numpy as np
+
+    from hogwild_kernels import cpu_native
+
+    store = tuple(_blocks_like(c, blocks) for c in (keys, values))
+    for order in p.orders:
+        copies = cpu_native.prepare_copies(order.worker, order.home, np.full(len(order), p.run_row), order.index,
+                                           order.turn, p.block_table, keys.shape[1], inv_freq, is_neox,
+                                           keys.shape[-1], keys.dtype)
+        cpu_native.pack(keys, values, store, copies)
+    return store

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hogwild_kernels import SeqView, build, cpu_native
-from paged import inv_freq_for, layout_views, naive_attention, random_cache
+from paged import fill_store, inv_freq_for, layout_views, naive_attention, packed_views, random_cache
 from planned import END, WORD, planned_group
 from vllm_hogwild.packing import BlockPool, PackedHistory
 from vllm_hogwild.planner import Packing
@@ -94,48 +94,24 @@ def test_the_planner_packs_each_committed_token_once_where_the_history_puts_it(l
     assert planner.state() == {"groups": 0, "worker_requests": 0, "assembling": 0, "packed_blocks": 0}
 
 
-def _history_columns(views: list[SeqView], prompt: int) -> np.ndarray:
-    """The fragments every view holds alike past the prompt: the committed history."""
-    common = set(views[0].fragments).intersection(*(set(v.fragments) for v in views[1:]))
-    return np.array(sorted((f for f in common if f[3] >= prompt), key=lambda f: f[3]), dtype=np.int64).T
-
-
 @pytest.mark.parametrize("workers", [2, 8])
 def test_the_op_over_a_packed_history_equals_the_unpacked_views(workers):
     """Real text's views (3000 tokens of 20-token steps, hundreds of fragments), their
-    history packed in two steps as far as a store of 61 blocks allows: the op reads the
-    packed run, the rest of the history and the other fragments, equal to the float64
-    oracle over the views as they were; so do vLLM's cache layout and the float32 path."""
+    history packed in two steps as far as a store of 61 blocks allows (it cuts a fragment):
+    the op reads the packed run, the rest of the history and the other fragments, equal to
+    the float64 oracle over the views as they were; so does the float32 path."""
     prompt, block_size = 256, 32
     lengths, views = layout_views(workers, 3000, "combined")
     cache = random_cache(lengths, block_size, 3, 64, dtype=torch.float64, gen=torch.Generator().manual_seed(workers))
     q = torch.randn(len(views), 9, 64, dtype=torch.float64)
     expect = naive_attention(q, cache, views, inv_freq_for(64), True, 0.125)
-
-    history = _history_columns(views, prompt)
-    packed, pool = PackedHistory(block_size), BlockPool(61)  # cuts a fragment
-    orders = [packed.advance(history[:, : history.shape[1] // 3], prompt, pool), packed.advance(history, prompt, pool)]
-    assert 0 < packed.packed < history[2, -1] - history[1, -1] + history[3, -1] - prompt
-    run_row = len(lengths)
-    table = torch.zeros(run_row + 1, max(cache.block_table.shape[1], len(packed.blocks)), dtype=torch.int32)
-    table[:run_row, : cache.block_table.shape[1]] = cache.block_table
-    table[run_row, : len(packed.blocks)] = torch.tensor(packed.blocks)
-    rest = packed.rest(history, prompt)
-    shared = tuple(np.concatenate([[x], r]) for x, r in zip((run_row, 0, packed.packed, prompt), rest))
-    in_history = {tuple(f) for f in history.T.tolist()}
-    packed_views = [SeqView(v.group, v.worker, v.num_rows, v.first_home,
-                            [f for f in v.fragments if f not in in_history], v.view_positions, shared)
-                    for v in views]
-    prepared = cpu_native.prepare(build(packed_views), table, block_size, inv_freq_for(64), True, 64,
-                                  dtype=torch.float64, stored_from=run_row)
+    packed = packed_views(views, cache.block_table, prompt, block_size, blocks=61, steps=2)
+    assert 0 < packed.packed.packed < sum(lengths) - workers * 20
+    prepared = cpu_native.prepare(build(packed.views), packed.block_table, block_size, inv_freq_for(64), True, 64,
+                                  dtype=torch.float64, stored_from=packed.run_row)
     for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
         keys, values = cache.key.to(dtype), cache.value.to(dtype)
-        store = (torch.full((64, block_size, 3, 64), float("nan"), dtype=dtype),
-                 torch.full((64, block_size, 3, 64), float("nan"), dtype=dtype))
-        for order in orders:
-            copies = cpu_native.prepare_copies(order.worker, order.home, np.full(len(order), run_row), order.index,
-                                               order.turn, table, block_size, inv_freq_for(64), True, 64, dtype)
-            cpu_native.pack(keys, values, store, copies)
+        store = fill_store(packed, keys, values, inv_freq_for(64), True, blocks=64)
         for splits in (0, 3):
             out = cpu_native.fragment_attention(q.to(dtype), keys, values, prepared, 0.125, splits=splits,
                                                 store=store)
