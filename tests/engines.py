@@ -17,14 +17,28 @@ def model_path(family: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024, step_tokens: int | None = None):
-    """One in-process vLLM engine per configuration, shared by the tests; ``step_tokens``:
-    its ``max_num_batched_tokens`` (vLLM's default if None)."""
-    from vllm import LLM
+def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024, step_tokens: int | None = None,
+           env: tuple[tuple[str, str], ...] = ()):
+    """One in-process vLLM engine per configuration, shared by the tests (an engine that
+    ends in-process takes vLLM's process-wide parallel state with it); ``step_tokens``:
+    its ``max_num_batched_tokens`` (vLLM's default if None); ``env``: environment variables
+    set while it starts and runs its first step, where the plugin reads its settings."""
+    from vllm import LLM, SamplingParams
 
     step = {} if step_tokens is None else {"max_num_batched_tokens": step_tokens}
-    return LLM(model=model_path(family), dtype="float32", enforce_eager=True, block_size=32,
-               max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, max_num_seqs=16, seed=0, **step)
+    saved = {k: os.environ.get(k) for k, _ in env}
+    os.environ.update(dict(env))
+    try:
+        llm = LLM(model=model_path(family), dtype="float32", enforce_eager=True, block_size=32,
+                  max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, max_num_seqs=16, seed=0, **step)
+        llm.generate(["a"], SamplingParams(max_tokens=1), use_tqdm=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return llm
 
 
 def output_dict(out) -> dict:

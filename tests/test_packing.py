@@ -123,20 +123,19 @@ def _runner(llm):
 
 
 @pytest.mark.parametrize("store", ["default", "2 blocks"])
-def test_engine_groups_over_packed_histories_equal_the_oracle(monkeypatch, store):
+def test_engine_groups_over_packed_histories_equal_the_oracle(store):
     """A group of 4 on the CPU backend reads its history from the packed store, equal to the
     recompute oracle: with the default store (a quarter of the KV cache: all of it packed),
     and with a store of 2 blocks (64 tokens), past which the history is read from the
     cache as fragments. The group's blocks go back to the pool when it ends."""
-    from vllm import LLM, SamplingParams, TokensPrompt
+    from vllm import SamplingParams, TokensPrompt
 
-    from engines import model_path
+    from engines import engine
     from runs import assert_matches, group_params, oracle_runs, prompt_ids
 
-    if store == "2 blocks":  # 2 layers x 2 KV heads x 32 slots x (32 + 32) floats = 32 KiB a block
-        monkeypatch.setenv("VLLM_HOGWILD_CPU_PACKED_GIB", str(2.5 * 2**15 / 2**30))
-    llm = LLM(model=model_path("llama"), dtype="float32", enforce_eager=True, block_size=32, max_model_len=1024,
-              kv_cache_memory_bytes=64 * 2**20, max_num_seqs=16, seed=0)
+    # 2 layers x 2 KV heads x 32 slots x (32 + 32) floats = 32 KiB a block
+    env = (("VLLM_HOGWILD_CPU_PACKED_GIB", str(2.5 * 2**15 / 2**30)),) if store == "2 blocks" else ()
+    llm = engine("llama", env=env)
     ids = prompt_ids("llama")
     params = SamplingParams(**group_params(4, "combined", max_tokens=48))
     out = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
