@@ -153,3 +153,37 @@ def test_engine_groups_over_packed_histories_equal_the_oracle(store):
     assert len(stores) == 2 and all(s.abs().sum() > 0 for s in stores)  # keys were copied into every layer's
     if store == "2 blocks":
         assert history > 64 and all(s.shape[0] == 64 for s in stores)
+
+
+def test_the_pytorch_op_reads_the_history_unpacked(monkeypatch):
+    """Switched to the PyTorch op between batches (as ``cpu_sweep.py --ops`` does), the
+    engine hands it the history as fragments of the cache, never rows of the store."""
+    from vllm_hogwild import cpu_backend
+    from runs import assert_matches, hogwild, prompt_ids
+
+    monkeypatch.setenv(cpu_backend.CPU_OP_ENV, "torch")
+    cpu_backend.fragment_op.cache_clear()
+    try:
+        assert_matches(*hogwild("llama", prompt_ids("llama"), 4, "combined", max_tokens=48))
+    finally:
+        monkeypatch.delenv(cpu_backend.CPU_OP_ENV)
+        cpu_backend.fragment_op.cache_clear()
+    assert_matches(*hogwild("llama", prompt_ids("llama"), 4, "combined", max_tokens=48))
+
+
+def test_the_store_size_is_read_from_the_environment(monkeypatch):
+    """A quarter of the KV cache by default; GiB over all layers when asked; 0 turns packing
+    off; a size that is not one is refused, naming the variable."""
+    from vllm_hogwild.cpu_backend import PACKED_ENV, packing
+
+    caches = [torch.zeros(400, 3, 32, 128) for _ in range(2)]  # 2 layers of 400 blocks, 48 KiB a block
+    monkeypatch.delenv(PACKED_ENV, raising=False)
+    assert packing(caches, 32) == Packing(32, 100)
+    monkeypatch.setenv(PACKED_ENV, str(96 * 2**10 * 10.5 / 2**30))  # 10.5 blocks of both layers
+    assert packing(caches, 32) == Packing(32, 10)
+    monkeypatch.setenv(PACKED_ENV, "0")
+    assert packing(caches, 32) is None
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv(PACKED_ENV, bad)
+        with pytest.raises(ValueError, match=f"VLLM_HOGWILD_CPU_PACKED_GIB='{bad}': expected a size in GiB"):
+            packing(caches, 32)

@@ -52,8 +52,8 @@ def fragment_op():
 
 def packing(kv_caches: list[torch.Tensor], block_size: int) -> Packing | None:
     """The packed store's size for the runner's caches (each ``[blocks, ...]``, one per
-    layer), or None where the op does not pack (the PyTorch op, or 0 GiB asked)."""
-    if fragment_op() is not cpu_native or not kv_caches:
+    layer), or None where 0 GiB are asked."""
+    if not kv_caches:
         return None
     blocks = kv_caches[0].shape[0]
     asked = os.environ.get(PACKED_ENV)
@@ -109,13 +109,14 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         return meta
 
     def _packing(self) -> Packing | None:
-        """The packed store's size, decided once the caches exist (the environment read once)."""
+        """The packed store's size, decided once the caches exist (the environment read once);
+        None in a step the PyTorch op runs (a benchmark may switch ops between batches)."""
         if "_hogwild_packing" not in self.__dict__:
             caches = runtime.kv_caches()
             if not caches:
                 return None
             self._hogwild_packing = packing(caches, self.block_size)
-        return self._hogwild_packing
+        return self._hogwild_packing if fragment_op() is cpu_native else None
 
 
 def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows:

@@ -1,4 +1,5 @@
-"""Per-process state the backend reads: the model runner's planner and the model's RoPE.
+"""Per-process state the backend reads: the model runner's planner, the model's RoPE and
+the runner's KV caches (whose size sets the CPU path's packed store).
 
 vLLM hands attention builders no request ids; the model-runner hook records the runner here
 at every step, so the builder can map batch rows to hogwild workers. Token texts
