@@ -5,7 +5,9 @@ first appears, marks it finished when vLLM drops it, and once per step asks for 
 for every batch row of a hogwild worker, its view as (source row, start, end, offset)
 fragments. A source row is the batch row of a worker still running, or an *extra* row
 for a finished worker, whose blocks stay allocated (the scheduler holds them) until its
-whole group ends.
+whole group ends. For the CPU path (a ``Packing``), a group's committed history is a row of
+the packed store's blocks instead (``packing.py``), and the plan says which tokens to copy
+into it this step.
 """
 
 from __future__ import annotations
