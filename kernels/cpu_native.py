@@ -188,11 +188,6 @@ class Copies:
     turn_sin: torch.Tensor
     perm: torch.Tensor  # [D] int64
 
-    @property
-    def store_blocks(self) -> int:
-        """How many blocks the store needs for these copies."""
-        return int(self.dst_block.max()) + 1 if self.dst_block.numel() else 0
-
 
 def prepare_copies(src_row: np.ndarray, home: np.ndarray, dst_row: np.ndarray, index: np.ndarray,
                    turn: np.ndarray, block_table: torch.Tensor, block_size: int, inv_freq: torch.Tensor,

@@ -8,6 +8,8 @@ pairs ``2i`` with ``2i + 1``. Dimensions past ``rotary_dim`` are left alone.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -33,9 +35,11 @@ def rotate(x: torch.Tensor, theta: torch.Tensor, inv_freq: torch.Tensor, is_neox
     return out
 
 
+@functools.cache
 def partners(head_dim: int, half: int, is_neox: bool) -> torch.Tensor:
     """Rotation partner of every dimension (itself beyond the rotary part): ``perm`` of
-    ``turn_table``."""
+    ``turn_table``. One tensor per shape, built once (every step's work list and copies
+    take it); never written to."""
     idx = torch.arange(head_dim)
     if is_neox:
         idx[:half], idx[half:2 * half] = torch.arange(half, 2 * half), torch.arange(half)

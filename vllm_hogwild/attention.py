@@ -18,7 +18,7 @@ import torch
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbeddingBase
 
 from hogwild_kernels import SeqView
-from vllm_hogwild.planner import Copies, StepPlan
+from vllm_hogwild.planner import RowCopies, StepPlan
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class StepRows:
     block_table: torch.Tensor  # the batch's rows, one per finished worker, then the packed runs'
     all_rows: bool  # every token of the batch is a hogwild row
     first_packed_row: int  # block-table rows from here on list blocks of the packed store
-    copies: Copies | None  # the step's copies into the packed store, all groups together
+    copies: RowCopies | None  # the step's copies into the packed store, all groups together
 
 
 def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Tensor,

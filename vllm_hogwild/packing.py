@@ -77,7 +77,7 @@ class PackedHistory:
             self.blocks += pool.take(want)
         end = min(total, len(self.blocks) * self.block_size)
         order = tokens_between(history, prompt_len, self.packed, end)
-        self.packed = max(self.packed, end)
+        self.packed = end  # the history and the blocks only grow
         return order
 
     def release(self, pool: BlockPool) -> None:

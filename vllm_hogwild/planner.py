@@ -26,8 +26,9 @@ from vllm_hogwild.worker_requests import WorkerStamp, stream_starts
 # rows, starts, ends, offsets: hogwild_kernels.table.Shared (not imported: no torch here)
 Shared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 # Copies into the packed store, one per token: source row, home, packed row, index, turn
-# (packing.PackOrder, with block-table rows for workers)
-Copies = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# (packing.PackOrder, with block-table rows for workers; hogwild_kernels.cpu_native.Copies
+# once the rows are looked up)
+RowCopies = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class StepPlan:
     batch_rows: list[int]
     extra_blocks: list[list[int]]
     packed_blocks: list[list[int]] = field(default_factory=list)
-    copies: list[Copies] = field(default_factory=list)
+    copies: list[RowCopies] = field(default_factory=list)
 
 
 def _tokens(state: RunnerRequest, start: int, end: int) -> list[int]:
