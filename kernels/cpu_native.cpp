@@ -20,9 +20,15 @@
 // Layout: caches [blocks, block_size, kv_heads, D] with any strides (the store likewise);
 // vLLM's CPU cache keeps a block's keys dimension-major (stride 1 along the slots), which the
 // score loop uses.
+//
+// Types: the caches, q and out are the model's dtype C (float32, bfloat16, float16; float64
+// for the tests); every sum, the softmax and the packed store are in the compute type T
+// (float, or double for float64). Half-width values are widened as they are loaded, and the
+// output rounded once, at the end, to C.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -62,6 +68,41 @@ struct Lanes {
   static void store(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 };
 
+// The compute type of a cache dtype C: double for double, float for the rest.
+template <typename C>
+using Compute = std::conditional_t<std::is_same_v<C, double>, double, float>;
+
+// Lanes<T>::N values of type C from p, widened to a register of T.
+template <typename T, typename C>
+typename Lanes<T>::V widen(const C* p) {
+  using V = typename Lanes<T>::V;
+  if constexpr (std::is_same_v<C, T>) {
+    return Lanes<T>::load(p);
+  } else if constexpr (std::is_same_v<C, c10::BFloat16>) {  // bf16 is the top half of a float
+    typedef uint16_t H __attribute__((vector_size(32)));
+    typedef uint32_t W __attribute__((vector_size(64)));
+    H h;
+    __builtin_memcpy(&h, p, sizeof(H));
+    const W bits = __builtin_convertvector(h, W) << 16;
+    V v;
+    __builtin_memcpy(&v, &bits, sizeof(V));
+    return v;
+  } else {
+    static_assert(std::is_same_v<C, c10::Half> && std::is_same_v<T, float>);
+#ifdef __AVX512F__
+    V v;
+    const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    __builtin_memcpy(&v, &x, sizeof(V));
+    return v;
+#else
+    typedef _Float16 H __attribute__((vector_size(32)));
+    H h;
+    __builtin_memcpy(&h, p, sizeof(H));
+    return __builtin_convertvector(h, V);
+#endif
+  }
+}
+
 // Up to HEADS query heads of one KV head go through a block's values together: each register
 // of values loaded once serves all of them.
 constexpr int64_t HEADS = 4;
@@ -77,14 +118,14 @@ constexpr int QUERIES = 2;
 
 // scores[i][j] = q[i] . key[j]  for Q queries and the R registers of slots from j0 of one
 // block of dimension-major keys (vLLM's CPU layout).
-template <typename T, int Q, int R>
-void scores_block(const T* const* q, const T* __restrict__ keys, int64_t key_dim, int64_t j0, int64_t dims,
+template <typename T, typename K, int Q, int R>
+void scores_block(const T* const* q, const K* __restrict__ keys, int64_t key_dim, int64_t j0, int64_t dims,
                   T* const* scores) {
   using L = Lanes<T>;
   typename L::V acc[Q][R] = {};
   for (int64_t d = 0; d < dims; ++d) {
     typename L::V k[R];
-    for (int r = 0; r < R; ++r) k[r] = L::load(keys + d * key_dim + j0 + r * L::N);
+    for (int r = 0; r < R; ++r) k[r] = widen<T>(keys + d * key_dim + j0 + r * L::N);
     for (int i = 0; i < Q; ++i) {
       const T x = q[i][d];
       for (int r = 0; r < R; ++r) acc[i][r] += x * k[r];
@@ -96,37 +137,37 @@ void scores_block(const T* const* q, const T* __restrict__ keys, int64_t key_dim
 
 // The same for the slots [lo, hi), two registers at a time; a register may run past `hi`
 // inside the block (those scores are stored but never read).
-template <typename T, int Q>
-void scores_run(const T* const* q, const T* keys, int64_t key_dim, int64_t block_size, int64_t lo, int64_t hi,
+template <typename T, typename K, int Q>
+void scores_run(const T* const* q, const K* keys, int64_t key_dim, int64_t block_size, int64_t lo, int64_t hi,
                 int64_t dims, T* const* scores) {
   constexpr int64_t N = Lanes<T>::N;
   for (int64_t j0 = lo - lo % N; j0 < hi; j0 += 2 * N) {
     if (j0 + N < hi && j0 + 2 * N <= block_size)
-      scores_block<T, Q, 2>(q, keys, key_dim, j0, dims, scores);
+      scores_block<T, K, Q, 2>(q, keys, key_dim, j0, dims, scores);
     else
-      scores_block<T, Q, 1>(q, keys, key_dim, j0, dims, scores);
+      scores_block<T, K, Q, 1>(q, keys, key_dim, j0, dims, scores);
   }
 }
 
 // scores[i][j] = q[i] . key[j]  for `queries` queries (pointers to head_dim values each) and
 // the slots j of [lo, hi) of one block, stored at slot j of each query's row of scores.
-template <typename T>
-void scores_of(const T* const* q, int64_t queries, const T* __restrict__ keys, const Cache& c, int64_t block_size,
+template <typename T, typename K>
+void scores_of(const T* const* q, int64_t queries, const K* __restrict__ keys, const Cache& c, int64_t block_size,
                int64_t lo, int64_t hi, int64_t dims, T* const* scores) {
   if (c.slot == 1 && block_size % Lanes<T>::N == 0) {
     for (int64_t i = 0; i < queries;) {
       const int64_t left = queries - i;
       if (left >= QUERIES) {
-        scores_run<T, QUERIES>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
+        scores_run<T, K, QUERIES>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
         i += QUERIES;
       } else if (QUERIES > 4 && left >= 4) {
-        scores_run<T, 4>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
+        scores_run<T, K, 4>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
         i += 4;
       } else if (left >= 2) {
-        scores_run<T, 2>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
+        scores_run<T, K, 2>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
         i += 2;
       } else {
-        scores_run<T, 1>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
+        scores_run<T, K, 1>(q + i, keys, c.dim, block_size, lo, hi, dims, scores + i);
         i += 1;
       }
     }
@@ -135,14 +176,14 @@ void scores_of(const T* const* q, int64_t queries, const T* __restrict__ keys, c
   for (int64_t i = 0; i < queries; ++i)
     for (int64_t j = lo; j < hi; ++j) {
       T acc = 0;
-      for (int64_t d = 0; d < dims; ++d) acc += q[i][d] * keys[j * c.slot + d * c.dim];
+      for (int64_t d = 0; d < dims; ++d) acc += q[i][d] * static_cast<T>(keys[j * c.slot + d * c.dim]);
       scores[i][j] = acc;
     }
 }
 
 // out[g] += sum_j weights[g][j - lo] * value[j]  for G heads, out held in registers (D known)
-template <typename T, int D, int G>
-void add_values_of_heads(const T* __restrict__ weights, int64_t weights_stride, const T* __restrict__ values,
+template <typename T, typename K, int D, int G>
+void add_values_of_heads(const T* __restrict__ weights, int64_t weights_stride, const K* __restrict__ values,
                          int64_t value_slot, int64_t lo, int64_t hi, T* __restrict__ out) {
   using L = Lanes<T>;
   constexpr int64_t R = D / L::N;  // registers per head
@@ -150,9 +191,9 @@ void add_values_of_heads(const T* __restrict__ weights, int64_t weights_stride, 
   for (int g = 0; g < G; ++g)
     for (int64_t r = 0; r < R; ++r) acc[g][r] = L::load(out + g * D + r * L::N);
   for (int64_t j = lo; j < hi; ++j) {
-    const T* __restrict__ v = values + j * value_slot;
+    const K* __restrict__ v = values + j * value_slot;
     for (int64_t r = 0; r < R; ++r) {
-      const typename L::V x = L::load(v + r * L::N);
+      const typename L::V x = widen<T>(v + r * L::N);
       for (int g = 0; g < G; ++g) acc[g][r] += weights[g * weights_stride + (j - lo)] * x;
     }
   }
@@ -160,8 +201,8 @@ void add_values_of_heads(const T* __restrict__ weights, int64_t weights_stride, 
     for (int64_t r = 0; r < R; ++r) L::store(out + g * D + r * L::N, acc[g][r]);
 }
 
-template <typename T, int D>
-void add_values(const T* __restrict__ weights, int64_t weights_stride, const T* __restrict__ values,
+template <typename T, int D, typename K>
+void add_values(const T* __restrict__ weights, int64_t weights_stride, const K* __restrict__ values,
                 const Cache& c, int64_t lo, int64_t hi, int64_t group, int64_t dim, T* __restrict__ out) {
   if constexpr (D > 0 && D % Lanes<T>::N == 0) {
     if (c.dim == 1) {
@@ -169,10 +210,10 @@ void add_values(const T* __restrict__ weights, int64_t weights_stride, const T* 
         const T* w = weights + g * weights_stride;
         T* o = out + g * D;
         switch (std::min(HEADS, group - g)) {
-          case 1: add_values_of_heads<T, D, 1>(w, weights_stride, values, c.slot, lo, hi, o); break;
-          case 2: add_values_of_heads<T, D, 2>(w, weights_stride, values, c.slot, lo, hi, o); break;
-          case 3: add_values_of_heads<T, D, 3>(w, weights_stride, values, c.slot, lo, hi, o); break;
-          default: add_values_of_heads<T, D, 4>(w, weights_stride, values, c.slot, lo, hi, o);
+          case 1: add_values_of_heads<T, K, D, 1>(w, weights_stride, values, c.slot, lo, hi, o); break;
+          case 2: add_values_of_heads<T, K, D, 2>(w, weights_stride, values, c.slot, lo, hi, o); break;
+          case 3: add_values_of_heads<T, K, D, 3>(w, weights_stride, values, c.slot, lo, hi, o); break;
+          default: add_values_of_heads<T, K, D, 4>(w, weights_stride, values, c.slot, lo, hi, o);
         }
       }
       return;
@@ -183,7 +224,7 @@ void add_values(const T* __restrict__ weights, int64_t weights_stride, const T* 
     const T* __restrict__ w = weights + g * weights_stride - lo;
     T* __restrict__ o = out + g * dims;
     for (int64_t j = lo; j < hi; ++j)
-      for (int64_t d = 0; d < dims; ++d) o[d] += w[j] * values[j * c.slot + d * c.dim];
+      for (int64_t d = 0; d < dims; ++d) o[d] += w[j] * static_cast<T>(values[j * c.slot + d * c.dim]);
   }
 }
 
@@ -270,10 +311,12 @@ void fold(T* __restrict__ scores, int64_t stride, int64_t lo, int64_t hi, int64_
   }
 }
 
-// The inputs of the program, as the work list gives them (see cpu_native.py's Prepared).
-template <typename T>
+// The inputs of the program, as the work list gives them (see cpu_native.py's Prepared):
+// q, out and the caches of dtype C; the store and the turns of its compute type T.
+template <typename C>
 struct Work {
-  const T* q;
+  using T = Compute<C>;
+  const C* q;
   int64_t q_row, q_head;
   Cache keys, values;
   Cache stored_keys, stored_values;  // the packed store (vllm_hogwild/packing.py), of the caches' shape
@@ -281,7 +324,7 @@ struct Work {
   const int32_t *tile_stored, *entry_row, *entry_lo, *entry_hi, *entry_turn;
   const T *turn_cos, *turn_sin;
   T scale;
-  T* out;
+  C* out;
   int64_t out_row, out_head, kv_heads, group, dim, block_size;
 };
 
@@ -289,8 +332,8 @@ struct Work {
 // Tiles come in turn and every row that sees a tile takes it while its keys and values are
 // still in the core's cache, so a group's keys are read from memory once per step, not once
 // per worker. Leaves each row's (m, l, o) for its query heads in the given arrays.
-template <typename T, int D>
-void walk(const Work<T>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile_hi, T* m, T* l, T* o,
+template <typename C, int D, typename T = Compute<C>>
+void walk(const Work<C>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile_hi, T* m, T* l, T* o,
           std::vector<T>& q_scaled, std::vector<T>& q_partner, std::vector<T>& q_turned,
           std::vector<int32_t>& turned_by, std::vector<T>& scores, std::vector<const T*>& query,
           std::vector<T*>& score_row) {
@@ -304,7 +347,8 @@ void walk(const Work<T>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile
     const int64_t at = w.row_at[w.group_rows[w.group_row_ptr[gi] + r]];
     T* qs = q_scaled.data() + r * width;
     for (int64_t g = 0; g < group; ++g)
-      for (int64_t d = 0; d < dim; ++d) qs[g * dim + d] = w.q[at * w.q_row + (h * group + g) * w.q_head + d] * w.scale;
+      for (int64_t d = 0; d < dim; ++d)
+        qs[g * dim + d] = static_cast<T>(w.q[at * w.q_row + (h * group + g) * w.q_head + d]) * w.scale;
     for (int64_t g = 0; g < group; ++g)
       for (int64_t d = 0; d < dim; ++d) q_partner[r * width + g * dim + d] = qs[g * dim + w.perm[d]];
   }
@@ -336,26 +380,32 @@ void walk(const Work<T>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile
     }
     // Their scores against the tile's keys, all queries at once; then row by row, the
     // softmax's running state and the weighted values.
-    const Cache& kc = w.tile_stored[t] ? w.stored_keys : w.keys;
-    const Cache& vc = w.tile_stored[t] ? w.stored_values : w.values;
-    const T* keys = static_cast<const T*>(kc.data) + w.tile_block[t] * kc.block + h * kc.head;
-    const T* values = static_cast<const T*>(vc.data) + w.tile_block[t] * vc.block + h * vc.head;
-    scores_of<T>(query.data(), entries * group, keys, kc, w.block_size, lo, hi, dim, score_row.data());
-    for (int64_t i = 0; i < entries; ++i) {
-      const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
-      T* s = scores.data() + i * group * w.block_size;
-      fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, m + r * group, l + r * group,
-           o + r * width);
-      add_values<T, D>(s + at, w.block_size, values, vc, at, w.entry_hi[e], group, dim, o + r * width);
-    }
+    // the tile's keys and values: the cache's (of dtype C) or the packed store's (of T)
+    auto take = [&](const auto* keys, const auto* values, const Cache& kc, const Cache& vc) {
+      keys += w.tile_block[t] * kc.block + h * kc.head;
+      values += w.tile_block[t] * vc.block + h * vc.head;
+      scores_of<T>(query.data(), entries * group, keys, kc, w.block_size, lo, hi, dim, score_row.data());
+      for (int64_t i = 0; i < entries; ++i) {
+        const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
+        T* s = scores.data() + i * group * w.block_size;
+        fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, m + r * group, l + r * group,
+             o + r * width);
+        add_values<T, D>(s + at, w.block_size, values, vc, at, w.entry_hi[e], group, dim, o + r * width);
+      }
+    };
+    if (w.tile_stored[t])
+      take(static_cast<const T*>(w.stored_keys.data), static_cast<const T*>(w.stored_values.data), w.stored_keys,
+           w.stored_values);
+    else
+      take(static_cast<const C*>(w.keys.data), static_cast<const C*>(w.values.data), w.keys, w.values);
   }
 }
 
 // The program. Tasks are (group, KV head, split), a split being a run of the group's tiles;
 // groups are split only as far as needed to keep every thread busy (one long group on many
 // cores), and the splits' partial softmaxes are then merged per row.
-template <typename T, int D>
-void attend(const Work<T>& w, int64_t groups, int64_t splits_asked) {
+template <typename C, int D, typename T = Compute<C>>
+void attend(const Work<C>& w, int64_t groups, int64_t splits_asked) {
   const int64_t group = w.group, dim = w.dim, width = group * dim, kv_heads = w.kv_heads;
   const int64_t threads = at::get_num_threads();
   // Splits per group: enough tasks for every thread (x2, to even out unequal groups), but
@@ -383,13 +433,14 @@ void attend(const Work<T>& w, int64_t groups, int64_t splits_asked) {
       const int64_t rows = w.group_row_ptr[gi + 1] - w.group_row_ptr[gi];
       const int64_t first = w.group_tile_ptr[gi], tiles = w.group_tile_ptr[gi + 1] - first;
       const int64_t at = (part_at[gi] + s * rows) * kv_heads + h * rows;  // (split, head, row) of the group
-      walk<T, D>(w, gi, h, first + tiles * s / splits[gi], first + tiles * (s + 1) / splits[gi],
+      walk<C, D>(w, gi, h, first + tiles * s / splits[gi], first + tiles * (s + 1) / splits[gi],
                  part_m.data() + at * group, part_l.data() + at * group, part_o.data() + at * width, q_scaled,
                  q_partner, q_turned, turned_by, scores, query, score_row);
     }
   });
   // Merge: out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M the largest m_s.
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> merged(dim);
     for (int64_t gi = begin; gi < end; ++gi) {
       const int64_t rows = w.group_row_ptr[gi + 1] - w.group_row_ptr[gi];
       for (int64_t h = 0; h < kv_heads; ++h)
@@ -400,15 +451,15 @@ void attend(const Work<T>& w, int64_t groups, int64_t splits_asked) {
             T top = floor_score<T>();
             for (int64_t s = 0; s < splits[gi]; ++s) top = std::max(top, part_m[part(s)]);
             T total = 0;
-            T* o = w.out + at * w.out_row + (h * group + g) * w.out_head;
-            for (int64_t d = 0; d < dim; ++d) o[d] = 0;
+            std::fill(merged.begin(), merged.end(), T(0));
             for (int64_t s = 0; s < splits[gi]; ++s) {
               const T weight = std::exp(part_m[part(s)] - top);
               total += part_l[part(s)] * weight;
               const T* os = part_o.data() + part(s) * dim;
-              for (int64_t d = 0; d < dim; ++d) o[d] += os[d] * weight;
+              for (int64_t d = 0; d < dim; ++d) merged[d] += os[d] * weight;
             }
-            for (int64_t d = 0; d < dim; ++d) o[d] /= total;
+            C* o = w.out + at * w.out_row + (h * group + g) * w.out_head;
+            for (int64_t d = 0; d < dim; ++d) o[d] = static_cast<C>(merged[d] / total);  // rounded once, to C
           }
         }
     }
@@ -419,11 +470,16 @@ Cache cache_of(const torch::Tensor& c) {
   return {c.data_ptr(), c.stride(0), c.stride(1), c.stride(2), c.stride(3)};
 }
 
-void check_caches(const torch::Tensor& keys, const torch::Tensor& values, const torch::Tensor& like,
+void check_caches(const torch::Tensor& keys, const torch::Tensor& values, torch::ScalarType type,
                   const char* what) {
   TORCH_CHECK(keys.dim() == 4 && values.sizes() == keys.sizes(), what, " must be [blocks, block_size, kv_heads, head_dim]");
-  TORCH_CHECK(keys.scalar_type() == like.scalar_type() && values.scalar_type() == like.scalar_type(), what,
-              " must have q's dtype");
+  TORCH_CHECK(keys.scalar_type() == type && values.scalar_type() == type, what, " must be of dtype ",
+              c10::toString(type));
+}
+
+// The compute type of a cache dtype (Compute<C>): float64 for float64, float32 for the rest.
+torch::ScalarType compute_type(torch::ScalarType type) {
+  return type == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
 
 void check_indices(std::initializer_list<const torch::Tensor*> tensors, torch::ScalarType type) {
@@ -443,11 +499,12 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
                         double scale, int64_t splits) {
   TORCH_CHECK(q.dim() == 3 && out.sizes() == q.sizes() && q.stride(2) == 1 && out.stride(2) == 1,
               "q and out must be [tokens, heads, head_dim] with unit stride along head_dim");
-  check_caches(key_cache, value_cache, q, "the caches");
-  check_caches(stored_keys, stored_values, q, "the packed store");
-  TORCH_CHECK(out.scalar_type() == q.scalar_type() && turn_cos.scalar_type() == q.scalar_type() &&
-                  turn_sin.scalar_type() == q.scalar_type(),
-              "q, out and the turns must share one dtype");
+  const torch::ScalarType compute = compute_type(q.scalar_type());
+  check_caches(key_cache, value_cache, q.scalar_type(), "the caches");
+  check_caches(stored_keys, stored_values, compute, "the packed store");
+  TORCH_CHECK(out.scalar_type() == q.scalar_type(), "q and out must share one dtype");
+  TORCH_CHECK(turn_cos.scalar_type() == compute && turn_sin.scalar_type() == compute,
+              "the turns must be of the compute dtype (float64 for float64 q, float32 otherwise)");
   const int64_t kv_heads = key_cache.size(2), dim = q.size(2);
   TORCH_CHECK(key_cache.size(3) == dim && q.size(1) % kv_heads == 0, "head shapes of q and the caches differ");
   TORCH_CHECK(stored_keys.size(0) == 0 || stored_keys.sizes().slice(1) == key_cache.sizes().slice(1),
@@ -460,7 +517,8 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
   TORCH_CHECK(group_row_ptr.numel() == group_tile_ptr.numel(), "one row range and one tile range per group");
   const int64_t groups = group_row_ptr.numel() - 1;
   // The head sizes of common models get loops of known length (their accumulators in registers).
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "fragment_attention", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kBFloat16, torch::kHalf, q.scalar_type(), "fragment_attention", [&] {
+    using T = Compute<scalar_t>;
     const Work<scalar_t> w{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), cache_of(key_cache),
                            cache_of(value_cache), cache_of(stored_keys), cache_of(stored_values),
                            row_at.data_ptr<int64_t>(), group_rows.data_ptr<int64_t>(),
@@ -468,10 +526,11 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
                            tile_entry_ptr.data_ptr<int64_t>(), tile_block.data_ptr<int64_t>(),
                            perm.data_ptr<int64_t>(), tile_stored.data_ptr<int32_t>(), entry_row.data_ptr<int32_t>(),
                            entry_lo.data_ptr<int32_t>(), entry_hi.data_ptr<int32_t>(), entry_turn.data_ptr<int32_t>(),
-                           turn_cos.data_ptr<scalar_t>(), turn_sin.data_ptr<scalar_t>(),
-                           static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(), out.stride(0), out.stride(1),
+                           turn_cos.data_ptr<T>(), turn_sin.data_ptr<T>(),
+                           static_cast<T>(scale), out.data_ptr<scalar_t>(), out.stride(0), out.stride(1),
                            kv_heads, q.size(1) / kv_heads, dim, key_cache.size(1)};
     switch (dim) {
+      case 32: attend<scalar_t, 32>(w, groups, splits); break;
       case 64: attend<scalar_t, 64>(w, groups, splits); break;
       case 128: attend<scalar_t, 128>(w, groups, splits); break;
       case 80: attend<scalar_t, 80>(w, groups, splits); break;
@@ -483,23 +542,26 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
 
 // The packed store's copies (vllm_hogwild/packing.py): token n's key, at (src_block, src_slot) of
 // the cache, turned by turn row n (from its home position to its index in the packed history),
-// and its value, to (dst_block, dst_slot) of the store; every KV head.
+// and its value, to (dst_block, dst_slot) of the store; every KV head. The store is of the
+// compute type: a turned key is kept as exact as the query turned the other way would be.
 void pack(const torch::Tensor& key_cache, const torch::Tensor& value_cache, torch::Tensor& stored_keys,
           torch::Tensor& stored_values, const torch::Tensor& src_block, const torch::Tensor& src_slot,
           const torch::Tensor& dst_block, const torch::Tensor& dst_slot, const torch::Tensor& turn,
           const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm) {
-  check_caches(key_cache, value_cache, key_cache, "the caches");
-  check_caches(stored_keys, stored_values, key_cache, "the packed store");
+  const torch::ScalarType compute = compute_type(key_cache.scalar_type());
+  check_caches(key_cache, value_cache, key_cache.scalar_type(), "the caches");
+  check_caches(stored_keys, stored_values, compute, "the packed store");
   TORCH_CHECK(stored_keys.sizes().slice(1) == key_cache.sizes().slice(1),
               "the packed store's blocks must be shaped like the cache's");
   check_indices({&src_block, &dst_block, &perm}, torch::kInt64);
   check_indices({&src_slot, &dst_slot, &turn}, torch::kInt32);
-  TORCH_CHECK(turn_cos.scalar_type() == key_cache.scalar_type() && turn_cos.is_contiguous() &&
+  TORCH_CHECK(turn_cos.scalar_type() == compute && turn_cos.is_contiguous() &&
                   turn_sin.is_contiguous() && turn_cos.size(-1) == key_cache.size(3),
-              "turns must be contiguous [turns, head_dim] of the caches' dtype");
+              "turns must be contiguous [turns, head_dim] of the store's dtype");
   const int64_t tokens = src_block.numel(), heads = key_cache.size(2), dim = key_cache.size(3);
-  AT_DISPATCH_FLOATING_TYPES(key_cache.scalar_type(), "pack", [&] {
-    using T = scalar_t;
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kBFloat16, torch::kHalf, key_cache.scalar_type(), "pack", [&] {
+    using C = scalar_t;
+    using T = Compute<C>;
     const Cache k = cache_of(key_cache), v = cache_of(value_cache), sk = cache_of(stored_keys),
                 sv = cache_of(stored_values);
     const int64_t* sb = src_block.data_ptr<int64_t>();
@@ -510,14 +572,14 @@ void pack(const torch::Tensor& key_cache, const torch::Tensor& value_cache, torc
     at::parallel_for(0, tokens * heads, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t n = i / heads, h = i % heads;
-        const T* key = static_cast<const T*>(k.data) + sb[n] * k.block + ss[n] * k.slot + h * k.head;
-        const T* value = static_cast<const T*>(v.data) + sb[n] * v.block + ss[n] * v.slot + h * v.head;
+        const C* key = static_cast<const C*>(k.data) + sb[n] * k.block + ss[n] * k.slot + h * k.head;
+        const C* value = static_cast<const C*>(v.data) + sb[n] * v.block + ss[n] * v.slot + h * v.head;
         T* to_key = static_cast<T*>(const_cast<void*>(sk.data)) + db[n] * sk.block + ds[n] * sk.slot + h * sk.head;
         T* to_value = static_cast<T*>(const_cast<void*>(sv.data)) + db[n] * sv.block + ds[n] * sv.slot + h * sv.head;
         const T *c = cos + tn[n] * dim, *s = sin + tn[n] * dim;
         for (int64_t d = 0; d < dim; ++d) {
-          to_key[d * sk.dim] = key[d * k.dim] * c[d] + key[pm[d] * k.dim] * s[d];
-          to_value[d * sv.dim] = value[d * v.dim];
+          to_key[d * sk.dim] = static_cast<T>(key[d * k.dim]) * c[d] + static_cast<T>(key[pm[d] * k.dim]) * s[d];
+          to_value[d * sv.dim] = static_cast<T>(value[d * v.dim]);
         }
       }
     });

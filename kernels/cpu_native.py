@@ -152,23 +152,32 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, in
                     partners(head_dim, inv_freq.numel(), is_neox))
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the op sums in, and keeps the packed store in, for a cache of ``dtype``: float64
+    for float64 (the tests' references), float32 for float32, bfloat16 and float16."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, prepared: Prepared,
                        scale: float, out: torch.Tensor | None = None, splits: int = 0,
                        store: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Attention of ``q [T, Hq, D]`` (float32 or float64); caches ``[blocks, block_size,
-    Hkv, D]`` of q's dtype (any strides). Only the prepared rows of ``out`` are written.
-    ``splits``: how many runs of tiles each group's walk is cut into (0: as many as keep
-    the threads busy; the tests set it to check the merge). ``store``: the packed store's
-    keys and values (shaped like the caches), which tiles of ``stored_from`` rows read."""
+    """Attention of ``q [T, Hq, D]`` (float32, bfloat16, float16 or float64); caches
+    ``[blocks, block_size, Hkv, D]`` of q's dtype (any strides). Scores, softmax and sums are
+    in ``compute_dtype``; ``out`` (q's dtype) is rounded once. Only the prepared rows of
+    ``out`` are written. ``splits``: how many runs of tiles each group's walk is cut into (0:
+    as many as keep the threads busy; the tests set it to check the merge). ``store``: the
+    packed store's keys and values (shaped like the caches, of ``compute_dtype``), which
+    tiles of ``stored_from`` rows read."""
     out = torch.empty_like(q) if out is None else out
+    compute = compute_dtype(q.dtype)
     if store is None:
-        empty = key_cache.new_empty((0, *key_cache.shape[1:]))
+        empty = key_cache.new_empty((0, *key_cache.shape[1:]), dtype=compute)
         store = (empty, empty)
     p = prepared
     _extension().fragment_attention(q, key_cache, value_cache, store[0], store[1], out, p.row_at, p.group_rows,
                                     p.group_row_ptr, p.group_tile_ptr, p.tile_entry_ptr, p.tile_block, p.tile_stored,
-                                    p.entry_row, p.entry_lo, p.entry_hi, p.entry_turn, p.turn_cos.to(q.dtype),
-                                    p.turn_sin.to(q.dtype), p.perm, scale, splits)
+                                    p.entry_row, p.entry_lo, p.entry_hi, p.entry_turn, p.turn_cos.to(compute),
+                                    p.turn_sin.to(compute), p.perm, scale, splits)
     return out
 
 
@@ -204,8 +213,10 @@ def prepare_copies(src_row: np.ndarray, home: np.ndarray, dst_row: np.ndarray, i
 
 def pack(key_cache: torch.Tensor, value_cache: torch.Tensor, store: tuple[torch.Tensor, torch.Tensor],
          copies: Copies) -> None:
-    """Make ``copies`` from the caches into the store (each ``[blocks, block_size, Hkv, D]``)."""
+    """Make ``copies`` from the caches into the store (each ``[blocks, block_size, Hkv, D]``,
+    the store of the caches' ``compute_dtype``: a turned key is not rounded back)."""
     c = copies
     if c.src_block.numel():
+        compute = compute_dtype(key_cache.dtype)
         _extension().pack(key_cache, value_cache, store[0], store[1], c.src_block, c.src_slot, c.dst_block,
-                          c.dst_slot, c.turn, c.turn_cos.to(key_cache.dtype), c.turn_sin.to(key_cache.dtype), c.perm)
+                          c.dst_slot, c.turn, c.turn_cos.to(compute), c.turn_sin.to(compute), c.perm)

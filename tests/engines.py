@@ -18,7 +18,8 @@ def model_path(family: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024, step_tokens: int | None = None,
-           env: tuple[tuple[str, str], ...] = ()):
+           env: tuple[tuple[str, str], ...] = (), dtype: str = "float32", block_size: int = 32,
+           kv_cache_dtype: str = "auto"):
     """One in-process vLLM engine per configuration, shared by the tests (an engine that
     ends in-process takes vLLM's process-wide parallel state with it); ``step_tokens``:
     its ``max_num_batched_tokens`` (vLLM's default if None); ``env``: environment variables
@@ -29,8 +30,9 @@ def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024, s
     saved = {k: os.environ.get(k) for k, _ in env}
     os.environ.update(dict(env))
     try:
-        llm = LLM(model=model_path(family), dtype="float32", enforce_eager=True, block_size=32,
-                  max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, max_num_seqs=16, seed=0, **step)
+        llm = LLM(model=model_path(family), dtype=dtype, enforce_eager=True, block_size=block_size,
+                  kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes,
+                  max_num_seqs=16, seed=0, **step)
         llm.generate(["a"], SamplingParams(max_tokens=1), use_tqdm=False)
     finally:
         for k, v in saved.items():
@@ -60,10 +62,10 @@ def scheduler(llm):
 
 
 @functools.lru_cache(maxsize=None)
-def hf_model(family: str):
+def hf_model(family: str, dtype: str = "float32"):
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_pretrained(model_path(family), dtype="float32")
+    return transformers.AutoModelForCausalLM.from_pretrained(model_path(family), dtype=dtype)
 
 
 @functools.lru_cache(maxsize=None)

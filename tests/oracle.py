@@ -36,13 +36,18 @@ class WorkerRun:
     logprobs: list[torch.Tensor | None] = field(default_factory=list)  # per generated token, [vocab];
     # None for a forced text's tokens after its first (written without logits of their own)
     finished: bool = False
+    scales: list[float] = field(default_factory=list)  # per step with logits, the largest |logit|
 
 
 class Oracle:
     def __init__(self, model, decode, layout: str, rule: BoundaryRule, prompt: list[int],
                  prefixes: list[list[int]], max_tokens: int, stop: set[int],
-                 framing: list[tuple[str, list[int]]] = (), protocol: GroupProtocol | None = None) -> None:
+                 framing: list[tuple[str, list[int]]] = (), protocol: GroupProtocol | None = None,
+                 follow: list[list[int]] | None = None) -> None:
+        """``follow``: each worker's tokens to take instead of the oracle's own greedy choice
+        (another run's, whose every step the oracle then scores: ``runs[w].logprobs``)."""
         self.model = model.eval()
+        self.follow = follow
         self.decode = decode
         self.max_tokens = max_tokens
         self.stop = stop
@@ -96,8 +101,10 @@ class Oracle:
         for w, pos in feed.items():
             run = self.runs[w]
             self.written[w] = len(run.tokens)
-            token = self._choose(logits[w], actions.get(w))
+            token = self._choose(logits[w], actions.get(w)) if self.follow is None \
+                else self.follow[w][len(run.generated)]
             run.logprobs.append(torch.log_softmax(logits[w].double(), -1))
+            run.scales.append(float(logits[w].abs().max()))
             # A forced text's other tokens follow in this step (no logits of their own); the
             # next step computes them all, as vLLM does a chunk.
             for t in [token, *(actions[w].then if w in actions else ())]:

@@ -178,12 +178,12 @@ def packed_views(views: list[SeqView], block_table: torch.Tensor, prompt: int, b
                            v.view_positions, shared) for v in views], table, run_row, orders, packed)
 
 
-def _blocks_like(cache: torch.Tensor, blocks: int) -> torch.Tensor:
-    """NaN blocks shaped like ``cache``'s, laid out in memory as it is (vLLM's CPU keys are
-    dimension-major within a block: the op's fast path wants the store so too)."""
+def _blocks_like(cache: torch.Tensor, blocks: int, dtype: torch.dtype) -> torch.Tensor:
+    """NaN blocks of ``dtype`` shaped like ``cache``'s, laid out in memory as it is (vLLM's CPU
+    keys are dimension-major within a block: the op's fast path wants the store so too)."""
     order = sorted(range(4), key=lambda d: -cache.stride(d))  # outermost dimension first
     shape = [blocks, *cache.shape[1:]]
-    base = torch.full([shape[d] for d in order], float("nan"), dtype=cache.dtype)
+    base = torch.full([shape[d] for d in order], float("nan"), dtype=dtype)
     return base.permute([order.index(d) for d in range(4)])
 
 
@@ -195,10 +195,11 @@ def fill_store(p: Packed, keys: torch.Tensor, values: torch.Tensor, inv_freq: to
 
     from hogwild_kernels import cpu_native
 
-    store = tuple(_blocks_like(c, blocks) for c in (keys, values))
+    compute = cpu_native.compute_dtype(keys.dtype)  # the store's dtype
+    store = tuple(_blocks_like(c, blocks, compute) for c in (keys, values))
     for order in p.orders:
         copies = cpu_native.prepare_copies(order.worker, order.home, np.full(len(order), p.run_row), order.index,
                                            order.turn, p.block_table, keys.shape[1], inv_freq, is_neox,
-                                           keys.shape[-1], keys.dtype)
+                                           keys.shape[-1], compute)
         cpu_native.pack(keys, values, store, copies)
     return store

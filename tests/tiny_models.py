@@ -38,6 +38,9 @@ FAMILIES = {
                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                             "original_max_position_embeddings": 64}}),
 }
+# Llamas of the head sizes real models use (64: SmolLM2, 80: Phi-2-like, 96, 128: Llama-3),
+# for the walk over engine settings (vLLM picks its CPU cache layout by head size).
+FAMILIES.update({f"llama-h{d}": ("LlamaConfig", "LlamaForCausalLM", {"head_dim": d}) for d in (64, 80, 96, 128)})
 
 
 def make_model(family: str, root: str) -> str:

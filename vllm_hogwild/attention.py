@@ -45,7 +45,9 @@ def rotary_of(model: torch.nn.Module) -> Rotary:
 
 
 def _inv_freq(rope: RotaryEmbeddingBase) -> torch.Tensor:
-    cache = rope.cos_sin_cache.double().cpu()
+    # The cache as computed (float32), before vLLM rounds it to the model's dtype: bfloat16's
+    # 8 bits cannot tell a linear angle from another to the 1e-3 the check asks.
+    cache = rope._compute_cos_sin_cache().double().cpu()
     half = cache.shape[1] // 2
     freq = torch.atan2(cache[1, half:], cache[1, :half])
     positions = torch.tensor([2.0, 3.0, 7.0, 31.0]).double()

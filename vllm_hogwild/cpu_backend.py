@@ -36,6 +36,8 @@ from vllm_hogwild.attention import HogwildForward, step_rows
 from vllm_hogwild.planner import Packing, StepPlan
 
 
+from vllm_hogwild.support import CPU_LAYOUTS
+
 CPU_OP_ENV = "VLLM_HOGWILD_CPU_OP"
 CPU_OPS = ("native", "torch")
 PACKED_ENV = "VLLM_HOGWILD_CPU_PACKED_GIB"
@@ -52,10 +54,12 @@ def fragment_op():
 
 def packing(kv_caches: list[torch.Tensor], block_size: int) -> Packing | None:
     """The packed store's size for the runner's caches (each ``[blocks, ...]``, one per
-    layer), or None where 0 GiB are asked."""
+    layer), or None where 0 GiB are asked. The store is of the op's compute dtype (float32
+    for a bfloat16 or float16 cache), so a block of it may take more bytes than the cache's."""
     if not kv_caches:
         return None
-    blocks = kv_caches[0].shape[0]
+    cache_block = kv_caches[0][0].numel() * len(kv_caches)
+    block_bytes = cache_block * torch.empty((), dtype=cpu_native.compute_dtype(kv_caches[0].dtype)).element_size()
     asked = os.environ.get(PACKED_ENV)
     if asked is not None:
         try:
@@ -64,10 +68,9 @@ def packing(kv_caches: list[torch.Tensor], block_size: int) -> Packing | None:
             gib = -1.0
         if not gib >= 0:
             raise ValueError(f"{PACKED_ENV}={asked!r}: expected a size in GiB, 0 or more")
-        block_bytes = kv_caches[0][0].numel() * kv_caches[0].element_size() * len(kv_caches)
         blocks = int(gib * 2**30 // block_bytes)
-    else:
-        blocks //= 4
+    else:  # a quarter of the cache's bytes
+        blocks = kv_caches[0].shape[0] * cache_block * kv_caches[0].element_size() // 4 // block_bytes
     return Packing(block_size, blocks) if blocks > 0 else None
 
 
@@ -82,7 +85,8 @@ class HogwildRows:
 
 
 def cpu_caches(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views ``[blocks, block_size, kv_heads, head_dim]`` of vLLM's CPU cache ("vec" ISA).
+    """Views ``[blocks, block_size, kv_heads, head_dim]`` of vLLM's CPU cache (the "vec" and
+    "vec16" ISAs, which store alike).
 
     Each (block, head) holds ``block_size * head_dim`` key values stored dimension-major,
     then as many values stored token-major (checked against vLLM's writer in the tests).
@@ -99,11 +103,8 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
     def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False) -> CPUAttentionMetadata:
         meta = super().build(common_prefix_len, common_attn_metadata, fast_build)
         plan = runtime.step_plan(common_attn_metadata, packing=self._packing())
-        if plan is not None and self.isa != "vec":
-            raise NotImplementedError(
-                f"hogwild on CPU reads vLLM's 'vec' cache layout; this engine uses {self.isa!r} "
-                "(use dtype=float32 and a block_size that is a multiple of 32)"
-            )
+        # Unreachable for a request the frontend let through (support.py refuses the rest).
+        assert plan is None or self.isa in CPU_LAYOUTS, self.isa
         meta.hogwild = None if plan is None else _rows(plan, common_attn_metadata, self.block_size,
                                                         self.kv_cache_spec.head_size)
         return meta
@@ -153,7 +154,8 @@ class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
         grown 64 blocks at a time, as a group's history takes blocks a few at a time)."""
         store = getattr(self, "_hogwild_store", None)
         if store is None or store.shape[0] < blocks:
-            grown = kv_cache.new_zeros((-(-blocks // 64) * 64, *kv_cache.shape[1:]))
+            grown = kv_cache.new_zeros((-(-blocks // 64) * 64, *kv_cache.shape[1:]),
+                                       dtype=cpu_native.compute_dtype(kv_cache.dtype))
             if store is not None:
                 grown[: store.shape[0]] = store
             store = self._hogwild_store = grown

@@ -19,7 +19,7 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from vllm_hogwild import admission, prompts, runtime
+from vllm_hogwild import admission, prompts, runtime, support
 from vllm_hogwild.hooks.patching import stop_tokens, wrap
 from vllm_hogwild.params import field_of, is_hogwild, parse
 from vllm_hogwild.protocol import GroupProtocol
@@ -59,15 +59,38 @@ def _check_engine(vllm_config: Any) -> None:
         raise ValueError("hogwild_workers: needs vLLM's V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
 
 
-def _check_model(model_config: Any) -> None:
-    cfg = model_config.hf_text_config
-    if not any(getattr(cfg, k, None) is not None for k in ("rope_theta", "rope_parameters", "rope_scaling")):
-        raise ValueError(
-            f"hogwild_workers: model {model_config.model!r} has no rotary position embedding "
-            "(RoPE); hogwild needs a RoPE model (Llama, Qwen2, Qwen3, Mistral, ...)"
-        )
+def engine_facts(vllm_config: Any) -> support.EngineFacts:
+    """What the engine's attention reads, from its config (the CPU layout by vLLM's own choice)."""
+    from vllm.platforms import current_platform
+
+    model = vllm_config.model_config
+    cache = vllm_config.cache_config
+    dtype = str(model.dtype).removeprefix("torch.")
+    layout = None
+    if current_platform.is_cpu():
+        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+        try:
+            layout = _get_attn_isa(model.dtype, cache.block_size, model.get_head_size(), cache.cache_dtype)
+        except NotImplementedError as e:  # vLLM's own refusal (fp8 without AVX-512): the engine runs none
+            layout = f"none ({e})"
+    cfg = model.hf_text_config
+    parameters = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+    if parameters is None and getattr(cfg, "rope_theta", None) is not None:
+        parameters = {"rope_type": "default"}
+    ropes, extra = support.rope_types(parameters)
+    platform = "cpu" if current_platform.is_cpu() else "cuda" if current_platform.is_cuda() else \
+        current_platform.device_name
+    return support.EngineFacts(platform, dtype, str(cache.cache_dtype), layout, ropes, extra)
+
+
+def _check_model(vllm_config: Any) -> None:
+    model_config = vllm_config.model_config
     if model_config.get_sliding_window() is not None:
         raise ValueError("hogwild_workers: sliding-window attention models are not supported")
+    why = support.refusal(engine_facts(vllm_config))
+    if why is not None:
+        raise ValueError(why)
 
 
 def _protocol_inputs(engine: Any, flag: Any, prompt_ids: list[int],
@@ -129,7 +152,7 @@ def _process_inputs(original):
         extra = params.extra_args
         flag = parse(extra)
         check_n(flag.workers, params.n)
-        _check_model(self.model_config)
+        _check_model(self.vllm_config)
         _check_engine(self.vllm_config)
         request = original(self, request_id, prompt, params, *args, **kwargs)
         if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:

@@ -1,0 +1,143 @@
+"""bfloat16 and float16: hogwild groups in the dtype the user runs, held to the same-dtype
+oracle (``runs.assert_within_noise`` states the rule), and every engine setting either runs
+or is refused at the request, never inside an engine step."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines import engine
+from runs import assert_within_noise, group_params, prompt_ids, same_dtype_run
+from vllm_hogwild import support
+
+LAYOUTS = ("contiguous", "interleaved", "combined")
+FAMILIES = ("llama", "qwen2", "qwen3", "llama3-scaled")
+
+
+# Each family runs W=1..4, the layout turning with the family: over the four families every
+# W meets every layout.
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_groups_equal_the_same_dtype_oracle(dtype, family):
+    shift = FAMILIES.index(family)
+    for workers in (1, 2, 3, 4):
+        layout = LAYOUTS[(workers + shift) % 3]
+        out, runs = same_dtype_run(family, dtype, workers, layout)
+        parted = assert_within_noise(out, runs, dtype)
+        if parted:
+            print(f"{dtype} {family} W={workers} {layout}: first parts from the oracle's choice at "
+                  f"(worker, step, gap) {parted[0]}")
+
+
+def test_the_pytorch_op_in_bfloat16(monkeypatch):
+    from vllm_hogwild import cpu_backend
+
+    monkeypatch.setenv(cpu_backend.CPU_OP_ENV, "torch")
+    cpu_backend.fragment_op.cache_clear()
+    try:
+        assert_within_noise(*same_dtype_run("qwen3", "bfloat16", 3, "combined"), "bfloat16")
+    finally:
+        monkeypatch.delenv(cpu_backend.CPU_OP_ENV)
+        cpu_backend.fragment_op.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_one_worker_equals_a_plain_request_of_the_same_dtype(dtype):
+    """W=1 runs the fragment op where a plain request runs vLLM's own attention: the same
+    tokens, logprobs within the dtype's noise (both sum in float32, in other orders)."""
+    from vllm import SamplingParams, TokensPrompt
+
+    from runs import noise
+
+    ids = prompt_ids("qwen3")
+    llm = engine("qwen3", dtype=dtype)
+    params = dict(temperature=0, max_tokens=16, logprobs=3)
+    plain = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(**params), use_tqdm=False)[0]
+    hog = llm.generate([TokensPrompt(prompt_token_ids=ids)],
+                       SamplingParams(**params, extra_args={"hogwild_workers": 1}), use_tqdm=False)[0]
+    assert list(hog.outputs[0].token_ids) == list(plain.outputs[0].token_ids)
+    for a, b in zip(hog.outputs[0].logprobs, plain.outputs[0].logprobs):
+        for t in b:
+            assert abs(a[t].logprob - b[t].logprob) <= noise(dtype, 2, 8.0), (t, a[t].logprob, b[t].logprob)
+
+
+# Engine settings: dtype x block size x head size x KV cache dtype. The suite starts one
+# engine per row, chosen so that every value of every axis occurs;
+# benchmarks/support_walk.py walks the whole product (one process per combination).
+SETTINGS = [
+    # (dtype, block_size, head_size, kv_cache_dtype)
+    ("float32", 16, 64, "auto"),  # vLLM's CPU attention refuses block size 16 at start-up
+    ("float32", 64, 80, "auto"),  # vec16: a head size that is not a multiple of 32
+    ("bfloat16", 32, 96, "auto"),
+    ("bfloat16", 128, 64, "fp8"),
+    ("float16", 128, 128, "auto"),
+    ("float16", 32, 80, "fp8"),  # vLLM refuses fp8 with such a head size
+]
+
+
+def outcome(dtype: str, block_size: int, head_size: int, kv_cache_dtype: str) -> str:
+    """'runs', 'refused' (at the request, naming the setting) or 'no engine' (vLLM itself
+    will not start); asserts what each means."""
+    from vllm import SamplingParams, TokensPrompt
+
+    from vllm_hogwild.hooks.frontend import HogwildRequestError
+
+    family = f"llama-h{head_size}"
+    try:
+        llm = engine(family, dtype=dtype, block_size=block_size, kv_cache_dtype=kv_cache_dtype)
+    except (ValueError, NotImplementedError, RuntimeError) as e:
+        assert "block size" in str(e) or "FP8" in str(e) or "fp8" in str(e), e
+        return "no engine"
+    ids = prompt_ids(family)
+    result = "runs"
+    try:
+        out, runs = same_dtype_run(family, dtype, 2, "combined", 8, block_size=block_size,
+                                   kv_cache_dtype=kv_cache_dtype)
+        assert_within_noise(out, runs, dtype)
+    except HogwildRequestError as e:
+        assert e.parameter == "hogwild_workers" and "--kv-cache-dtype" in str(e), e
+        result = "refused"
+    # The engine goes on serving plain requests (and they give what they gave before).
+    plain = SamplingParams(temperature=0, max_tokens=4)
+    first = llm.generate([TokensPrompt(prompt_token_ids=ids)], plain, use_tqdm=False)[0].outputs[0].token_ids
+    again = llm.generate([TokensPrompt(prompt_token_ids=ids)], plain, use_tqdm=False)[0].outputs[0].token_ids
+    assert len(first) == 4 and list(first) == list(again)
+    return result
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(map(str, s)))
+def test_engine_settings_run_or_are_refused_at_the_request(setting):
+    dtype, block_size, head_size, kv = setting
+    expect = "no engine" if block_size % 32 or (kv != "auto" and head_size % 32) else \
+        "refused" if kv != "auto" else "runs"
+    assert outcome(*setting) == expect
+
+
+def test_refusals_name_the_setting():
+    """The pure rule over the settings the frontend reads (what no engine here can show: the
+    amx layout of CPUs with AMX tiles, several RoPEs, RoPE types that are not linear)."""
+    ok = support.EngineFacts("cpu", "bfloat16", "auto", "vec", ("default",))
+    assert support.refusal(ok) is None
+    for dtype in support.DTYPES:
+        assert support.refusal(support.EngineFacts("cpu", dtype, "auto", "vec16", ("yarn",))) is None
+    cases = {
+        "dtype float32, bfloat16, float16": support.EngineFacts("cpu", "float64", "auto", "vec", ("default",)),
+        "--kv-cache-dtype auto": support.EngineFacts("cuda", "bfloat16", "fp8_e4m3", None, ("default",)),
+        "layouts vec, vec16; this server's is 'amx'": support.EngineFacts("cpu", "bfloat16", "auto", "amx",
+                                                                          ("default",)),
+        "no rotary position embedding": support.EngineFacts("cpu", "float32", "auto", "vec", ()),
+        "one RoPE per model; this model has 2": support.EngineFacts("cuda", "bfloat16", "auto", None,
+                                                                    ("default", "linear")),
+        "this model's is longrope": support.EngineFacts("cpu", "float32", "auto", "vec", ("longrope",)),
+        "this model's is default with mrope_section": support.EngineFacts("cpu", "float32", "auto", "vec",
+                                                                          ("default",), ("mrope_section",)),
+    }
+    for words, facts in cases.items():
+        why = support.refusal(facts)
+        assert why is not None and why.startswith("hogwild_workers: ") and words in why, (words, why)
+    assert support.rope_types({"rope_type": "llama3", "factor": 8.0}) == (("llama3",), ())
+    assert support.rope_types({"full_attention": {"rope_type": "default"},
+                               "sliding_attention": {"rope_type": "linear"}}) == (("default", "linear"), ())
+    assert support.rope_types({"rope_type": "default", "mrope_section": [16, 24, 24]}) == (("default",),
+                                                                                           ("mrope_section",))
+    assert support.rope_types(None) == ((), ())
