@@ -126,32 +126,39 @@ def noise(dtype: str, layers: int, scale: float) -> float:
     return max((2 * layers + 1) * ROUNDOFF[dtype] * scale, 1e-4)
 
 
-def same_dtype_run(family: str, dtype: str, workers: int, layout: str, max_tokens: int = 16, **engine_kwargs):
-    """A group run by vLLM in ``dtype``, and the oracle in the same dtype taking vLLM's
-    tokens (``Oracle.follow``): the oracle scores every step vLLM took, so one divergence
-    within the noise does not end the comparison."""
-    from vllm import SamplingParams, TokensPrompt
-
-    ids = prompt_ids(family)
-    params = SamplingParams(**group_params(workers, layout, max_tokens))
-    out = engine(family, dtype=dtype, **engine_kwargs).generate([TokensPrompt(prompt_token_ids=ids)], params,
-                                                                 use_tqdm=False)[0]
+def same_dtype_oracle(family: str, dtype: str, workers: int, layout: str, max_tokens: int, follow: list[list[int]]):
+    """The oracle in ``dtype`` taking the tokens ``follow`` gives each worker (another run's,
+    ``Oracle.follow``): it scores every step that run took, so one divergence within the
+    noise does not end the comparison."""
     tok = tokenizer(family)
     prefix_ids = [tok.encode(p, add_special_tokens=False) for p in NAMES[:workers]]
-    oracle = Oracle(hf_model(family, dtype), decoder(family), layout, BoundaryRule(BOUNDARY, False), ids,
-                    prefix_ids, max_tokens, set(), follow=[list(o.token_ids) for o in out.outputs])
-    return out, oracle.run()
+    oracle = Oracle(hf_model(family, dtype), decoder(family), layout, BoundaryRule(BOUNDARY, False),
+                    prompt_ids(family), prefix_ids, max_tokens, set(), follow=follow)
+    return oracle.run()
+
+
+def same_dtype_run(family: str, dtype: str, workers: int, layout: str, max_tokens: int = 16, **engine_kwargs):
+    """A group of ``group_params`` run by vLLM in ``dtype``, and ``same_dtype_oracle`` of it."""
+    from vllm import SamplingParams, TokensPrompt
+
+    params = SamplingParams(**group_params(workers, layout, max_tokens))
+    out = engine(family, dtype=dtype, **engine_kwargs).generate(
+        [TokensPrompt(prompt_token_ids=prompt_ids(family))], params, use_tqdm=False)[0]
+    return out, same_dtype_oracle(family, dtype, workers, layout, max_tokens, [list(o.token_ids) for o in out.outputs])
 
 
 def assert_within_noise(out, runs, dtype: str, layers: int = 2) -> list[tuple[int, int, float]]:
     """vLLM's tokens are the oracle's greedy choices wherever the oracle's top two logits are
     further apart than ``noise``; every logprob vLLM reports is within ``noise`` of the
-    oracle's. Returns the steps (worker, step, oracle's gap) where vLLM took another token
-    than the oracle's first choice: the first is where a free-running comparison would part."""
+    oracle's. ``out``: a RequestOutput or its ``output_dict``. Returns the steps (worker,
+    step, oracle's gap) where vLLM took another token than the oracle's first choice: the
+    first is where a free-running comparison would part."""
+    outputs = (out if isinstance(out, dict) else output_dict(out))["outputs"]
+    assert len(outputs) == len(runs)
     parted = []
-    for w, (got, want) in enumerate(zip(out.outputs, runs)):
-        assert list(got.token_ids) == want.generated
-        for step, (token, lp, ref, scale) in enumerate(zip(got.token_ids, got.logprobs, want.logprobs,
+    for w, (got, want) in enumerate(zip(outputs, runs)):
+        assert got["token_ids"] == want.generated
+        for step, (token, lp, ref, scale) in enumerate(zip(got["token_ids"], got["logprobs"], want.logprobs,
                                                             want.scales)):
             tol = noise(dtype, layers, scale)
             gap = float(ref.max() - ref[token])
@@ -159,5 +166,5 @@ def assert_within_noise(out, runs, dtype: str, layers: int = 2) -> list[tuple[in
             if gap > 0:
                 parted.append((w, step, gap))
             for t, logprob in lp.items():
-                assert abs(logprob.logprob - float(ref[t])) <= tol, (w, step, t, logprob.logprob, float(ref[t]), tol)
+                assert abs(logprob - float(ref[t])) <= tol, (w, step, t, logprob, float(ref[t]), tol)
     return parted

@@ -110,17 +110,23 @@ def test_history_handed_over_as_arrays(case):
         build([handed[0], copy])
 
 
-def test_triton_in_half_precision():
-    """fp16 inputs against the float64 oracle on the same rounded inputs. (bf16 is checked on
-    the GPU by benchmarks/kernel_bench.py: the interpreter of Triton 3.9 gets tl.dot wrong in bf16.)"""
-    cache, views, q, inv_freq, neox, scale = _inputs(CASES[0], 11)
-    cache.key, cache.value, q = cache.key.half(), cache.value.half(), q.half()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_triton_in_half_precision(case, dtype):
+    """Half-precision inputs against the float64 oracle over the same rounded inputs. The
+    kernel rounds three things to the dtype (the turned queries and the softmax weights
+    before its dots, as flash attention does, and the output), each by up to the unit
+    roundoff u: 4u in relative norm with the float32 sums (measured: 1.3-1.7u in bfloat16,
+    0.5-0.6u in float16). bfloat16 runs with the interpreter's tl.dot fixed (interpreter.py)."""
+    u = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
+    cache, views, q, inv_freq, neox, scale = _inputs(case, 11)
+    cache.key, cache.value, q = cache.key.to(dtype), cache.value.to(dtype), q.to(dtype)
     expect = naive_attention(q, cache, views, inv_freq, neox, scale)
     for splits in (1, 2):
         out = torch.full_like(q, float("nan"))
         triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, build(views), inv_freq,
                                      neox, scale, out=out, num_splits=splits)
-        assert ((out.double() - expect).norm() / expect.norm()).item() < 2e-3
+        assert ((out.double() - expect).norm() / expect.norm()).item() < 4 * u
 
 
 def test_group_sources_are_shared():

@@ -16,8 +16,8 @@ import torch
 
 from engines import hf_model
 from test_chunked_prefill import STEP, long_prompt
-from runs import (PROBLEM, assert_matches, group_params, oracle_runs, prompt_ids, protocol_flags,
-                  protocol_oracle)
+from runs import (PROBLEM, assert_matches, assert_within_noise, group_params, oracle_runs, prompt_ids,
+                  protocol_flags, protocol_oracle, same_dtype_oracle)
 from vllm_hogwild import prompts
 
 pytestmark = pytest.mark.slow
@@ -72,8 +72,11 @@ def requests() -> list[dict]:
             [{"prompt": PROBLEM, "params": dict(temperature=0, max_tokens=PROTOCOL_TOKENS,
                                                 extra_args=protocol_flags(2, "combined"))}]]},
         # A prompt of three steps and more: worker 0 prefills it in chunks, then all start.
-        {"family": "llama", "engine": {"max_num_batched_tokens": STEP}, "batches": [[
+        {"family": "llama", "name": "llama-chunked", "engine": {"max_num_batched_tokens": STEP}, "batches": [[
             {"prompt_ids": long_prompt("llama"), "params": group_params(3, "combined")}]]},
+        # bfloat16, as GPUs run: the kernel's bfloat16 path, vLLM's bfloat16 cache writer.
+        {"family": "qwen3", "name": "qwen3-bf16", "engine": {"dtype": "bfloat16"}, "batches": [[
+            {"prompt_ids": prompt_ids("qwen3"), "params": group_params(3, "interleaved", 16)}]]},
     ]
 
 
@@ -93,12 +96,13 @@ def results() -> dict:
             for request in batch:
                 for o in request["outputs"]:
                     o["logprobs"] = [{int(t): lp for t, lp in step.items()} for step in o["logprobs"]]
-    return {case["family"] + ("-chunked" if case["engine"] else ""): case for case in cases}
+    return {case["name"]: case for case in cases}
 
 
 def test_the_engine_ran_the_cuda_backend(results):
     assert {family: case["impls"] for family, case in results.items()} == {
-        "llama": ["HogwildTritonImpl"], "qwen3": ["HogwildTritonImpl"], "llama-chunked": ["HogwildTritonImpl"]}
+        "llama": ["HogwildTritonImpl"], "qwen3": ["HogwildTritonImpl"], "llama-chunked": ["HogwildTritonImpl"],
+        "qwen3-bf16": ["HogwildTritonImpl"]}
 
 
 def test_a_group_equals_the_oracle(results):
@@ -129,3 +133,11 @@ def test_the_protocol_equals_the_oracle(results, batch, kind):
 
 def test_a_prompt_of_three_steps_equals_the_oracle(results):
     assert_matches(results["llama-chunked"]["batches"][0][0], expected()["chunked"])
+
+
+def test_a_bfloat16_group_equals_the_same_dtype_oracle(results):
+    """The CUDA backend in bfloat16 (the Triton kernel's bfloat16 path, vLLM's bfloat16 cache
+    writer), held to the bfloat16 oracle as the CPU path is (``runs.assert_within_noise``)."""
+    out = results["qwen3-bf16"]["batches"][0][0]
+    runs = same_dtype_oracle("qwen3", "bfloat16", 3, "interleaved", 16, [o["token_ids"] for o in out["outputs"]])
+    assert_within_noise(out, runs, "bfloat16")

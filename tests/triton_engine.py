@@ -8,8 +8,8 @@ of 16. What it changes is process-wide, so it runs as a script in its own proces
 
     python tests/triton_engine.py REQUESTS.json RESULTS.json
 
-REQUESTS.json is a list of ``{"family", "engine"?, "batches": [[{"prompt_ids" | "prompt", "params"}]]}``
-(``params``: SamplingParams keyword arguments; ``engine``: more LLM keyword arguments); RESULTS.json mirrors it, one output per
+REQUESTS.json is a list of ``{"family", "name"?, "engine"?, "batches": [[{"prompt_ids" | "prompt", "params"}]]}``
+(``params``: SamplingParams keyword arguments; ``engine``: more LLM keyword arguments, the dtype among them); RESULTS.json mirrors it, one output per
 request, plus the attention implementation the engine used.
 """
 
@@ -45,6 +45,9 @@ def _cuda_in_the_interpreter() -> None:
 
 
 def _use_the_cuda_backend() -> None:
+    from interpreter import fix_bfloat16_dot
+
+    fix_bfloat16_dot()
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     from vllm_hogwild.hooks import install
@@ -68,9 +71,9 @@ def run(cases: list[dict]) -> list[dict]:
 
     results = []
     for case in cases:
-        llm = LLM(model=model_path(case["family"]), dtype="float32", enforce_eager=True, block_size=BLOCK_SIZE,
+        llm = LLM(model=model_path(case["family"]), enforce_eager=True, block_size=BLOCK_SIZE,
                   max_model_len=1024, kv_cache_memory_bytes=32 * 2**20, max_num_seqs=16, seed=0,
-                  **case.get("engine", {}))
+                  **({"dtype": "float32"} | case.get("engine", {})))
         batches = []
         for batch in case["batches"]:
             prompts = [TokensPrompt(prompt_token_ids=r["prompt_ids"]) if "prompt_ids" in r else r["prompt"]
@@ -79,7 +82,8 @@ def run(cases: list[dict]) -> list[dict]:
             start = time.perf_counter()
             batches.append([output_dict(o) for o in llm.generate(prompts, params, use_tqdm=False)])
             print(f"triton_engine: {case['family']} batch of {len(batch)} in {time.perf_counter() - start:.1f} s")
-        results.append({"family": case["family"], "engine": case.get("engine", {}), "impls": _attention_impls(llm),
+        results.append({"name": case.get("name", case["family"]), "family": case["family"],
+                        "engine": case.get("engine", {}), "impls": _attention_impls(llm),
                         "batches": batches})
         del llm
     return results
