@@ -41,7 +41,9 @@ namespace {
 struct Cache {
   const void* data;
   int64_t block, slot, head, dim;  // strides, in elements
+  bool amx = false;  // vLLM's amx layout (bfloat16) inside each (block, head): slot and dim strides unused
 };
+
 
 // The inner loops: the math of one entry, for the `group` query heads of one KV head.
 
@@ -101,6 +103,28 @@ typename Lanes<T>::V widen(const C* p) {
     return __builtin_convertvector(h, V);
 #endif
   }
+}
+
+// vLLM's amx layout, where AMX tiles want them: a (block, head)'s keys in tiles of 16 slots,
+// each [D/2][16][2] (the two dimensions of a pair side by side, slot by slot); its values in
+// tiles of 16 dimensions, each [block_size/2][16][2] (two slots side by side, dimension by
+// dimension). Checked against vLLM's writer in the tests.
+inline int64_t amx_key_at(int64_t slot, int64_t d, int64_t dims) {
+  return (slot / 16) * dims * 16 + (d / 2) * 32 + (slot % 16) * 2 + d % 2;
+}
+inline int64_t amx_value_at(int64_t slot, int64_t d, int64_t block_size) {
+  return (d / 16) * block_size * 16 + (slot / 2) * 32 + (d % 16) * 2 + slot % 2;
+}
+
+// 16 pairs of bfloat16 (64 bytes) as two registers of 16 floats: the first and the second of
+// each pair (a bfloat16 is the top half of a float).
+inline void split_pairs(const c10::BFloat16* p, Lanes<float>::V& first, Lanes<float>::V& second) {
+  typedef uint32_t W __attribute__((vector_size(64)));
+  W bits;
+  __builtin_memcpy(&bits, p, sizeof(W));
+  const W lo = bits << 16, hi = bits & 0xffff0000u;
+  __builtin_memcpy(&first, &lo, sizeof(W));
+  __builtin_memcpy(&second, &hi, sizeof(W));
 }
 
 // Up to HEADS query heads of one KV head go through a block's values together: each register
@@ -179,6 +203,66 @@ void scores_of(const T* const* q, int64_t queries, const K* __restrict__ keys, c
       for (int64_t d = 0; d < dims; ++d) acc += q[i][d] * static_cast<T>(keys[j * c.slot + d * c.dim]);
       scores[i][j] = acc;
     }
+}
+
+// scores[i][j] = q[i] . key[j] over the amx layout: Q queries, the 16 slots of one key tile
+// from s0; a dimension pair's keys of the 16 slots are one 64-byte load.
+template <int Q>
+void scores_amx_tile(const float* const* q, const c10::BFloat16* keys, int64_t dims, int64_t s0,
+                     float* const* scores) {
+  using L = Lanes<float>;
+  typename L::V acc[Q] = {};
+  const c10::BFloat16* tile = keys + (s0 / 16) * dims * 16;
+  for (int64_t i = 0; i < dims / 2; ++i) {
+    typename L::V first, second;
+    split_pairs(tile + i * 32, first, second);
+    for (int k = 0; k < Q; ++k) acc[k] += q[k][2 * i] * first + q[k][2 * i + 1] * second;
+  }
+  for (int k = 0; k < Q; ++k) L::store(scores[k] + s0, acc[k]);
+}
+
+template <int Q>
+void scores_amx_run(const float* const* q, const c10::BFloat16* keys, int64_t lo, int64_t hi, int64_t dims,
+                    float* const* scores) {
+  for (int64_t s0 = lo - lo % 16; s0 < hi; s0 += 16) scores_amx_tile<Q>(q, keys, dims, s0, scores);
+}
+
+void scores_amx(const float* const* q, int64_t queries, const c10::BFloat16* keys, int64_t lo, int64_t hi,
+                int64_t dims, float* const* scores) {
+  for (int64_t i = 0; i < queries;) {
+    const int64_t left = queries - i;
+    if (left >= 4) {
+      scores_amx_run<4>(q + i, keys, lo, hi, dims, scores + i);
+      i += 4;
+    } else if (left >= 2) {
+      scores_amx_run<2>(q + i, keys, lo, hi, dims, scores + i);
+      i += 2;
+    } else {
+      scores_amx_run<1>(q + i, keys, lo, hi, dims, scores + i);
+      i += 1;
+    }
+  }
+}
+
+// out[g] += sum_j weights[g][j - lo] * value[j]  over the amx layout: a pair of slots' values
+// of 16 dimensions are one 64-byte load; a slot of the pair outside [lo, hi) weighs 0.
+void add_values_amx(const float* weights, int64_t weights_stride, const c10::BFloat16* values, int64_t block_size,
+                    int64_t lo, int64_t hi, int64_t group, int64_t dims, float* out) {
+  using L = Lanes<float>;
+  for (int64_t g = 0; g < group; ++g) {
+    const float* w = weights + g * weights_stride - lo;  // w[j]: slot j's weight
+    float* o = out + g * dims;
+    for (int64_t t = 0; t < dims / 16; ++t) {
+      typename L::V acc = L::load(o + t * 16);
+      for (int64_t p = lo / 2; p <= (hi - 1) / 2; ++p) {
+        const float w0 = 2 * p >= lo ? w[2 * p] : 0.0f, w1 = 2 * p + 1 < hi ? w[2 * p + 1] : 0.0f;
+        typename L::V first, second;
+        split_pairs(values + t * block_size * 16 + p * 32, first, second);
+        acc += w0 * first + w1 * second;
+      }
+      L::store(o + t * 16, acc);
+    }
+  }
 }
 
 // out[g] += sum_j weights[g][j - lo] * value[j]  for G heads, out held in registers (D known)
@@ -393,11 +477,27 @@ void walk(const Work<C>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile
         add_values<T, D>(s + at, w.block_size, values, vc, at, w.entry_hi[e], group, dim, o + r * width);
       }
     };
-    if (w.tile_stored[t])
+    if (w.tile_stored[t]) {
       take(static_cast<const T*>(w.stored_keys.data), static_cast<const T*>(w.stored_values.data), w.stored_keys,
            w.stored_values);
-    else
+    } else if constexpr (std::is_same_v<C, c10::BFloat16>) {
+      if (w.keys.amx) {
+        const C* keys = static_cast<const C*>(w.keys.data) + w.tile_block[t] * w.keys.block + h * w.keys.head;
+        const C* values = static_cast<const C*>(w.values.data) + w.tile_block[t] * w.values.block + h * w.values.head;
+        scores_amx(query.data(), entries * group, keys, lo, hi, dim, score_row.data());
+        for (int64_t i = 0; i < entries; ++i) {
+          const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
+          T* s = scores.data() + i * group * w.block_size;
+          fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, m + r * group, l + r * group,
+               o + r * width);
+          add_values_amx(s + at, w.block_size, values, w.block_size, at, w.entry_hi[e], group, dim, o + r * width);
+        }
+      } else {
+        take(static_cast<const C*>(w.keys.data), static_cast<const C*>(w.values.data), w.keys, w.values);
+      }
+    } else {
       take(static_cast<const C*>(w.keys.data), static_cast<const C*>(w.values.data), w.keys, w.values);
+    }
   }
 }
 
@@ -466,8 +566,14 @@ void attend(const Work<C>& w, int64_t groups, int64_t splits_asked) {
   });
 }
 
-Cache cache_of(const torch::Tensor& c) {
-  return {c.data_ptr(), c.stride(0), c.stride(1), c.stride(2), c.stride(3)};
+Cache cache_of(const torch::Tensor& c, bool amx = false) {
+  return {c.data_ptr(), c.stride(0), c.stride(1), c.stride(2), c.stride(3), amx};
+}
+
+// The amx layout: bfloat16 only (vLLM picks it for no other dtype), whole tiles of 16.
+void check_amx(const torch::Tensor& keys, bool amx) {
+  TORCH_CHECK(!amx || (keys.scalar_type() == torch::kBFloat16 && keys.size(1) % 16 == 0 && keys.size(3) % 16 == 0),
+              "the amx layout holds bfloat16 blocks of a multiple of 16 slots and head dimensions");
 }
 
 void check_caches(const torch::Tensor& keys, const torch::Tensor& values, torch::ScalarType type,
@@ -496,7 +602,7 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
                         const torch::Tensor& tile_stored, const torch::Tensor& entry_row,
                         const torch::Tensor& entry_lo, const torch::Tensor& entry_hi, const torch::Tensor& entry_turn,
                         const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm,
-                        double scale, int64_t splits) {
+                        double scale, int64_t splits, bool amx) {
   TORCH_CHECK(q.dim() == 3 && out.sizes() == q.sizes() && q.stride(2) == 1 && out.stride(2) == 1,
               "q and out must be [tokens, heads, head_dim] with unit stride along head_dim");
   const torch::ScalarType compute = compute_type(q.scalar_type());
@@ -516,11 +622,12 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
               "turns must be contiguous [turns, head_dim]");
   TORCH_CHECK(group_row_ptr.numel() == group_tile_ptr.numel(), "one row range and one tile range per group");
   const int64_t groups = group_row_ptr.numel() - 1;
+  check_amx(key_cache, amx);
   // The head sizes of common models get loops of known length (their accumulators in registers).
   AT_DISPATCH_FLOATING_TYPES_AND2(torch::kBFloat16, torch::kHalf, q.scalar_type(), "fragment_attention", [&] {
     using T = Compute<scalar_t>;
-    const Work<scalar_t> w{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), cache_of(key_cache),
-                           cache_of(value_cache), cache_of(stored_keys), cache_of(stored_values),
+    const Work<scalar_t> w{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), cache_of(key_cache, amx),
+                           cache_of(value_cache, amx), cache_of(stored_keys), cache_of(stored_values),
                            row_at.data_ptr<int64_t>(), group_rows.data_ptr<int64_t>(),
                            group_row_ptr.data_ptr<int64_t>(), group_tile_ptr.data_ptr<int64_t>(),
                            tile_entry_ptr.data_ptr<int64_t>(), tile_block.data_ptr<int64_t>(),
@@ -547,8 +654,9 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
 void pack(const torch::Tensor& key_cache, const torch::Tensor& value_cache, torch::Tensor& stored_keys,
           torch::Tensor& stored_values, const torch::Tensor& src_block, const torch::Tensor& src_slot,
           const torch::Tensor& dst_block, const torch::Tensor& dst_slot, const torch::Tensor& turn,
-          const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm) {
+          const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm, bool amx) {
   const torch::ScalarType compute = compute_type(key_cache.scalar_type());
+  check_amx(key_cache, amx);
   check_caches(key_cache, value_cache, key_cache.scalar_type(), "the caches");
   check_caches(stored_keys, stored_values, compute, "the packed store");
   TORCH_CHECK(stored_keys.sizes().slice(1) == key_cache.sizes().slice(1),
@@ -564,6 +672,12 @@ void pack(const torch::Tensor& key_cache, const torch::Tensor& value_cache, torc
     using T = Compute<C>;
     const Cache k = cache_of(key_cache), v = cache_of(value_cache), sk = cache_of(stored_keys),
                 sv = cache_of(stored_values);
+    const int64_t block_size = key_cache.size(1);
+    // where dimension d of slot `slot` of a (block, head) sits, in the cache's layout
+    auto key_at = [&](int64_t slot, int64_t d) { return amx ? amx_key_at(slot, d, dim) : slot * k.slot + d * k.dim; };
+    auto value_at = [&](int64_t slot, int64_t d) {
+      return amx ? amx_value_at(slot, d, block_size) : slot * v.slot + d * v.dim;
+    };
     const int64_t* sb = src_block.data_ptr<int64_t>();
     const int64_t* db = dst_block.data_ptr<int64_t>();
     const int64_t* pm = perm.data_ptr<int64_t>();
@@ -572,14 +686,14 @@ void pack(const torch::Tensor& key_cache, const torch::Tensor& value_cache, torc
     at::parallel_for(0, tokens * heads, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t n = i / heads, h = i % heads;
-        const C* key = static_cast<const C*>(k.data) + sb[n] * k.block + ss[n] * k.slot + h * k.head;
-        const C* value = static_cast<const C*>(v.data) + sb[n] * v.block + ss[n] * v.slot + h * v.head;
+        const C* key = static_cast<const C*>(k.data) + sb[n] * k.block + h * k.head;
+        const C* value = static_cast<const C*>(v.data) + sb[n] * v.block + h * v.head;
         T* to_key = static_cast<T*>(const_cast<void*>(sk.data)) + db[n] * sk.block + ds[n] * sk.slot + h * sk.head;
         T* to_value = static_cast<T*>(const_cast<void*>(sv.data)) + db[n] * sv.block + ds[n] * sv.slot + h * sv.head;
         const T *c = cos + tn[n] * dim, *s = sin + tn[n] * dim;
         for (int64_t d = 0; d < dim; ++d) {
-          to_key[d * sk.dim] = static_cast<T>(key[d * k.dim]) * c[d] + static_cast<T>(key[pm[d] * k.dim]) * s[d];
-          to_value[d * sv.dim] = static_cast<T>(value[d * v.dim]);
+          to_key[d * sk.dim] = static_cast<T>(key[key_at(ss[n], d)]) * c[d] + static_cast<T>(key[key_at(ss[n], pm[d])]) * s[d];
+          to_value[d * sv.dim] = static_cast<T>(value[value_at(ss[n], d)]);
         }
       }
     });

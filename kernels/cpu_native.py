@@ -160,14 +160,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, prepared: Prepared,
                        scale: float, out: torch.Tensor | None = None, splits: int = 0,
-                       store: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       store: tuple[torch.Tensor, torch.Tensor] | None = None, amx: bool = False) -> torch.Tensor:
     """Attention of ``q [T, Hq, D]`` (float32, bfloat16, float16 or float64); caches
     ``[blocks, block_size, Hkv, D]`` of q's dtype (any strides). Scores, softmax and sums are
     in ``compute_dtype``; ``out`` (q's dtype) is rounded once. Only the prepared rows of
     ``out`` are written. ``splits``: how many runs of tiles each group's walk is cut into (0:
     as many as keep the threads busy; the tests set it to check the merge). ``store``: the
     packed store's keys and values (shaped like the caches, of ``compute_dtype``), which
-    tiles of ``stored_from`` rows read."""
+    tiles of ``stored_from`` rows read. ``amx``: the caches hold vLLM's amx layout (bfloat16)
+    inside each (block, head), and only their block and head strides are read
+    (``vllm_hogwild.cpu_backend.cpu_caches``)."""
     out = torch.empty_like(q) if out is None else out
     compute = compute_dtype(q.dtype)
     if store is None:
@@ -177,7 +179,7 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     _extension().fragment_attention(q, key_cache, value_cache, store[0], store[1], out, p.row_at, p.group_rows,
                                     p.group_row_ptr, p.group_tile_ptr, p.tile_entry_ptr, p.tile_block, p.tile_stored,
                                     p.entry_row, p.entry_lo, p.entry_hi, p.entry_turn, p.turn_cos.to(compute),
-                                    p.turn_sin.to(compute), p.perm, scale, splits)
+                                    p.turn_sin.to(compute), p.perm, scale, splits, amx)
     return out
 
 
@@ -212,11 +214,11 @@ def prepare_copies(src_row: np.ndarray, home: np.ndarray, dst_row: np.ndarray, i
 
 
 def pack(key_cache: torch.Tensor, value_cache: torch.Tensor, store: tuple[torch.Tensor, torch.Tensor],
-         copies: Copies) -> None:
+         copies: Copies, amx: bool = False) -> None:
     """Make ``copies`` from the caches into the store (each ``[blocks, block_size, Hkv, D]``,
     the store of the caches' ``compute_dtype``: a turned key is not rounded back)."""
     c = copies
     if c.src_block.numel():
         compute = compute_dtype(key_cache.dtype)
         _extension().pack(key_cache, value_cache, store[0], store[1], c.src_block, c.src_slot, c.dst_block,
-                          c.dst_slot, c.turn, c.turn_cos.to(compute), c.turn_sin.to(compute), c.perm)
+                          c.dst_slot, c.turn, c.turn_cos.to(compute), c.turn_sin.to(compute), c.perm, amx)

@@ -163,29 +163,54 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
     return Prepared(groups, partners(head_dim, inv_freq.numel(), is_neox))
 
 
+class _Blocks:
+    """Whole cache blocks as ``[n, Hkv, D, bs]`` keys and ``[n, Hkv, bs, D]`` values in the
+    compute dtype, from vLLM's CPU layouts: "vec" (those orders already: a plain copy per
+    block) or "amx" (``cpu_native.cpp``: pairs undone by a permutation of each block's copy;
+    the caches' views carry only the block and head strides)."""
+
+    def __init__(self, key_cache: torch.Tensor, value_cache: torch.Tensor, amx: bool) -> None:
+        blocks, bs, heads, dim = key_cache.shape
+        self.shape = (heads, dim, bs), (heads, bs, dim)
+        if amx:
+            raw = [c.transpose(1, 2).reshape(blocks, heads, bs * dim) for c in (key_cache, value_cache)]
+            # keys [bs/16][D/2][16][2] -> [D/2][2][bs/16][16]; values [D/16][bs/2][16][2] -> [bs/2][2][D/16][16]
+            self.keys = raw[0].view(blocks, heads, bs // 16, dim // 2, 16, 2).permute(0, 1, 3, 5, 2, 4)
+            self.values = raw[1].view(blocks, heads, dim // 16, bs // 2, 16, 2).permute(0, 1, 3, 5, 2, 4)
+        else:
+            self.keys = key_cache.permute(0, 2, 3, 1)  # [blocks, Hkv, D, bs]: vLLM's CPU key order
+            self.values = value_cache.permute(0, 2, 1, 3)  # [blocks, Hkv, bs, D]
+
+    def keys_of(self, blocks: torch.Tensor) -> torch.Tensor:
+        # index_select: a plain copy per block, where indexing takes a slow generic path
+        return torch.index_select(self.keys, 0, blocks).float().reshape(-1, *self.shape[0])
+
+    def values_of(self, blocks: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(self.values, 0, blocks).float().reshape(-1, *self.shape[1])
+
+
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-                       prepared: Prepared, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention of ``q [T, Hq, D]``; caches ``[blocks, block_size, Hkv, D]`` (any strides).
-    Only the prepared rows of ``out`` are written."""
+                       prepared: Prepared, scale: float, out: torch.Tensor | None = None,
+                       amx: bool = False) -> torch.Tensor:
+    """Attention of ``q [T, Hq, D]``; caches ``[blocks, block_size, Hkv, D]`` (any strides;
+    ``amx``: vLLM's amx layout inside each (block, head), as ``cpu_native.fragment_attention``).
+    Sums in float32; only the prepared rows of ``out`` are written, in q's dtype."""
     out = torch.empty_like(q) if out is None else out
     num_heads, head_dim = q.shape[1], q.shape[2]
     kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
     group_size = num_heads // kv_heads
     perm = prepared.perm
-    keys_by_block = key_cache.permute(0, 2, 3, 1)  # [blocks, Hkv, D, bs]: vLLM's CPU key order
-    values_by_block = value_cache.permute(0, 2, 1, 3)  # [blocks, Hkv, bs, D]
+    cache = _Blocks(key_cache, value_cache, amx)
     for g in prepared.groups:
         tiles, sh = g.blocks.numel(), g.shared
-        if tiles:  # index_select: a plain copy per block, where indexing takes a slow generic path
-            keys = torch.index_select(keys_by_block, 0, g.blocks).float()  # [T, Hkv, D, bs]
-            values = torch.index_select(values_by_block, 0, g.blocks).float()  # [T, Hkv, bs, D]
+        if tiles:
+            keys = cache.keys_of(g.blocks)  # [T, Hkv, D, bs]
+            values = cache.values_of(g.blocks)  # [T, Hkv, bs, D]
         if sh.blocks.numel():  # every slot of the blocks: copies, no per-key gather
             width = sh.blocks.numel() * block_size
-            sh_keys = torch.index_select(keys_by_block, 0, sh.blocks).float().permute(1, 2, 0, 3) \
-                .reshape(kv_heads, head_dim, width)
+            sh_keys = cache.keys_of(sh.blocks).permute(1, 2, 0, 3).reshape(kv_heads, head_dim, width)
             sh_keys = sh_keys * sh.cos + torch.index_select(sh_keys, 1, perm) * sh.sin  # at their view positions
-            sh_values = torch.index_select(values_by_block, 0, sh.blocks).float().transpose(0, 1) \
-                .reshape(kv_heads, width, head_dim)
+            sh_values = cache.values_of(sh.blocks).transpose(0, 1).reshape(kv_heads, width, head_dim)
         for c in g.chunks:
             rows = c.rows.numel()
             x = (torch.index_select(q, 0, c.rows).float() * scale).view(rows, kv_heads, group_size, head_dim)

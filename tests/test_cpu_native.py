@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from hogwild_kernels import build, cpu_native
+from hogwild_kernels import build, cpu_native, cpu_op
 from paged import PagedCache, inv_freq_for, layout_views, naive_attention, random_cache, random_views
 
 if not cpu_native.available():  # the suite's setup builds it; without a compiler the backend falls back
@@ -126,3 +126,59 @@ def test_the_backend_runs_the_op_asked_for(monkeypatch):
         cpu_backend.fragment_op()
     monkeypatch.delenv("VLLM_HOGWILD_CPU_OP")
     cpu_backend.fragment_op.cache_clear()
+
+
+def vllm_written(cache: PagedCache, isa: str) -> torch.Tensor:
+    """``cache``'s blocks as vLLM's own CPU cache writer lays them out for ``isa``: one
+    ``[blocks, kv_heads, block_size, 2 * head_dim]`` tensor, as the CPU backend gets."""
+    from vllm import _custom_ops as ops
+
+    blocks, block_size, heads, dim = cache.key.shape
+    kv = torch.zeros(blocks, heads, block_size, 2 * dim, dtype=cache.key.dtype)
+    key_cache, value_cache = kv.view(blocks, heads, 2 * block_size, dim).chunk(2, dim=2)
+    ops.cpu_attn_reshape_and_cache(cache.key.reshape(-1, heads, dim), cache.value.reshape(-1, heads, dim),
+                                   key_cache, value_cache, torch.arange(blocks * block_size), isa,
+                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    return kv
+
+
+@pytest.mark.parametrize("block_size,head_dim,group", [(32, 64, 3), (64, 128, 1), (32, 96, 4), (128, 64, 2)])
+def test_the_amx_layout_as_vllm_writes_it(block_size, head_dim, group):
+    """bfloat16 on CPUs with AMX tiles: vLLM writes keys and values in pairs (its writer runs
+    on any CPU). The op reads them there, to the bound of the vec layout; a store packed from
+    them holds exactly what one packed from the vec layout holds."""
+    from vllm_hogwild.cpu_backend import cpu_caches
+
+    dtype = torch.bfloat16
+    rng, gen = random.Random(block_size), torch.Generator().manual_seed(head_dim)
+    lengths, views = random_views(rng, 2, 3, block_size, 150, False, shared=True)
+    cache = random_cache(lengths, block_size, 2, head_dim, gen=gen)
+    cache = PagedCache(cache.key.to(dtype), cache.value.to(dtype), cache.block_table)
+    q = torch.randn(sum(v.num_rows for v in views), 2 * group, head_dim, generator=gen).to(dtype)
+    inv_freq = inv_freq_for(head_dim)
+    expect = naive_attention(q, cache, views, inv_freq, True, head_dim**-0.5)
+    prepared = cpu_native.prepare(build(views), cache.block_table, block_size, inv_freq, True, head_dim)
+    amx = cpu_caches(vllm_written(cache, "amx"), "amx")
+    for splits in (0, 2):
+        out = cpu_native.fragment_attention(q, *amx, prepared, head_dim**-0.5, splits=splits, amx=True)
+        err = (out.double() - expect).abs()
+        assert (err <= ROUNDOFF[dtype] * expect.abs() + 2e-5).all(), err.max()
+    # The PyTorch op, on the same cache (shared keys packed from 100 on: both of its paths).
+    torch_prepared = cpu_op.prepare(build(views), cache.block_table, block_size, inv_freq, True, head_dim,
+                                    pack_from=100)
+    out = cpu_op.fragment_attention(q, *amx, torch_prepared, head_dim**-0.5, amx=True)
+    err = (out.double() - expect).abs()
+    assert (err <= ROUNDOFF[dtype] * expect.abs() + 2e-5).all(), err.max()
+    vec = cpu_caches(vllm_written(cache, "vec"))
+    n = 40
+    src = torch.randperm(cache.key.shape[0] * block_size, generator=gen)[:n]
+    copies = cpu_native.Copies(src // block_size, (src % block_size).int(), torch.arange(n) // block_size,
+                               (torch.arange(n) % block_size).int(), torch.randint(0, 3, (n,), generator=gen).int(),
+                               *[t.float() for t in (torch.randn(3, head_dim), torch.randn(3, head_dim))],
+                               torch.arange(head_dim).roll(1))
+    stores = []
+    for caches, is_amx in ((amx, True), (vec, False)):
+        store = tuple(torch.zeros(2, block_size, 2, head_dim) for _ in range(2))
+        cpu_native.pack(*caches, store, copies, amx=is_amx)
+        stores.append(store)
+    assert all(torch.equal(a, b) for a, b in zip(*stores)) and stores[0][0].abs().sum() > 0

@@ -115,16 +115,17 @@ def test_engine_settings_run_or_are_refused_at_the_request(setting):
 
 def test_refusals_name_the_setting():
     """The pure rule over the settings the frontend reads (what no engine here can show: the
-    amx layout of CPUs with AMX tiles, several RoPEs, RoPE types that are not linear)."""
+    layouts of other CPUs, several RoPEs, RoPE types that are not linear)."""
     ok = support.EngineFacts("cpu", "bfloat16", "auto", "vec", ("default",))
     assert support.refusal(ok) is None
     for dtype in support.DTYPES:
         assert support.refusal(support.EngineFacts("cpu", dtype, "auto", "vec16", ("yarn",))) is None
+    assert support.refusal(support.EngineFacts("cpu", "bfloat16", "auto", "amx", ("llama3",))) is None
     cases = {
         "dtype float32, bfloat16, float16": support.EngineFacts("cpu", "float64", "auto", "vec", ("default",)),
         "--kv-cache-dtype auto": support.EngineFacts("cuda", "bfloat16", "fp8_e4m3", None, ("default",)),
-        "layouts vec, vec16; this server's is 'amx'": support.EngineFacts("cpu", "bfloat16", "auto", "amx",
-                                                                          ("default",)),
+        "layouts vec, vec16, amx (x86); this server's is 'neon'": support.EngineFacts(
+            "cpu", "bfloat16", "auto", "neon", ("default",)),
         "no rotary position embedding": support.EngineFacts("cpu", "float32", "auto", "vec", ()),
         "one RoPE per model; this model has 2": support.EngineFacts("cuda", "bfloat16", "auto", None,
                                                                     ("default", "linear")),
@@ -141,3 +142,48 @@ def test_refusals_name_the_setting():
     assert support.rope_types({"rope_type": "default", "mrope_section": [16, 24, 24]}) == (("default",),
                                                                                            ("mrope_section",))
     assert support.rope_types(None) == ((), ())
+
+
+AMX_ENGINE = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import conftest, torch
+torch.cpu._is_amx_tile_supported = lambda: True  # vLLM then lays a bfloat16 cache out for AMX tiles
+from vllm import LLM, SamplingParams, TokensPrompt
+from engines import model_path, output_dict
+from runs import group_params, prompt_ids
+llm = LLM(model=model_path("llama-h64"), dtype="bfloat16", enforce_eager=True, block_size=32, max_model_len=1024,
+          kv_cache_memory_bytes=64 * 2**20, max_num_seqs=16, seed=0)  # no plain warm-up request
+layers = llm.llm_engine.model_executor.driver_worker.worker.model_runner.compilation_config.static_forward_context
+isa = sorted({{layer.isa for layer in layers.values()}})
+outs = [output_dict(llm.generate([TokensPrompt(prompt_token_ids=prompt_ids("llama-h64"))],
+                                 SamplingParams(**group_params(3, layout, 16)), use_tqdm=False)[0])
+        for layout in ("contiguous", "interleaved", "combined")]
+json.dump({{"isa": isa, "outs": outs}}, open(sys.argv[1], "w"))
+"""
+
+
+def test_groups_over_the_amx_layout(tmp_path):
+    """The amx layout end to end: vLLM told this CPU has AMX tiles lays out its bfloat16 cache
+    for them, with its own writer; groups of 3 in every layout read it, equal to the bfloat16
+    oracle. In a process of its own, where only hogwild rows run: this CPU lacks the tiles
+    that vLLM's own amx attention needs for a plain request (it dies of SIGILL)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from runs import same_dtype_oracle
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    script, results = tmp_path / "amx.py", tmp_path / "amx.json"
+    script.write_text(AMX_ENGINE.format(tests=here))
+    run = subprocess.run([sys.executable, str(script), str(results)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    found = json.loads(results.read_text())
+    assert found["isa"] == ["amx"]
+    for layout, out in zip(("contiguous", "interleaved", "combined"), found["outs"]):
+        for o in out["outputs"]:
+            o["logprobs"] = [{int(t): lp for t, lp in step.items()} for step in o["logprobs"]]
+        runs = same_dtype_oracle("llama-h64", "bfloat16", 3, layout, 16, [o["token_ids"] for o in out["outputs"]])
+        assert_within_noise(out, runs, "bfloat16")

@@ -80,20 +80,26 @@ class HogwildRows:
 
     prepared: cpu_native.Prepared | cpu_op.Prepared  # the step's work for fragment_op()
     all_rows: bool  # every token of the batch is a hogwild row
+    amx: bool  # the cache is in vLLM's amx layout (cpu_caches)
     copies: cpu_native.Copies | None = None  # into the packed store, before attention
     store_blocks: int = 0  # blocks of the packed store this step reads or writes
 
 
-def cpu_caches(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views ``[blocks, block_size, kv_heads, head_dim]`` of vLLM's CPU cache (the "vec" and
-    "vec16" ISAs, which store alike).
+def cpu_caches(kv_cache: torch.Tensor, layout: str = "vec") -> tuple[torch.Tensor, torch.Tensor]:
+    """Views ``[blocks, block_size, kv_heads, head_dim]`` of vLLM's CPU cache.
 
-    Each (block, head) holds ``block_size * head_dim`` key values stored dimension-major,
-    then as many values stored token-major (checked against vLLM's writer in the tests).
-    """
+    Each (block, head) holds ``block_size * head_dim`` keys, then as many values. In the
+    "vec" and "vec16" layouts, keys are stored dimension-major, values token-major; in "amx"
+    (``cpu_native.cpp`` says how) neither is a strided view, so only the block and head
+    strides of the views returned mean anything, and the op is told (checked against vLLM's
+    writer in the tests)."""
     blocks, heads, block_size, two_d = kv_cache.shape
     d = two_d // 2
     region = kv_cache.view(blocks, heads, 2 * block_size * d)
+    if layout == "amx":
+        keys = region[:, :, : block_size * d].view(blocks, heads, block_size, d).transpose(1, 2)
+        values = region[:, :, block_size * d :].view(blocks, heads, block_size, d).transpose(1, 2)
+        return keys, values
     keys = region[:, :, : block_size * d].view(blocks, heads, d, block_size).permute(0, 3, 1, 2)
     values = region[:, :, block_size * d :].view(blocks, heads, block_size, d).permute(0, 2, 1, 3)
     return keys, values
@@ -106,7 +112,7 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         # Unreachable for a request the frontend let through (support.py refuses the rest).
         assert plan is None or self.isa in CPU_LAYOUTS, self.isa
         meta.hogwild = None if plan is None else _rows(plan, common_attn_metadata, self.block_size,
-                                                        self.kv_cache_spec.head_size)
+                                                        self.kv_cache_spec.head_size, self.isa == "amx")
         return meta
 
     def _packing(self) -> Packing | None:
@@ -120,7 +126,7 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         return self._hogwild_packing if fragment_op() is cpu_native else None
 
 
-def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows:
+def _rows(plan: StepPlan, common, block_size: int, head_dim: int, amx: bool) -> HogwildRows:
     step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
                      common.num_reqs, common.num_actual_tokens)
     rotary = runtime.rotary()
@@ -128,26 +134,28 @@ def _rows(plan: StepPlan, common, block_size: int, head_dim: int) -> HogwildRows
     if op is not cpu_native:
         prepared = op.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq, rotary.is_neox,
                               head_dim, row_index=step.rows)
-        return HogwildRows(prepared, step.all_rows)
+        return HogwildRows(prepared, step.all_rows, amx)
     prepared = cpu_native.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq,
                                   rotary.is_neox, head_dim, row_index=step.rows, stored_from=step.first_packed_row)
     copies = None if step.copies is None else cpu_native.prepare_copies(
         *step.copies, step.block_table, block_size, rotary.inv_freq, rotary.is_neox, head_dim)
     stored = step.block_table[step.first_packed_row:]
-    return HogwildRows(prepared, step.all_rows, copies, int(stored.max()) + 1 if stored.numel() else 0)
+    return HogwildRows(prepared, step.all_rows, amx, copies, int(stored.max()) + 1 if stored.numel() else 0)
 
 
 class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
     def _hogwild(self, query, kv_cache, hogwild, output_scale, output) -> None:
-        keys, values = cpu_caches(kv_cache)
+        amx = hogwild.amx
+        keys, values = cpu_caches(kv_cache, "amx" if amx else "vec")
         op = fragment_op()
         if op is not cpu_native:
-            op.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output)
+            op.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output, amx=amx)
             return
-        store = cpu_caches(self._store(kv_cache, hogwild.store_blocks))
+        store = cpu_caches(self._store(kv_cache, hogwild.store_blocks))  # float32, strided
         if hogwild.copies is not None:
-            cpu_native.pack(keys, values, store, hogwild.copies)
-        cpu_native.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output, store=store)
+            cpu_native.pack(keys, values, store, hogwild.copies, amx=amx)
+        cpu_native.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output, store=store,
+                                      amx=amx)
 
     def _store(self, kv_cache: torch.Tensor, blocks: int) -> torch.Tensor:
         """This layer's packed store, of at least ``blocks`` blocks (the planner bounds them;

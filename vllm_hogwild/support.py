@@ -9,10 +9,10 @@ Nothing the plugin cannot run ever reaches an engine step.
 - dtypes: float32, bfloat16, float16. The fragment ops sum in float32 and round the output
   to the model's dtype once, as vLLM's own attention does.
 - KV cache: unquantized (``auto``). fp8 caches hold scaled 8-bit values that neither op reads.
-- CPU cache layouts (vLLM's ``_get_attn_isa``): ``vec`` (block sizes that are multiples of
-  32) and ``vec16`` (other block sizes and head sizes), which store keys and values alike;
-  ``amx`` (bfloat16 on CPUs with AMX tiles) packs pairs of dimensions and slots, which the
-  op does not read.
+- CPU cache layouts (vLLM's ``_get_attn_isa`` on x86): ``vec`` and ``vec16`` (head sizes
+  that are not multiples of 32), which store keys and values alike, and ``amx`` (bfloat16 on
+  CPUs with AMX tiles), which keeps pairs of dimensions and of slots side by side. The
+  layouts of other CPUs (``neon`` on Arm, ``vsx``, ``vxe``, ``rvv``) are not read.
 - RoPE: one per model, its angle linear in the position (the extra rotation of a query by
   ``d`` positions is then a rotation by ``d`` times the frequencies).
 """
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 DTYPES = ("float32", "bfloat16", "float16")
 KV_CACHE_DTYPES = ("auto",)
-CPU_LAYOUTS = ("vec", "vec16")
+CPU_LAYOUTS = ("vec", "vec16", "amx")
 # vLLM's RoPE variants whose cos/sin table is cos(p * f), sin(p * f) (times a constant).
 LINEAR_ROPES = ("default", "linear", "llama3", "ntk", "dynamic", "yarn")
 
@@ -69,9 +69,8 @@ def refusal(facts: EngineFacts) -> str | None:
         return (f"{FIELD}: hogwild needs an unquantized KV cache (--kv-cache-dtype auto); this server's "
                 f"is {facts.kv_cache_dtype}")
     if facts.platform == "cpu" and facts.cpu_layout not in CPU_LAYOUTS:
-        return (f"{FIELD}: hogwild on CPU reads vLLM's cache layouts {', '.join(CPU_LAYOUTS)}; this server's "
-                f"is {facts.cpu_layout!r} (vLLM picks 'amx' for bfloat16 on CPUs with AMX tiles: start it "
-                "with --dtype float16 or float32)")
+        return (f"{FIELD}: hogwild on CPU reads vLLM's cache layouts {', '.join(CPU_LAYOUTS)} (x86); this "
+                f"server's is {facts.cpu_layout!r}")
     if not facts.ropes:
         return (f"{FIELD}: this model has no rotary position embedding (RoPE); hogwild needs a RoPE model "
                 "(Llama, Qwen2, Qwen3, Mistral, ...)")
