@@ -198,3 +198,25 @@ def test_serve_command_line(monkeypatch):
     assert command[3:] == ["--model", "/m", "--attention-backend", "CUSTOM", "--no-async-scheduling"]
     command, _ = serve_command(["/m", "--attention-backend=TRITON_ATTN", "--async-scheduling"])
     assert command[3:] == ["--model", "/m", "--attention-backend=TRITON_ATTN", "--async-scheduling"]
+
+
+@pytest.mark.slow
+def test_a_server_setting_hogwild_cannot_run_is_a_400_per_request(tmp_path):
+    """A bfloat16 server with an fp8 KV cache: every hogwild request (completions and chat,
+    streaming or not) is a 400 naming the setting, and the server goes on serving plain
+    requests and stays healthy (a hogwild request used to kill a bfloat16 engine)."""
+    template = tmp_path / "chatml.jinja"
+    template.write_text(CHATML)
+    with running_server(model_path("llama"), tmp_path, "--chat-template", str(template), "--dtype", "bfloat16",
+                        "--kv-cache-dtype", "fp8") as base:
+        for path, body in [("/v1/completions", {"prompt": "Let x"}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})]:
+            for streaming in (False, True):
+                status, error = post(base, path, {**body, "max_tokens": 4, "stream": streaming,
+                                                  "vllm_xargs": {"hogwild_workers": 2}})
+                assert status == 400 and error["error"]["param"] == "hogwild_workers", error
+                assert "--kv-cache-dtype auto" in error["error"]["message"] and "fp8" in error["error"]["message"]
+                status, plain = post(base, path, {**body, "max_tokens": 3})
+                assert status == 200 and len(plain["choices"]) == 1
+        with urllib.request.urlopen(base + "/health", timeout=10) as response:
+            assert response.status == 200

@@ -84,6 +84,17 @@ def engine_facts(vllm_config: Any) -> support.EngineFacts:
     return support.EngineFacts(platform, dtype, str(cache.cache_dtype), layout, ropes, extra)
 
 
+def check_request(vllm_config: Any, extra_args: Any, n: int) -> Any:
+    """The hogwild flag of a request parsed, and everything this engine must have to run it
+    checked: what the serving layer asks before a stream starts, and the frontend again
+    before anything is scheduled (offline requests come only this way)."""
+    flag = parse(extra_args)
+    check_n(flag.workers, n)
+    _check_model(vllm_config)
+    _check_engine(vllm_config)
+    return flag
+
+
 def _check_model(vllm_config: Any) -> None:
     model_config = vllm_config.model_config
     if model_config.get_sliding_window() is not None:
@@ -149,11 +160,7 @@ def _process_inputs(original):
             raise HogwildRequestError(str(error), parameter=field_of(error)) from None
 
     def hogwild_inputs(self, request_id, prompt, params, *args, **kwargs):
-        extra = params.extra_args
-        flag = parse(extra)
-        check_n(flag.workers, params.n)
-        _check_model(self.vllm_config)
-        _check_engine(self.vllm_config)
+        flag = check_request(self.vllm_config, params.extra_args, params.n)
         request = original(self, request_id, prompt, params, *args, **kwargs)
         if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
             raise ValueError("prompt: hogwild takes a non-empty text or token-id prompt (no embeddings or images)")

@@ -16,7 +16,7 @@ import inspect
 import json
 from typing import Any
 
-from vllm_hogwild.hooks.frontend import check_n
+from vllm_hogwild.hooks.frontend import check_request
 from vllm_hogwild.hooks.patching import wrap
 from vllm_hogwild.params import field_of, is_hogwild, parse
 
@@ -34,12 +34,13 @@ def install() -> None:
 
 
 def _create(original):
-    # A bad flag is a 400 before anything starts, streaming included.
+    # A bad flag, or an engine setting hogwild cannot run, is a 400 before anything starts,
+    # streaming included.
     async def wrapper(self, request, *args, **kwargs):
         extra = getattr(request, "vllm_xargs", None)
         if is_hogwild(extra):
             try:
-                check_n(parse(extra).workers, request.n or 1)
+                check_request(self.engine_client.vllm_config, extra, request.n or 1)
             except ValueError as error:
                 return self.create_error_response(str(error), param=field_of(error))
         return await original(self, request, *args, **kwargs)
