@@ -3,7 +3,7 @@ W and length, on one engine.
 
     python benchmarks/cpu_sweep.py [--model PATH] [--workers 2 4 8] [--lengths 128:8 1024:1]
                                    [--layouts contiguous interleaved combined] [--ops native]
-                                   [--repeats 1] [--out benchmarks/results/cpu_sweep]
+                                   [--dtypes float32] [--repeats 1] [--out benchmarks/results/cpu_sweep]
 
 ``--lengths TOKENS:G``: TOKENS new tokens per worker (fewer where W workers' tokens and the
 prompt would not fit ``--max-model-len``, default 8192: the row says so), G problems at once. For each W and
@@ -15,7 +15,10 @@ one, to compare; the engine runs in this process, so the op is switched between
 batches). All requests sample at ``--temperature`` (default 0.6: greedy workers of one
 group would all write one text, which never ends a step), ignore EOS and run to TOKENS, so
 every variant produces the same number of tokens. Reported: output tokens/s (median over rounds) and
-its ratio to the independent requests of the same round.
+its ratio to the independent requests of the same round and dtype.
+
+``--dtypes``: one engine per model dtype (float32, bfloat16, float16), all in this process
+and stepped one at a time; every round alternates every variant of every dtype.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lengths", type=length, nargs="+", default=[(128, 8), (1024, 1)], metavar="TOKENS:G")
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
     p.add_argument("--ops", nargs="+", default=["native"], choices=OPS)
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
     p.add_argument("--temperature", type=float, default=0.6,
                    help="every request's (greedy W-worker groups write W copies of one text)")
     p.add_argument("--repeats", type=int, default=1)
@@ -82,59 +86,73 @@ def run(args: argparse.Namespace) -> dict:
     from vllm import SamplingParams
 
     problems = [p.text for p in driver.problems(args.problems)]
-    llm = driver.engine_from(args, driver.model_path(args.model))
-    tokenizer = llm.get_tokenizer()
+    model = driver.model_path(args.model)
+    engines = {d: driver.build_llm(model, args.max_model_len, args.kv_gib, args.max_num_seqs,
+                                   args.max_batched_tokens, args.seed, args.tensor_parallel_size, d)
+               for d in args.dtypes}
+    tokenizer = engines[args.dtypes[0]].get_tokenizer()
     chat = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                           add_generation_prompt=True) for p in problems]
-    variants = ["independent"] + [f"{layout}/{op}" for layout in args.layouts for op in args.ops]
+    named = len(args.dtypes) > 1  # variants carry their dtype: "combined/native@bfloat16"
+    kinds = ["independent"] + [f"{layout}/{op}" for layout in args.layouts for op in args.ops]
+    variants = [k + (f"@{d}" if named else "") for d in args.dtypes for k in kinds]
+
+    def split(variant: str) -> tuple[str, str]:
+        kind, _, dtype = variant.partition("@")
+        return kind, dtype or args.dtypes[0]
+
+    def baseline(variant: str) -> str:
+        return "independent" + variant[variant.index("@"):] if named else "independent"
 
     def batch(variant: str, workers: int, tokens: int, groups: int, tag: str) -> driver.Batch:
+        kind, dtype = split(variant)
         base = dict(temperature=args.temperature, max_tokens=tokens, ignore_eos=True)
         prompts = [chat[i % len(chat)] for i in range(groups)]
-        if variant == "independent":
+        if kind == "independent":
             work = [[driver.Request(p, SamplingParams(**base))] * workers for p in prompts]
         else:
-            layout, op = variant.split("/")
+            layout, op = kind.split("/")
             use_op(op)
             flag = {"hogwild_workers": workers, "hogwild_layout": layout}
             work = [[driver.Request(p, SamplingParams(**base, extra_args=flag))] for p in prompts]
-        return driver.run_batch(llm, work, tag)
+        return driver.run_batch(engines[dtype], work, tag)
 
     for variant in variants:  # the first steps of a fresh engine are slow
         batch(variant, 2, 16, 1, f"warmup-{variant}")
     rows = []
+    hogwild = [v for v in variants if not v.startswith("independent")]
     for workers in args.workers:
         for asked, groups in args.lengths:
             tokens = fitted(asked, workers, args.max_model_len)
             seen: dict[str, list[float]] = {v: [] for v in variants}
-            ratios: dict[str, list[float]] = {v: [] for v in variants[1:]}
+            ratios: dict[str, list[float]] = {v: [] for v in hogwild}
             for r in range(args.repeats):
                 for variant in variants:
                     b = batch(variant, workers, tokens, groups, f"{variant}-w{workers}-t{tokens}-r{r}")
                     seen[variant].append(b.tokens / b.seconds)
-                    print(f"W={workers} tokens={tokens} G={groups} {variant:<22} {seen[variant][-1]:7.1f} tokens/s "
+                    print(f"W={workers} tokens={tokens} G={groups} {variant:<30} {seen[variant][-1]:7.1f} tokens/s "
                           f"{b.seconds:6.1f} s", file=sys.stderr, flush=True)
-                for v in variants[1:]:
-                    ratios[v].append(seen[v][-1] / seen["independent"][-1])
+                for v in hogwild:
+                    ratios[v].append(seen[v][-1] / seen[baseline(v)][-1])
             rows.append({"workers": workers, "tokens": tokens, "asked": asked, "groups": groups,
                          "tokens_per_s": {v: statistics.median(x) for v, x in seen.items()},
                          "ratio": {v: statistics.median(x) for v, x in ratios.items()}})
     use_op(args.ops[0])
     return {"benchmark": "cpu_sweep", "command": "python benchmarks/cpu_sweep.py " + " ".join(sys.argv[1:]),
-            "model": llm.llm_engine.model_config.model, "machine": driver.machine(),
+            "model": model, "machine": driver.machine(),
             "config": {k: v for k, v in vars(args).items() if k != "out"}, "variants": variants, "results": rows}
 
 
 def table(report: dict) -> str:
-    hogwild = report["variants"][1:]
-    lines = ["| W | tokens/worker | G | independent tokens/s | " + " | ".join(hogwild) + " |",
-             "| --- | --- | --- | --- | " + " | ".join("---" for _ in hogwild) + " |"]
+    variants = report["variants"]
+    lines = ["| W | tokens/worker | G | " + " | ".join(variants) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in variants) + " |"]
     for row in report["results"]:
-        cells = [f"{row['tokens_per_s'][v]:.1f} ({row['ratio'][v]:.2f}x)" for v in hogwild]
-        lines.append(f"| {row['workers']} | {row['tokens']} | {row['groups']} | "
-                     f"{row['tokens_per_s']['independent']:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", "Hogwild cells: tokens/s of the W-worker groups (bare flag, layout/CPU op) and, in brackets, "
-              "the ratio to the W independent requests of the same round."]
+        cells = [f"{row['tokens_per_s'][v]:.1f}" + (f" ({row['ratio'][v]:.2f}x)" if v in row["ratio"] else "")
+                 for v in variants]
+        lines.append(f"| {row['workers']} | {row['tokens']} | {row['groups']} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: output tokens/s (median over rounds); hogwild cells (bare flag, layout/CPU op[@dtype]) "
+              "add, in brackets, the ratio to the W independent requests of the same round and dtype."]
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +164,7 @@ def plot(report: dict):
     for ax, (tokens, groups) in zip(axes[0], lengths):
         rows = [r for r in report["results"] if (r["asked"], r["groups"]) == (tokens, groups)]
         workers = [r["workers"] for r in rows]
-        for v in report["variants"][1:]:
+        for v in rows[0]["ratio"]:
             ax.plot(workers, [r["ratio"][v] for r in rows], marker="o", label=v)
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xticks(workers)

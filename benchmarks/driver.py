@@ -67,11 +67,11 @@ def check_budgets(model: str, budgets: list[int], workers: int, max_model_len: i
 
 
 def build_llm(model: str, max_model_len: int, kv_gib: float | None, max_num_seqs: int,
-              max_batched_tokens: int, seed: int = 0, tensor_parallel: int = 1) -> Any:
+              max_batched_tokens: int, seed: int = 0, tensor_parallel: int = 1, dtype: str | None = None) -> Any:
     """The engine the benchmarks run on. On a GPU: the plugin's attention backend and
     synchronous scheduling (what hogwild needs there), vLLM's memory defaults unless
-    ``kv_gib`` is given. On CPU: float32, eager, block size 32 (the CPU path's settings),
-    a KV cache of ``kv_gib`` (default 4 GiB)."""
+    ``kv_gib`` is given. On CPU: eager, block size 32, a KV cache of ``kv_gib`` (default 4
+    GiB). ``dtype``: the model's (default: float32 on CPU, vLLM's on a GPU)."""
     import torch
     from vllm import LLM
 
@@ -80,8 +80,8 @@ def build_llm(model: str, max_model_len: int, kv_gib: float | None, max_num_seqs
     if kv_gib is not None or not torch.cuda.is_available():
         common["kv_cache_memory_bytes"] = int((kv_gib or 4.0) * 2**30)
     if torch.cuda.is_available():
-        return LLM(**common, attention_backend="CUSTOM", async_scheduling=False)
-    return LLM(**common, dtype="float32", enforce_eager=True, block_size=32)
+        return LLM(**common, attention_backend="CUSTOM", async_scheduling=False, **({"dtype": dtype} if dtype else {}))
+    return LLM(**common, dtype=dtype or "float32", enforce_eager=True, block_size=32)
 
 
 def engine_options(parser: Any) -> None:
