@@ -1,14 +1,15 @@
 """The CPU fragment op, one layer of a decode step: the compiled op against the PyTorch one,
 and, for layouts with a committed history, the compiled op reading the history packed.
 
-    python benchmarks/cpu_op_bench.py [--workers 4 8] [--contexts 1000 4000]
+    python benchmarks/cpu_op_bench.py [--workers 4 8] [--contexts 1000 4000] [--dtypes float32]
                                       [--layouts contiguous combined] [--out benchmarks/results/cpu_op.json]
 
 A decode step of one group of W workers over a context of C tokens, the views the plugin's
 layouts build (``tests/paged.layout_views``: combined = 20-token steps of every worker,
 hundreds of fragments per view), SmolLM2-135M's attention shapes (9 query / 3 KV heads,
 head_dim 64), vLLM's CPU cache layout (keys dimension-major, values token-major), block
-size 32, float32, 2 threads. Each call runs the step's layers over ``--layers`` separate
+size 32, the model dtypes of ``--dtypes`` (float32, bfloat16, float16: cache, queries and
+output; the ops sum in float32), 2 threads. Each call runs the step's layers over ``--layers`` separate
 caches (12 by default: more than this machine's 32 MB L3 at 4000 tokens), as a model does,
 so that keys come from memory and not from the cache of the previous call. Each figure is
 the median over ``--repeats`` alternating runs of the ops (this machine's timings drift by
@@ -41,13 +42,13 @@ from paged import fill_store, inv_freq_for, layout_views, packed_views, random_c
 OPS = {"native": cpu_native, "torch": cpu_op}
 
 
-def run(workers: int, context: int, layout: str, layers: int, repeats: int) -> dict:
+def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtype: str = "float32") -> dict:
     lengths, views = layout_views(workers, context, layout)
-    cache = random_cache(lengths, 32, 3, 64, gen=torch.Generator().manual_seed(context))
+    cache = random_cache(lengths, 32, 3, 64, dtype=getattr(torch, dtype), gen=torch.Generator().manual_seed(context))
     caches = [(cache.key.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),  # vLLM's CPU layouts, as views
                cache.value.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)) for _ in range(layers)]
     inv_freq = inv_freq_for(64)
-    q = torch.randn(workers, 9, 64)
+    q = torch.randn(workers, 9, 64).to(getattr(torch, dtype))
 
     def prepare(op):
         return op.prepare(build(views), cache.block_table, 32, inv_freq, True, 64)
@@ -66,8 +67,9 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int) -> d
     outs = {name: op.fragment_attention(q, *caches[0], prepared[name], 0.125,
                                         **({} if stores is None else {"store": stores[0]}))
             for name, (op, _, stores) in calls.items()}
+    rounding = 0.0 if dtype == "float32" else 2.0**-7  # two roundings of the output, one ulp apart at most
     for name, out in outs.items():
-        assert torch.allclose(out, outs["torch"], atol=1e-5), name
+        assert torch.allclose(out.float(), outs["torch"].float(), atol=1e-5, rtol=rounding), name
     times: dict[str, list[float]] = {name: [] for name in calls}
     prep: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
@@ -80,7 +82,7 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int) -> d
                                 for (k, v), s in zip(caches, stores)]
             times[name].append(timeit.timeit(step, number=2) / (2 * layers) * 1e3)
             prep[name].append(timeit.timeit(lambda: prepare_of(op), number=3) / 3 * 1e3)
-    return {"workers": workers, "context": context, "layout": layout,
+    return {"workers": workers, "context": context, "layout": layout, "dtype": dtype,
             "fragments_per_view": len(views[0].fragments),
             "ms_per_layer": {name: statistics.median(v) for name, v in times.items()},
             "ms_prepare_per_step": {name: statistics.median(v) for name, v in prep.items()}}
@@ -95,6 +97,7 @@ def main() -> None:
                         choices=["contiguous", "interleaved", "combined"])
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     if not cpu_native.available():
         sys.exit("cpu_op_bench: the compiled op could not be built (see the warning above)")
@@ -104,14 +107,15 @@ def main() -> None:
     for workers in args.workers:
         for context in args.contexts:
             for layout in args.layouts:
-                r = run(workers, context, layout, args.layers, args.repeats)
-                result["runs"].append(r)
-                ms, prep = r["ms_per_layer"], r["ms_prepare_per_step"]
-                packed = (f", packed {ms['packed']:6.3f} ms" if "packed" in ms else "")
-                print(f"W={workers} C={context:5d} {layout:11s} ({r['fragments_per_view']:3d} fragments a view): "
-                      f"compiled {ms['native']:6.3f} ms{packed}, PyTorch {ms['torch']:6.3f} ms per layer; "
-                      f"work list " + " / ".join(f"{k} {v:5.2f}" for k, v in prep.items()) + " ms per step",
-                      flush=True)
+                for dtype in args.dtypes:
+                    r = run(workers, context, layout, args.layers, args.repeats, dtype)
+                    result["runs"].append(r)
+                    ms, prep = r["ms_per_layer"], r["ms_prepare_per_step"]
+                    packed = (f", packed {ms['packed']:6.3f} ms" if "packed" in ms else "")
+                    print(f"W={workers} C={context:5d} {layout:11s} {dtype:8s} ({r['fragments_per_view']:3d} fragments a view): "
+                          f"compiled {ms['native']:6.3f} ms{packed}, PyTorch {ms['torch']:6.3f} ms per layer; "
+                          f"work list " + " / ".join(f"{k} {v:5.2f}" for k, v in prep.items()) + " ms per step",
+                          flush=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

@@ -1,6 +1,7 @@
 """Soak: a real server under mixed traffic for a while, then checked for anything lost or leaked.
 
-    python benchmarks/soak.py [--model PATH] [--minutes 10] [--clients 8] [--out benchmarks/results/soak]
+    python benchmarks/soak.py [--model PATH] [--dtype float32] [--minutes 10] [--clients 8]
+                              [--out benchmarks/results/soak]
 
 Starts ``vllm-hogwild serve`` as users do (vLLM's default multiprocess mode), then K clients
 send requests for T minutes, each picked at random from a fixed pool (greedy, so that each has
@@ -15,7 +16,9 @@ Afterwards:
   step's finished requests with the next step);
 - every completed request equal to its isolated offline run (the same spec, computed by an
   offline ``LLM`` after the server is gone, one engine at a time);
-- the server's process tree memory after warm-up against the end (RSS);
+- the server's process tree memory after warm-up against the end (RSS), and sampled every
+  ``--rss-every`` seconds through the soak, with the slope of a straight line fitted to the
+  samples of its second half (a leak keeps climbing there; warm-up does not);
 - SIGTERM sent while a burst of streaming requests (hogwild groups and plain) is running
   ends the server and every process it started within 60 s, every one of those clients
   sees its stream end (none hangs), and a restarted server serves again.
@@ -66,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the model's dtype, on the server and offline")
+    p.add_argument("--rss-every", type=float, default=30.0, help="seconds between memory samples")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=64, help="per worker")
     p.add_argument("--protocol-workers", type=int, default=3, help="most workers of a protocol group")
@@ -89,7 +95,7 @@ def start_server(args: argparse.Namespace, model: str, log) -> tuple[subprocess.
     port = _free_port()
     command = [sys.executable, "-m", "vllm_hogwild.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port),
                "--max-model-len", str(args.max_model_len), "--block-size", "32", "--enforce-eager", "--seed", "0",
-               "--kv-cache-memory-bytes", str(int(args.kv_gib * 2**30)), *args.server_option]
+               "--kv-cache-memory-bytes", str(int(args.kv_gib * 2**30)), "--dtype", args.dtype, *args.server_option]
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base, deadline = f"http://127.0.0.1:{port}", time.time() + 300
@@ -103,6 +109,40 @@ def start_server(args: argparse.Namespace, model: str, log) -> tuple[subprocess.
             if time.time() > deadline:
                 raise SystemExit("the server did not start in 300 s")
             time.sleep(1)
+
+
+class _RssSamples:
+    """The server's process tree memory every ``every`` seconds, in a thread, as
+    [seconds since ``start``, MiB] pairs."""
+
+    def __init__(self, pid: int, every: float, start: float) -> None:
+        import threading
+
+        self.series: list[list[float]] = []
+        self._done = threading.Event()
+
+        def sample() -> None:
+            while not self._done.wait(every):
+                self.series.append([round(time.time() - start, 1), round(tree_rss(pid) / 2**20, 1)])
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[list[float]]:
+        self._done.set()
+        self._thread.join()
+        return self.series
+
+
+def _slope_per_hour(series: list[list[float]]) -> float | None:
+    """MiB per hour of a least-squares line through the second half of the samples."""
+    import numpy as np
+
+    half = series[len(series) // 2:]
+    if len(half) < 3:
+        return None
+    t, mib = np.array(half).T
+    return float(np.polyfit(t / 3600, mib, 1)[0])
 
 
 def tree_rss(pid: int) -> int:
@@ -170,7 +210,7 @@ def offline_answers(model: str, pool: list[dict], used: set[int], args: argparse
     """Each used spec run alone through an offline LLM (after the server is gone)."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model, dtype="float32", enforce_eager=True, block_size=32, max_model_len=args.max_model_len,
+    llm = LLM(model=model, dtype=args.dtype, enforce_eager=True, block_size=32, max_model_len=args.max_model_len,
               kv_cache_memory_bytes=int(args.kv_gib * 2**30), seed=0)
     answers = {}
     for i in sorted(used):
@@ -194,8 +234,10 @@ def run(args: argparse.Namespace) -> dict:
             asyncio.run(_warm(base, pool, args))
             rss_start = tree_rss(proc.pid)
             started = time.time()
+            samples = _RssSamples(proc.pid, args.rss_every, started)
             tally, done = asyncio.run(_soak(base, pool, args))
             seconds = time.time() - started
+            rss_series = samples.stop()
             time.sleep(2)
             health = urllib.request.urlopen(base + "/health", timeout=30).status
             kv_usage = metric(base, "vllm:kv_cache_usage_perc")
@@ -244,6 +286,7 @@ def run(args: argparse.Namespace) -> dict:
         "sigterm_requests_in_flight": in_flight, "sigterm_burst_clients": burst.size,
         "sigterm_burst_ended": burst_ends,
         "rss_after_warmup_mib": rss_start / 2**20, "rss_end_mib": rss_end / 2**20,
+        "rss_series_mib": rss_series, "rss_second_half_mib_per_hour": _slope_per_hour(rss_series),
         "sigterm_exit_seconds": stop_seconds, "sigterm_clean": clean_exit and not leftovers,
         "served_after_restart": served_after_restart, "server_log": log_path,
     }
@@ -363,6 +406,9 @@ def table(report: dict) -> str:
             ("KV cache usage after", report["kv_cache_usage_after"]), ("requests left", report["requests_left"]),
             ("server RSS after warm-up / at the end (MiB)",
              f"{report['rss_after_warmup_mib']:.0f} / {report['rss_end_mib']:.0f}"),
+            ("server RSS slope over the second half (MiB per hour; samples in OUT.json)",
+             "n/a" if report.get("rss_second_half_mib_per_hour") is None
+             else f"{report['rss_second_half_mib_per_hour']:+.0f}"),
             ("plugin state after (every engine: scheduler, planner, protocol)",
              "empty" if report["plugin_state_empty"] else json.dumps(report["plugin_state_after"])),
             ("SIGTERM with requests in flight: running, exit (s), clean",

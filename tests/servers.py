@@ -26,17 +26,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The tests' engine settings (a small cache and context, eager); ``as_typed`` starts without them.
+TEST_OPTIONS = ("--max-model-len", "1024", "--block-size", "32", "--kv-cache-memory-bytes", str(64 * 2**20),
+                "--enforce-eager", "--seed", "0")
+
+
 @contextlib.contextmanager
-def running_server(model: str, folder: Path, *options: str, env: dict[str, str] | None = None,
-                   start_timeout: float = 240) -> Iterator[str]:
-    """Serve ``model`` with the plugin until the block ends; yields the base URL. The
-    server's output goes to ``folder/server.log`` (quoted in the error if it dies); ``env``
-    adds to the environment."""
+def running_server(model: str | None, folder: Path, *options: str, env: dict[str, str] | None = None,
+                   start_timeout: float = 240, as_typed: bool = False) -> Iterator[str]:
+    """Serve ``model`` (None: the embedded default) with the plugin until the block ends;
+    yields the base URL. The server's output goes to ``folder/server.log`` (quoted in the
+    error if it dies); ``env`` adds to the environment; ``as_typed``: no option but the
+    address and ``options``, as a user types ``vllm-hogwild serve``."""
     port = free_port()
     log_path = folder / "server.log"
-    command = [sys.executable, "-m", "vllm_hogwild.cli", "serve", model, "--plugin", "hogwild",
-               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--block-size", "32",
-               "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager", "--seed", "0", *options]
+    command = [sys.executable, "-m", "vllm_hogwild.cli", "serve", *([model] if model else []),
+               "--host", "127.0.0.1", "--port", str(port), *(() if as_typed else ("--plugin", "hogwild", *TEST_OPTIONS)),
+               *options]
     env = {**{k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}, **(env or {})}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -169,3 +169,31 @@ def test_protocol_errors_name_the_field():
             "hogwild_workers": 2, "hogwild_protocol": True}), use_tqdm=False)
     assert not scheduler(llm).requests
     _plain_works(llm)
+
+
+def test_each_workers_text_starts_with_its_first_text():
+    """A worker's first text ends its request's prompt; its output text still starts with it
+    (the token ids do not: they are what it generated), cumulative and streamed alike."""
+    from vllm import SamplingParams, TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+
+    from runs import group_params
+
+    tok = tokenizer("qwen2")
+    llm = engine("qwen2")
+    ids = [TokensPrompt(prompt_token_ids=prompt_ids("qwen2"))]
+    out = llm.generate(ids, SamplingParams(**group_params(3, "interleaved", 12)), use_tqdm=False)[0]
+    for o, name in zip(out.outputs, NAMES):
+        first = tok.encode(name, add_special_tokens=False)
+        whole = tok.decode(first + list(o.token_ids))
+        # (vLLM's detokenizer holds back the bytes of an unfinished last character)
+        assert o.text.startswith(name) and whole.startswith(o.text) and len(o.text) >= len(whole) - 1, (name, o.text)
+    streamed = {}
+    engine_ = llm.llm_engine
+    engine_.add_request("deltas", ids[0], SamplingParams(**group_params(3, "interleaved", 12),
+                                                         output_kind=RequestOutputKind.DELTA))
+    while engine_.has_unfinished_requests():
+        for res in engine_.step():
+            for o in res.outputs:
+                streamed[o.index] = streamed.get(o.index, "") + o.text
+    assert [streamed[w] for w in range(3)] == [o.text for o in out.outputs]

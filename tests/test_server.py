@@ -78,6 +78,9 @@ def test_streaming_sends_each_workers_deltas_with_its_index(server):
         for choice in event["choices"]:
             texts[choice["index"]] += choice["text"]
     assert texts == {c["index"]: c["text"] for c in whole["choices"]}
+    # Each choice is its worker's whole stream, from its step-1 header and greeting on.
+    for w, name in enumerate(prompts.NAMES[:2]):
+        assert texts[w].startswith(prompts.first_step(name, w)), texts[w][:80]
     assert prompts.final_answer(texts[0]) is not None
     # The last chunk carries the final answers, as the non-streaming response does.
     assert events[-1]["choices"] == [] and events[-1]["hogwild"] == whole["hogwild"]
@@ -94,6 +97,8 @@ def test_chat_streaming_ends_with_the_final_answer(server):
         for choice in event["choices"]:
             content[choice["index"]] += choice["delta"].get("content") or ""
     assert content == {c["index"]: c["message"]["content"] for c in whole["choices"]}
+    for w, name in enumerate(prompts.NAMES[:2]):
+        assert content[w].startswith(prompts.first_step(name, w)), content[w][:80]
     assert events[-1]["hogwild"] == whole["hogwild"] and whole["hogwild"]["final_answers"][0] is not None
 
 
@@ -176,20 +181,29 @@ def test_vllm_serve_accepts_the_plugin_option():
 
 
 def test_serve_command_line(monkeypatch):
-    from vllm_hogwild.cli import serve_command
+    from vllm_hogwild.cli import CPU_DTYPE, cpu_kv_cache_bytes, serve_command
 
     monkeypatch.setenv("VLLM_PLUGINS", "other")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr("vllm_hogwild.cli._available_memory", lambda: 10 * 2**30)
     command, env = serve_command(["/models/m", "--plugin", "hogwild", "--port", "8001"])
+    # No GPU here: the CPU dtype, and a KV cache of a quarter of the memory available.
     assert command[1:] == ["-m", "vllm.entrypoints.openai.api_server", "--model", "/models/m", "--port", "8001",
-                           "--dtype", "float32"]  # no GPU here: the CPU path's dtype
+                           "--dtype", CPU_DTYPE, "--kv-cache-memory-bytes", str(2560 * 2**20)]
     assert env["VLLM_PLUGINS"] == "hogwild,other"
     # Unset, it names hogwild (so that vLLM attaches the page at /hogwild) and every
     # installed general plugin (which vLLM would have loaded anyway).
     monkeypatch.delenv("VLLM_PLUGINS")
     _, env = serve_command(["/models/m"])
     assert env["VLLM_PLUGINS"].split(",")[0] == "hogwild"
-    command, _ = serve_command(["--model", "/m", "--dtype", "bfloat16"])
-    assert command[3:] == ["--model", "/m", "--dtype", "bfloat16"]
+    command, _ = serve_command(["--model", "/m", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.5"])
+    assert command[3:] == ["--model", "/m", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.5"]
+    command, _ = serve_command(["/m", "--kv-cache-memory-bytes=1000000000"])
+    assert command[3:] == ["--model", "/m", "--kv-cache-memory-bytes=1000000000", "--dtype", CPU_DTYPE]
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    command, _ = serve_command(["/m"])
+    assert command[3:] == ["--model", "/m", "--dtype", CPU_DTYPE]
+    assert cpu_kv_cache_bytes(100 * 2**30) == 4 * 2**30 and cpu_kv_cache_bytes(2**29) == 256 * 2**20
     with pytest.raises(SystemExit, match="--plugin: expected a plugin name"):
         serve_command(["/m", "--plugin"])
     # With a GPU: the plugin's backend and synchronous scheduling, unless the user chose.

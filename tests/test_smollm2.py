@@ -62,3 +62,27 @@ def test_protocol_goes_into_the_chat_templates_user_turn():
     assert user.startswith("You are 2 assistants, Alice and Bob,")
     assert user.endswith(PROBLEM + "<|im_end|>\n<|im_start|>assistant\n" + prompts.PAST_STEPS)
     assert out.hogwild_final_answer == prompts.final_answer(out.outputs[0].text) is not None
+
+
+def test_serve_as_typed_starts_and_answers(tmp_path):
+    """``vllm-hogwild serve`` with no option but its address: the embedded model, the CPU
+    defaults (a KV cache that fits the machine, said in the log), /health 200 and a hogwild
+    answer whose choices start with each worker's step-1 header."""
+    import json
+    import urllib.request
+
+    from servers import running_server
+
+    with running_server(None, tmp_path, as_typed=True, start_timeout=600) as base:
+        with urllib.request.urlopen(base + "/health", timeout=10) as response:
+            assert response.status == 200
+        body = {"messages": [{"role": "user", "content": PROBLEM}], "max_tokens": 60, "temperature": 0,
+                "vllm_xargs": {"hogwild_workers": 2, "hogwild_protocol": True}}
+        request = urllib.request.Request(base + "/v1/chat/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            answer = json.loads(response.read())
+    assert [c["index"] for c in answer["choices"]] == [0, 1]
+    for w, choice in enumerate(answer["choices"]):
+        assert choice["message"]["content"].startswith(prompts.first_step(prompts.NAMES[w], w))
+    assert "vllm-hogwild serve: KV cache" in (tmp_path / "server.log").read_text()

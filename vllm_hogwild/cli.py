@@ -30,12 +30,12 @@ def demo(args: argparse.Namespace) -> int:
     from vllm.sampling_params import RequestOutputKind
 
     from vllm_hogwild.models import embedded_model
-    from vllm_hogwild.prompts import NAMES, first_step
+    from vllm_hogwild.prompts import NAMES
 
     console = Console()
     model = args.model or embedded_model()
-    console.print(f"[bold]model[/] {model}  [bold]workers[/] {args.workers}  [bold]layout[/] {args.layout}")
-    llm = LLM(model=model, dtype="float32", enforce_eager=True, block_size=32, max_model_len=8192,
+    console.print(f"[bold]model[/] {model} ({args.dtype})  [bold]workers[/] {args.workers}  [bold]layout[/] {args.layout}")
+    llm = LLM(model=model, dtype=args.dtype, enforce_eager=True, block_size=32, max_model_len=8192,
               kv_cache_memory_bytes=512 * 2**20, max_num_seqs=max(8, args.workers), seed=0)
     names = NAMES[: args.workers]
     params = SamplingParams(
@@ -46,8 +46,7 @@ def demo(args: argparse.Namespace) -> int:
     )
     engine = llm.llm_engine
     engine.add_request("demo", args.problem, params)
-    heads = [first_step(n, w) for w, n in enumerate(names)]
-    texts, counts, steps, answer = list(heads), [0] * args.workers, 0, None
+    texts, counts, steps, answer = [""] * args.workers, [0] * args.workers, 0, None
 
     def render() -> Table:
         table = Table(expand=True, show_lines=False)
@@ -61,7 +60,7 @@ def demo(args: argparse.Namespace) -> int:
         while engine.has_unfinished_requests():
             for out in engine.step():
                 for o in out.outputs:
-                    texts[o.index], counts[o.index] = heads[o.index] + o.text, len(o.token_ids)
+                    texts[o.index], counts[o.index] = o.text, len(o.token_ids)  # from the worker's first text on
                 answer = getattr(out, "hogwild_final_answer", answer)
             steps += 1
             live.update(render())
@@ -79,9 +78,12 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     """The server's command line and environment for ``vllm-hogwild serve ARGV``.
 
     MODEL defaults to the embedded SmolLM2; ``--plugin NAME`` (repeatable, as in ``vllm serve
-    ... --plugin hogwild`` elsewhere) becomes ``VLLM_PLUGINS``, which always includes hogwild;
-    on a CPU-only machine ``--dtype float32`` is added unless given (the CPU path's only dtype);
-    with a GPU, what hogwild needs there is added unless given: the plugin's attention backend
+    ... --plugin hogwild`` elsewhere) becomes ``VLLM_PLUGINS``, which always includes hogwild.
+    On a CPU-only machine, unless given: ``--dtype CPU_DTYPE``, and a KV cache that fits the
+    machine (``cpu_kv_cache_bytes``; vLLM's own default asks for 92% of a NUMA node's memory
+    and fails to start wherever less is free), said on stderr; the user's memory options
+    (``--kv-cache-memory-bytes``, ``--gpu-memory-utilization``, ``VLLM_CPU_KVCACHE_SPACE``) win.
+    With a GPU, what hogwild needs there is added unless given: the plugin's attention backend
     (``--attention-backend CUSTOM``) and synchronous scheduling (``--no-async-scheduling``).
     """
     args, plugins = list(argv), []
@@ -109,13 +111,42 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     given = {a.split("=", 1)[0] for a in args}
     if not _has_accelerator():
         if "--dtype" not in given:
-            args += ["--dtype", "float32"]
+            args += ["--dtype", CPU_DTYPE]
+        if not given & {"--kv-cache-memory-bytes", "--gpu-memory-utilization"} and CPU_KV_ENV not in env:
+            available = _available_memory()
+            size = cpu_kv_cache_bytes(available)
+            args += ["--kv-cache-memory-bytes", str(size)]
+            print(f"vllm-hogwild serve: KV cache {size / 2**30:.2f} GiB (--kv-cache-memory-bytes; a quarter of the "
+                  f"{available / 2**30:.1f} GiB of memory available, at most {CPU_KV_MAX / 2**30:.0f} GiB); "
+                  "--kv-cache-memory-bytes or --gpu-memory-utilization choose another", file=sys.stderr)
     else:
         if not given & {"--attention-backend", "--attention-config"}:
             args += ["--attention-backend", "CUSTOM"]
         if not given & {"--async-scheduling", "--no-async-scheduling"}:
             args += ["--no-async-scheduling"]
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env
+
+
+# bfloat16 on CPU: vLLM's CPU docs recommend it, and on this project's machine (AVX-512) it ran
+# plain requests and hogwild groups 1.1-1.7x faster than float32 (benchmarks/README.md).
+CPU_DTYPE = "bfloat16"
+CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
+CPU_KV_MAX = 4 * 2**30
+CPU_KV_MIN = 256 * 2**20
+
+
+def cpu_kv_cache_bytes(available: int) -> int:
+    """The KV cache ``serve`` gives a CPU server that names no memory option: a quarter of
+    the memory available now (the model, vLLM's buffers and the packed store need the rest),
+    at most 4 GiB (hundreds of thousands of tokens for small models), at least 256 MiB, in
+    whole MiB."""
+    return max(CPU_KV_MIN, min(CPU_KV_MAX, available // 4)) // 2**20 * 2**20
+
+
+def _available_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def _has_accelerator() -> bool:
@@ -135,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--max-tokens", type=int, default=256, help="token budget per worker")
     d.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--dtype", default=CPU_DTYPE, choices=["bfloat16", "float16", "float32"],
+                   help=f"the model's dtype (default {CPU_DTYPE})")
     d.add_argument("--check-tokens", type=int, default=128,
                    help="tokens between a worker's redundancy checks (the protocol's default is 1024)")
     sub.add_parser("serve", add_help=False,

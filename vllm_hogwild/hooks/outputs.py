@@ -1,6 +1,14 @@
-"""Outputs: the group's final answer rides on every RequestOutput of the group.
+"""Outputs: each worker's text starts with its first text, and the group's final answer rides
+on every RequestOutput of the group.
 
 Patches ``OutputProcessor.add_request`` and ``RequestState.make_request_output``.
+
+A worker's first text (its ``hogwild_prefixes`` entry, or the protocol's step-1 header and
+greeting) is the end of its request's prompt, so vLLM's detokenizer would start the worker's
+text after it. The hook starts the detokenizer's text with it instead: every
+``CompletionOutput.text`` (cumulative, or the first delta of a stream) and so every HTTP
+choice and the live view's columns read the worker's whole stream. ``token_ids`` stay what
+the worker generated.
 
 The answer is parsed from worker 0's text when it ends (``prompts.final_answer``) and set as
 ``RequestOutput.hogwild_final_answer`` from then on; ``serving.py`` puts it on HTTP responses.
@@ -31,8 +39,16 @@ def _add_request(original):
     def wrapper(self, request, *args, **kwargs):
         original(self, request, *args, **kwargs)
         state = self.request_states.get(request.request_id)
-        if state is not None:
-            state.hogwild_protocol = _protocol_on(request.sampling_params)
+        if state is None:
+            return
+        state.hogwild_protocol = _protocol_on(request.sampling_params)
+        stamp = stamp_of(request.sampling_params)
+        detokenizer = getattr(state, "detokenizer", None)
+        if stamp is not None and self.tokenizer is not None and hasattr(detokenizer, "output_text"):
+            first = stamp.prefix_ids[stamp.worker]
+            if first:
+                skip = request.sampling_params.skip_special_tokens
+                detokenizer.output_text = self.tokenizer.decode(list(first), skip_special_tokens=skip)
 
     return wrapper
 
