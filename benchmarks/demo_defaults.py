@@ -28,7 +28,9 @@ COWS = ("A farmer has 12 cows. She buys 5 more cows, then sells 4 of them. "
         "How many cows does the farmer have now?", "13")
 APPLES = ("Tom has 3 bags with 4 apples in each bag. He eats 2 apples. How many apples does he have left?", "10")
 
-# (name, problem, W, temperature, extra sampling, max tokens, check tokens)
+# (name, problem, W, temperature, extra sampling, max tokens, check tokens); "chat" in the
+# name: the problem rendered by the model's chat template first, as the live view's chat
+# request sends it.
 SETTINGS = [
     ("before: cows, T=0.7", COWS, 2, 0.7, {}, 256, 128),
     ("cows, T=0.3", COWS, 2, 0.3, {}, 256, 128),
@@ -37,6 +39,8 @@ SETTINGS = [
     ("cows, T=0.3, rep 1.2", COWS, 2, 0.3, {"repetition_penalty": 1.2}, 256, 128),
     ("apples, T=0.3, rep 1.1", APPLES, 2, 0.3, {"repetition_penalty": 1.1}, 256, 128),
     ("cows, W=3, T=0.3, rep 1.1", COWS, 3, 0.3, {"repetition_penalty": 1.1}, 256, 128),
+    ("live view before: chat, T=0.7, 512", COWS, 2, 0.7, {}, 512, 1024),
+    ("live view: chat, T=0.3, rep 1.1, 256, check 128", COWS, 2, 0.3, {"repetition_penalty": 1.1}, 256, 128),
 ]
 
 
@@ -56,9 +60,13 @@ def run(args: argparse.Namespace) -> dict:
     model = driver.model_path(args.model)
     llm = driver.build_llm(model, 8192, 0.5, 16, 8192, 0, 1, args.dtype or CPU_DTYPE)
     rows = []
+    tokenizer = llm.get_tokenizer()
     for name, (problem, answer), workers, temperature, extra, max_tokens, check in SETTINGS:
-        # The problem as the demo sends it: plain text, the protocol puts it in the chat format.
-        work = [[driver.Request(problem, SamplingParams(
+        # The problem as the demo sends it (plain text, which the protocol puts in the chat
+        # format), or as the live view's chat request does.
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": problem}], tokenize=False,
+                                               add_generation_prompt=True) if "chat" in name else problem
+        work = [[driver.Request(prompt, SamplingParams(
             temperature=temperature, seed=seed, max_tokens=max_tokens, **extra,
             extra_args={"hogwild_workers": workers, "hogwild_protocol": True, "hogwild_check_tokens": check}))]
             for seed in range(args.seeds)]

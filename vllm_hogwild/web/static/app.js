@@ -60,12 +60,15 @@ async function start(event) {
     messages: [{ role: "user", content: $("problem").value }],
     max_tokens: Number($("max-tokens").value),
     temperature: Number($("temperature").value),
+    repetition_penalty: Number($("repetition-penalty").value),
     stream: true,
     stream_options: { include_usage: true },
     vllm_xargs: {
       hogwild_workers: Number.isInteger(workers) ? workers : $("workers").value,
       hogwild_layout: $("layout").value,
       hogwild_protocol: true,
+      // a redundancy check within the default 256 tokens (benchmarks/demo_defaults.py)
+      hogwild_check_tokens: 128,
     },
   };
   if (Number.isInteger(workers) && workers >= 1 && workers <= NAMES.length) {
