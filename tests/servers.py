@@ -26,9 +26,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# The tests' engine settings (a small cache and context, eager); ``as_typed`` starts without them.
-TEST_OPTIONS = ("--max-model-len", "1024", "--block-size", "32", "--kv-cache-memory-bytes", str(64 * 2**20),
-                "--enforce-eager", "--seed", "0")
+# The tests' engine settings (float32, as the offline engines the tests compare with; a small
+# cache and context; eager); ``as_typed`` starts without them.
+TEST_OPTIONS = ("--dtype", "float32", "--max-model-len", "1024", "--block-size", "32",
+                "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager", "--seed", "0")
 
 
 @contextlib.contextmanager
