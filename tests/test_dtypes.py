@@ -132,6 +132,8 @@ def test_refusals_name_the_setting():
         "this model's is longrope": support.EngineFacts("cpu", "float32", "auto", "vec", ("longrope",)),
         "this model's is default with mrope_section": support.EngineFacts("cpu", "float32", "auto", "vec",
                                                                           ("default",), ("mrope_section",)),
+        "sliding-window attention models are not supported (this model's window: 4096": support.EngineFacts(
+            "cpu", "bfloat16", "auto", "vec", ("default",), (), 4096),
     }
     for words, facts in cases.items():
         why = support.refusal(facts)

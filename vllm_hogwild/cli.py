@@ -130,7 +130,8 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 # bfloat16 on CPU: vLLM's CPU docs recommend it, and on this project's machine (AVX-512) it ran
-# plain requests and hogwild groups 1.1-1.7x faster than float32 (benchmarks/README.md).
+# plain requests 1.3-1.5x and hogwild groups 1.4-1.8x faster than float32 (README, "float32
+# and bfloat16 on CPU").
 CPU_DTYPE = "bfloat16"
 CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
 CPU_KV_MAX = 4 * 2**30

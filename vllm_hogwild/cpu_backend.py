@@ -34,9 +34,8 @@ from hogwild_kernels import build, cpu_native, cpu_op
 from vllm_hogwild import runtime
 from vllm_hogwild.attention import HogwildForward, step_rows
 from vllm_hogwild.planner import Packing, StepPlan
-
-
 from vllm_hogwild.support import CPU_LAYOUTS
+
 
 CPU_OP_ENV = "VLLM_HOGWILD_CPU_OP"
 CPU_OPS = ("native", "torch")
@@ -59,7 +58,7 @@ def packing(kv_caches: list[torch.Tensor], block_size: int) -> Packing | None:
     if not kv_caches:
         return None
     cache_block = kv_caches[0][0].numel() * len(kv_caches)
-    block_bytes = cache_block * torch.empty((), dtype=cpu_native.compute_dtype(kv_caches[0].dtype)).element_size()
+    block_bytes = cache_block * torch.finfo(cpu_native.compute_dtype(kv_caches[0].dtype)).bits // 8
     asked = os.environ.get(PACKED_ENV)
     if asked is not None:
         try:

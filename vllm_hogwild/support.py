@@ -15,6 +15,7 @@ Nothing the plugin cannot run ever reaches an engine step.
   layouts of other CPUs (``neon`` on Arm, ``vsx``, ``vxe``, ``rvv``) are not read.
 - RoPE: one per model, its angle linear in the position (the extra rotation of a query by
   ``d`` positions is then a rotation by ``d`` times the frequencies).
+- Full attention: no sliding windows (yet).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class EngineFacts:
     cpu_layout: str | None  # on CPU, vLLM's cache layout for this engine (its attention "ISA")
     ropes: tuple[str, ...]  # the rope_type of each RoPE the model declares, () for none
     extra_rope_parts: tuple[str, ...] = ()  # RoPE parameters no linear variant has (mrope_section, ...)
+    sliding_window: int | None = None  # the model's attention window, None for full attention
 
 
 def rope_types(parameters: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -81,4 +83,7 @@ def refusal(facts: EngineFacts) -> str | None:
         what = facts.ropes[0] + "".join(f" with {p}" for p in facts.extra_rope_parts)
         return (f"{FIELD}: hogwild supports RoPE types {', '.join(LINEAR_ROPES)} (an angle linear in the "
                 f"position); this model's is {what}")
+    if facts.sliding_window is not None:
+        return (f"{FIELD}: sliding-window attention models are not supported (this model's window: "
+                f"{facts.sliding_window} tokens)")
     return None

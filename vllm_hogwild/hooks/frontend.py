@@ -81,7 +81,8 @@ def engine_facts(vllm_config: Any) -> support.EngineFacts:
     ropes, extra = support.rope_types(parameters)
     platform = "cpu" if current_platform.is_cpu() else "cuda" if current_platform.is_cuda() else \
         current_platform.device_name
-    return support.EngineFacts(platform, dtype, str(cache.cache_dtype), layout, ropes, extra)
+    return support.EngineFacts(platform, dtype, str(cache.cache_dtype), layout, ropes, extra,
+                               model.get_sliding_window())
 
 
 def check_request(vllm_config: Any, extra_args: Any, n: int) -> Any:
@@ -96,9 +97,6 @@ def check_request(vllm_config: Any, extra_args: Any, n: int) -> Any:
 
 
 def _check_model(vllm_config: Any) -> None:
-    model_config = vllm_config.model_config
-    if model_config.get_sliding_window() is not None:
-        raise ValueError("hogwild_workers: sliding-window attention models are not supported")
     why = support.refusal(engine_facts(vllm_config))
     if why is not None:
         raise ValueError(why)
