@@ -182,3 +182,12 @@ def test_the_amx_layout_as_vllm_writes_it(block_size, head_dim, group):
         cpu_native.pack(*caches, store, copies, amx=is_amx)
         stores.append(store)
     assert all(torch.equal(a, b) for a, b in zip(*stores)) and stores[0][0].abs().sum() > 0
+    # The store keeps each turned key in float32, not rounded back to bfloat16: within float32's
+    # rounding of the float64 turn of the same bfloat16 key (a bfloat16 rounding is 2^-8).
+    key = cache.key[copies.src_block, copies.src_slot.long()].double()  # [n, heads, D]
+    cos, sin = copies.turn_cos.double()[copies.turn.long()], copies.turn_sin.double()[copies.turn.long()]
+    turned = key * cos[:, None] + key[..., copies.perm] * sin[:, None]
+    got = stores[0][0][copies.dst_block, copies.dst_slot.long()].double()
+    assert torch.allclose(got, turned, rtol=2e-6, atol=1e-6), (got - turned).abs().max()
+    assert torch.equal(stores[0][1][copies.dst_block, copies.dst_slot.long()],
+                       cache.value[copies.src_block, copies.src_slot.long()].float())
