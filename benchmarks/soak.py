@@ -338,6 +338,9 @@ def _all_zero(state) -> bool:
     return state == 0
 
 
+PROTOCOL_BURST_TOKENS = 128
+
+
 class _Burst:
     """Streaming requests (hogwild groups and plain) sent from a thread of their own, so that
     SIGTERM can reach the server while they run; ``ended`` says whether every client saw its
@@ -350,14 +353,19 @@ class _Burst:
         flags = [{"hogwild_workers": 2, "hogwild_layout": "combined"}, None,
                  {"hogwild_workers": min(2, args.protocol_workers), "hogwild_protocol": True}]
         self.bodies = []
+        self.engine_requests = 0  # what the server runs for them: a group's W workers each
         for i in range(size):  # long enough to be running when SIGTERM comes (the protocol ends at EOS)
-            body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_model_len // 3, "temperature": 0,
-                    "stream": True}
-            if flags[i % 3]:
-                body["vllm_xargs"] = flags[i % 3]
-            if not (flags[i % 3] or {}).get("hogwild_protocol"):
+            flag = flags[i % 3] or {}
+            # The protocol's own prompt takes ~700 tokens: its workers get what fits beside it.
+            tokens = min(args.max_model_len // 3, PROTOCOL_BURST_TOKENS) if flag.get("hogwild_protocol") \
+                else args.max_model_len // 3
+            body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "temperature": 0, "stream": True}
+            if flag:
+                body["vllm_xargs"] = flag
+            if not flag.get("hogwild_protocol"):
                 body["ignore_eos"] = True
             self.bodies.append(body)
+            self.engine_requests += flag.get("hogwild_workers", 1)
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
         self.thread.start()
 
@@ -384,7 +392,7 @@ class _Burst:
         deadline, running = time.time() + timeout, 0
         while time.time() < deadline:
             running = int(metric(self.base, "vllm:num_requests_running"))
-            if running >= self.size:
+            if running >= self.engine_requests:
                 break
             time.sleep(0.2)
         return running
