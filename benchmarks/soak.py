@@ -353,7 +353,9 @@ class _Burst:
         flags = [{"hogwild_workers": 2, "hogwild_layout": "combined"}, None,
                  {"hogwild_workers": min(2, args.protocol_workers), "hogwild_protocol": True}]
         self.bodies = []
-        self.engine_requests = 0  # what the server runs for them: a group's W workers each
+        # What the server runs for them to the end of max_tokens (EOS ignored): a group's W
+        # workers each. The protocol's requests are not counted: they may end at EOS at once.
+        self.steady_requests = 0
         for i in range(size):  # long enough to be running when SIGTERM comes (the protocol ends at EOS)
             flag = flags[i % 3] or {}
             # The protocol's own prompt takes ~700 tokens: its workers get what fits beside it.
@@ -365,7 +367,8 @@ class _Burst:
             if not flag.get("hogwild_protocol"):
                 body["ignore_eos"] = True
             self.bodies.append(body)
-            self.engine_requests += flag.get("hogwild_workers", 1)
+            if not flag.get("hogwild_protocol"):
+                self.steady_requests += flag.get("hogwild_workers", 1)
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
         self.thread.start()
 
@@ -392,7 +395,7 @@ class _Burst:
         deadline, running = time.time() + timeout, 0
         while time.time() < deadline:
             running = int(metric(self.base, "vllm:num_requests_running"))
-            if running >= self.engine_requests:
+            if running >= self.steady_requests:
                 break
             time.sleep(0.2)
         return running
