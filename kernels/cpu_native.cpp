@@ -345,18 +345,38 @@ typename Lanes<T>::V exp_lanes(typename Lanes<T>::V x) {
   return under ? V{} : p * scale;
 }
 
+// Gemma 2's logit soft-capping, s = c tanh(s / c), on the scores [lo, hi) (already scaled),
+// with tanh(x) = 1 - 2 / (e^(2x) + 1) a register at a time; |x| is clamped where tanh is 1
+// to the type's precision, so that e^(2x) stays finite (the build assumes finite values).
+template <typename T>
+void cap_scores(T* __restrict__ s, int64_t lo, int64_t hi, T softcap) {
+  using L = Lanes<T>;
+  constexpr int64_t N = L::N;
+  using V = typename L::V;
+  const T edge = sizeof(T) == 4 ? T(10) : T(20), inverse = T(1) / softcap;
+  int64_t j = lo;
+  for (; j + N <= hi; j += N) {
+    V x = L::load(s + j) * inverse;
+    x = x > edge ? V{} + edge : x;
+    x = x < -edge ? V{} - edge : x;
+    L::store(s + j, softcap * (T(1) - T(2) / (exp_lanes<T>(x + x) + T(1))));
+  }
+  for (; j < hi; ++j) s[j] = softcap * std::tanh(s[j] * inverse);
+}
+
 // Fold one entry's scores into the running state and turn them into the weights of its
 // values: G heads' rows of scores (stride `stride`), slot j of the block at index j, the
 // slots [lo, hi) valid.
 template <typename T>
 void fold(T* __restrict__ scores, int64_t stride, int64_t lo, int64_t hi, int64_t block_size, int64_t group,
-          int64_t dim, T* __restrict__ m, T* __restrict__ l, T* __restrict__ o) {
+          int64_t dim, T softcap, T* __restrict__ m, T* __restrict__ l, T* __restrict__ o) {
   using L = Lanes<T>;
   constexpr int64_t N = L::N;
   const bool whole = block_size % N == 0;  // then the registers that hold [lo, hi) lie in the block
   const int64_t j0 = lo - lo % N, j1 = (hi + N - 1) / N * N;
   for (int64_t g = 0; g < group; ++g) {
     T* s = scores + g * stride;
+    if (softcap > 0) cap_scores(s, lo, hi, softcap);
     T top = m[g];
     if (whole) {  // slots outside [lo, hi) of the registers get the floor: no weight, no max
       for (int64_t j = j0; j < lo; ++j) s[j] = floor_score<T>();
@@ -408,6 +428,8 @@ struct Work {
   const int32_t *tile_stored, *entry_row, *entry_lo, *entry_hi, *entry_turn;
   const T *turn_cos, *turn_sin;
   T scale;
+  T softcap;  // 0: none
+  const T* sinks;  // one learned logit per query head in every row's softmax, or null
   C* out;
   int64_t out_row, out_head, kv_heads, group, dim, block_size;
 };
@@ -472,7 +494,7 @@ void walk(const Work<C>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile
       for (int64_t i = 0; i < entries; ++i) {
         const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
         T* s = scores.data() + i * group * w.block_size;
-        fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, m + r * group, l + r * group,
+        fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, w.softcap, m + r * group, l + r * group,
              o + r * width);
         add_values<T, D>(s + at, w.block_size, values, vc, at, w.entry_hi[e], group, dim, o + r * width);
       }
@@ -488,7 +510,7 @@ void walk(const Work<C>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile
         for (int64_t i = 0; i < entries; ++i) {
           const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
           T* s = scores.data() + i * group * w.block_size;
-          fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, m + r * group, l + r * group,
+          fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, w.softcap, m + r * group, l + r * group,
                o + r * width);
           add_values_amx(s + at, w.block_size, values, w.block_size, at, w.entry_hi[e], group, dim, o + r * width);
         }
@@ -550,7 +572,10 @@ void attend(const Work<C>& w, int64_t groups, int64_t splits_asked) {
             auto part = [&](int64_t s) { return ((part_at[gi] + s * rows) * kv_heads + h * rows + r) * group + g; };
             T top = floor_score<T>();
             for (int64_t s = 0; s < splits[gi]; ++s) top = std::max(top, part_m[part(s)]);
-            T total = 0;
+            // A sink is one more logit in the denominator, with no value (gpt-oss).
+            const T sink = w.sinks ? w.sinks[h * group + g] : T(0);
+            if (w.sinks) top = std::max(top, sink);
+            T total = w.sinks ? std::exp(sink - top) : T(0);
             std::fill(merged.begin(), merged.end(), T(0));
             for (int64_t s = 0; s < splits[gi]; ++s) {
               const T weight = std::exp(part_m[part(s)] - top);
@@ -602,7 +627,8 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
                         const torch::Tensor& tile_stored, const torch::Tensor& entry_row,
                         const torch::Tensor& entry_lo, const torch::Tensor& entry_hi, const torch::Tensor& entry_turn,
                         const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm,
-                        double scale, int64_t splits, bool amx) {
+                        double scale, int64_t splits, bool amx, double softcap,
+                        const c10::optional<torch::Tensor>& sinks) {
   TORCH_CHECK(q.dim() == 3 && out.sizes() == q.sizes() && q.stride(2) == 1 && out.stride(2) == 1,
               "q and out must be [tokens, heads, head_dim] with unit stride along head_dim");
   const torch::ScalarType compute = compute_type(q.scalar_type());
@@ -623,6 +649,9 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
   TORCH_CHECK(group_row_ptr.numel() == group_tile_ptr.numel(), "one row range and one tile range per group");
   const int64_t groups = group_row_ptr.numel() - 1;
   check_amx(key_cache, amx);
+  TORCH_CHECK(!sinks || (sinks->scalar_type() == compute && sinks->is_contiguous() && sinks->numel() == q.size(1)),
+              "sinks must be one value per query head, contiguous, of the compute dtype");
+  TORCH_CHECK(softcap >= 0, "softcap must be 0 (none) or positive");
   // The head sizes of common models get loops of known length (their accumulators in registers).
   AT_DISPATCH_FLOATING_TYPES_AND2(torch::kBFloat16, torch::kHalf, q.scalar_type(), "fragment_attention", [&] {
     using T = Compute<scalar_t>;
@@ -634,7 +663,8 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
                            perm.data_ptr<int64_t>(), tile_stored.data_ptr<int32_t>(), entry_row.data_ptr<int32_t>(),
                            entry_lo.data_ptr<int32_t>(), entry_hi.data_ptr<int32_t>(), entry_turn.data_ptr<int32_t>(),
                            turn_cos.data_ptr<T>(), turn_sin.data_ptr<T>(),
-                           static_cast<T>(scale), out.data_ptr<scalar_t>(), out.stride(0), out.stride(1),
+                           static_cast<T>(scale), static_cast<T>(softcap), sinks ? sinks->data_ptr<T>() : nullptr,
+                           out.data_ptr<scalar_t>(), out.stride(0), out.stride(1),
                            kv_heads, q.size(1) / kv_heads, dim, key_cache.size(1)};
     switch (dim) {
       case 32: attend<scalar_t, 32>(w, groups, splits); break;

@@ -99,11 +99,14 @@ def _ints(x, dtype=np.int64) -> torch.Tensor:
 
 def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, inv_freq: torch.Tensor,
             is_neox: bool, head_dim: int, row_index: torch.Tensor | None = None,
-            dtype: torch.dtype = torch.float32, stored_from: int | None = None) -> Prepared:
+            dtype: torch.dtype = torch.float32, stored_from: int | None = None, window: int = 0) -> Prepared:
     """The work list of a step. ``row_index[i]``: where the table's query row ``i`` sits in
     the ``q`` and ``out`` that ``fragment_attention`` gets (default: row ``i``); ``dtype``:
     the op's (its rotations are tabled in it); ``stored_from``: block-table rows from this
-    one on list blocks of the packed store, not of the cache."""
+    one on list blocks of the packed store, not of the cache; ``window``: a sliding window of
+    that many view positions (0: none), a row at view position ``v`` seeing the keys at
+    ``(v - window, v]``. Tiles that no row sees are left out, so a step's cost stops growing
+    with the context once it is past the window."""
     qsl = table.query_start_loc.numpy().astype(np.int64)
     rows = int(qsl[-1])
     row_seq = np.repeat(np.arange(qsl.size - 1), np.diff(qsl))
@@ -135,12 +138,19 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, in
     shift = offset - start[src]  # D_f: the source's place in the row's view, less its home
     base = tile_block[entry_tile] * block_size
     lo = np.maximum(start[src] - base, 0)
+    if window > 0:  # home + shift > v - window
+        lo = np.maximum(lo, q_view[entry_row] - window + 1 - shift - base)
     hi = np.minimum(np.minimum(end[src] - base, block_size), q_view[entry_row] - shift - base + 1)
     keep = (offset >= 0) & (hi > lo)
     entry_row, entry_tile, entry_local, lo, hi = entry_row[keep], entry_tile[keep], entry_local[keep], lo[keep], hi[keep]
     angle = to_view[entry_row] - shift[keep]
     turns, entry_turn = np.unique(angle, return_inverse=True)
     cos, sin = turn_table(torch.from_numpy(turns), inv_freq, head_dim, is_neox, dtype)
+    if window > 0:  # only the tiles some row sees (entries stay in tile order)
+        seen = np.bincount(entry_tile, minlength=tile_src.size) > 0
+        entry_tile = (np.cumsum(seen) - 1)[entry_tile]
+        tile_src, tile_block, tile_group = tile_src[seen], tile_block[seen], tile_group[seen]
+        group_tile_ptr = np.concatenate([[0], np.cumsum(np.bincount(tile_group, minlength=table.num_groups))])
     tile_row = table.src_row.numpy()[tile_src].astype(np.int64)
     blocks = block_table.numpy()[tile_row, tile_block]
     stored = tile_row >= (block_table.shape[0] if stored_from is None else stored_from)
@@ -160,7 +170,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, prepared: Prepared,
                        scale: float, out: torch.Tensor | None = None, splits: int = 0,
-                       store: tuple[torch.Tensor, torch.Tensor] | None = None, amx: bool = False) -> torch.Tensor:
+                       store: tuple[torch.Tensor, torch.Tensor] | None = None, amx: bool = False,
+                       softcap: float = 0.0, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of ``q [T, Hq, D]`` (float32, bfloat16, float16 or float64); caches
     ``[blocks, block_size, Hkv, D]`` of q's dtype (any strides). Scores, softmax and sums are
     in ``compute_dtype``; ``out`` (q's dtype) is rounded once. Only the prepared rows of
@@ -169,7 +180,9 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     packed store's keys and values (shaped like the caches, of ``compute_dtype``), which
     tiles of ``stored_from`` rows read. ``amx``: the caches hold vLLM's amx layout (bfloat16)
     inside each (block, head), and only their block and head strides are read
-    (``vllm_hogwild.cpu_backend.cpu_caches``)."""
+    (``vllm_hogwild.cpu_backend.cpu_caches``). ``softcap``: scores (scaled) become
+    ``softcap * tanh(score / softcap)`` (Gemma 2; 0: none). ``sinks [Hq]``: a learned logit
+    per query head in every row's softmax denominator, with no value (gpt-oss)."""
     out = torch.empty_like(q) if out is None else out
     compute = compute_dtype(q.dtype)
     if store is None:
@@ -179,7 +192,8 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     _extension().fragment_attention(q, key_cache, value_cache, store[0], store[1], out, p.row_at, p.group_rows,
                                     p.group_row_ptr, p.group_tile_ptr, p.tile_entry_ptr, p.tile_block, p.tile_stored,
                                     p.entry_row, p.entry_lo, p.entry_hi, p.entry_turn, p.turn_cos.to(compute),
-                                    p.turn_sin.to(compute), p.perm, scale, splits, amx)
+                                    p.turn_sin.to(compute), p.perm, scale, splits, amx, softcap,
+                                    None if sinks is None else sinks.to(compute).contiguous())
     return out
 
 

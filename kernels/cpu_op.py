@@ -106,11 +106,12 @@ def _shared_keys(table: FragmentTable, sources: torch.Tensor, block_table: torch
 
 def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
             inv_freq: torch.Tensor, is_neox: bool, head_dim: int,
-            row_index: torch.Tensor | None = None, pack_from: int = 2048) -> Prepared:
+            row_index: torch.Tensor | None = None, pack_from: int = 2048, window: int = 0) -> Prepared:
     """Per-step work shared by every layer. ``row_index[i]``: where the table's query row
     ``i`` sits in the ``q`` and ``out`` that ``fragment_attention`` gets (default: row ``i``),
     so that a backend can hand over its whole batch without gathering the rows first.
-    ``pack_from``: the fewest shared keys for which a group packs them."""
+    ``pack_from``: the fewest shared keys for which a group packs them. ``window``: a
+    sliding window of that many view positions (0: none), as ``reference.fragment_attention``."""
     qsl = table.query_start_loc.tolist()
     ptr = table.group_src_ptr.tolist()
     num_shared = table.group_shared.tolist()
@@ -143,9 +144,13 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int,
         angle = to_view[None, :] - shift  # [T, R]
         hidden = outside[:, None, :] | (offset < 0)[:, :, None] \
             | (home[:, None, :] + shift[:, :, None] > view[None, :, None])  # [T, R, bs]
+        if window > 0:
+            hidden |= home[:, None, :] + shift[:, :, None] <= view[None, :, None] - window
         bias = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf"))
-        shared_bias = torch.zeros(rows.numel(), slot_view.numel()).masked_fill_(
-            slot_view[None, :] > view[:, None], float("-inf"))  # [R, S]
+        unseen = slot_view[None, :] > view[:, None]
+        if window > 0:
+            unseen |= slot_view[None, :] <= view[:, None] - window
+        shared_bias = torch.zeros(rows.numel(), slot_view.numel()).masked_fill_(unseen, float("-inf"))  # [R, S]
         view_cos, view_sin = turn_table(to_view, inv_freq, head_dim, is_neox)  # [R, D]
         step = max(1, TILE_ROWS // max(1, tile_src.numel()))
         chunks = []
@@ -191,10 +196,15 @@ class _Blocks:
 
 def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                        prepared: Prepared, scale: float, out: torch.Tensor | None = None,
-                       amx: bool = False) -> torch.Tensor:
+                       amx: bool = False, softcap: float = 0.0, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of ``q [T, Hq, D]``; caches ``[blocks, block_size, Hkv, D]`` (any strides;
     ``amx``: vLLM's amx layout inside each (block, head), as ``cpu_native.fragment_attention``).
-    Sums in float32; only the prepared rows of ``out`` are written, in q's dtype."""
+    Sums in float32; only the prepared rows of ``out`` are written, in q's dtype. ``softcap``
+    and ``sinks``: as ``reference.fragment_attention``."""
+
+    def capped(scores: torch.Tensor) -> torch.Tensor:
+        return softcap * torch.tanh(scores / softcap) if softcap > 0 else scores
+
     out = torch.empty_like(q) if out is None else out
     num_heads, head_dim = q.shape[1], q.shape[2]
     kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
@@ -219,14 +229,18 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
             top = torch.full((kv_heads, rows, group_size), float("-inf"))
             if sh.blocks.numel():
                 at_view = (x * c.view_cos + x_perm * c.view_sin).reshape(kv_heads, rows * group_size, head_dim)
-                sh_scores = torch.matmul(at_view, sh_keys).view(kv_heads, rows, group_size, -1) + c.shared_bias
+                sh_scores = capped(torch.matmul(at_view, sh_keys).view(kv_heads, rows, group_size, -1)) + c.shared_bias
                 top = torch.maximum(top, sh_scores.amax(dim=-1))
             if tiles:
                 turned = x[None] * c.cos + x_perm[None] * c.sin  # [T, Hkv, R, G, D]
                 scores = torch.matmul(turned.reshape(tiles, kv_heads, rows * group_size, head_dim), keys)
-                scores = scores.view(tiles, kv_heads, rows, group_size, -1) + c.bias  # [T, Hkv, R, G, bs]
+                scores = capped(scores.view(tiles, kv_heads, rows, group_size, -1)) + c.bias  # [T, Hkv, R, G, bs]
                 top = torch.maximum(top, scores.amax(dim=(0, 4)))
             total = torch.zeros(kv_heads, rows, group_size)
+            if sinks is not None:  # one more logit per head, with no value
+                sink = sinks.float().view(kv_heads, 1, group_size)
+                top = torch.maximum(top, sink)
+                total += torch.exp(sink - top)
             o = torch.zeros(kv_heads, rows * group_size, head_dim)
             if sh.blocks.numel():
                 weights = torch.exp(sh_scores - top[..., None])

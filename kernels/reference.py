@@ -32,10 +32,17 @@ def fragment_attention(
     is_neox: bool,
     scale: float,
     out: torch.Tensor | None = None,
+    window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of ``q: [T, Hq, D]`` over each row's view; caches are ``[blocks, block_size, Hkv, D]``.
 
     Computes in float32 (float64 if given float64) and writes ``out`` in ``q``'s dtype.
+    The attention variants of model families, all in view positions: ``window`` (sliding
+    window: a row at view position ``v`` sees the keys at ``(v - window, v]``; 0: none),
+    ``softcap`` (scaled scores become ``softcap * tanh(s / softcap)``; 0: none), ``sinks``
+    (``[Hq]``: one more logit per head in the softmax's denominator, with no value).
     """
     num_heads = q.shape[1]
     num_kv_heads = key_cache.shape[2]
@@ -69,12 +76,20 @@ def fragment_attention(
             qr = rotate(qg, ((view - pos) - shift)[:, None], inv_freq, is_neox)
             keys = keys.repeat_interleave(group_size, dim=1)
             s = torch.einsum("rhd,nhd->rhn", qr, keys) * scale
+            if softcap > 0:
+                s = softcap * torch.tanh(s / softcap)
             home = torch.arange(start, end, device=q.device)
             visible = (offset[:, None] >= 0) & (home[None, :] + shift[:, None] <= view[:, None])
+            if window > 0:
+                visible &= home[None, :] + shift[:, None] > view[:, None] - window
             scores.append(s.masked_fill(~visible[:, None, :], float("-inf")))
             values.append(vals.repeat_interleave(group_size, dim=1))
         if not scores:
             raise ValueError(f"group {g} has query rows but no source to attend to")
-        probs = torch.softmax(torch.cat(scores, dim=2), dim=2)
+        scores = torch.cat(scores, dim=2)
+        if sinks is not None:  # a column of the sink's logit, whose value is 0
+            scores = torch.cat([scores, sinks.to(compute)[None, :, None].expand(len(rows), -1, 1)], dim=2)
+            values.append(torch.zeros_like(values[0][:1]))
+        probs = torch.softmax(scores, dim=2)
         out[rows] = torch.einsum("rhn,nhd->rhd", probs, torch.cat(values, dim=0)).to(out.dtype)
     return out

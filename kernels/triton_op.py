@@ -51,15 +51,25 @@ def _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows
 
 
 @triton.jit
-def _merge_tile_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, num_heads, num_splits,
-                       stride_ot, stride_oh, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr):
+def _initial_state(sinks_ptr, head, take, HAS_SINKS: tl.constexpr):
+    """A softmax's running (max, sum) before any key, in log2 units: empty, or where ``take``
+    holding the head's sink (gpt-oss: one more logit in the denominator, with no value)."""
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + head, mask=take, other=0.0).to(tl.float32) * 1.4426950408889634
+        return tl.where(take, sink, -1.0e30), tl.where(take, 1.0, 0.0)
+    return tl.full(head.shape, -1.0e30, tl.float32), tl.zeros(head.shape, tl.float32)
+
+
+@triton.jit
+def _merge_tile_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, sinks_ptr, tok, brow, head, row_ok, num_heads, num_splits,
+                       stride_ot, stride_oh, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+                       HAS_SINKS: tl.constexpr):
     """The fused merge: combine the splits' partial softmax states of a row tile and write
     its output. Workspace loads bypass L1 (``.cg``): they read what other programs of the
     same launch just wrote."""
     dv = tl.arange(0, HEAD_DIM_P)
     base = (tok * num_heads + head) * num_splits
-    m_run = tl.full(tok.shape, -1.0e30, tl.float32)
-    l_run = tl.zeros(tok.shape, tl.float32)
+    m_run, l_run = _initial_state(sinks_ptr, head, row_ok, HAS_SINKS)
     o_run = tl.zeros([tok.shape[0], HEAD_DIM_P], tl.float32)
     for sp in range(num_splits):
         m_s = tl.load(ws_ml_ptr + (base + sp) * 2, mask=row_ok, other=-1.0e30, cache_modifier=".cg")
@@ -176,9 +186,18 @@ def _scores(qa, qb, qp, ka, kb, kp, PREC: tl.constexpr, PASS_P: tl.constexpr):
 
 
 @triton.jit
-def _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC: tl.constexpr):
-    """One tile of the online softmax: masked scores ``s`` against values ``vv``."""
-    s = tl.where(visible, s * scale_log2, float("-inf"))
+def _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, cap_in, cap_out, PREC: tl.constexpr,
+                  SOFTCAP: tl.constexpr):
+    """One tile of the online softmax: masked scores ``s`` against values ``vv``. With
+    ``SOFTCAP``, scaled scores are soft-capped (Gemma 2): ``c tanh(s scale / c)``, with
+    ``cap_in = scale / c`` and ``cap_out = c log2(e)``; tanh(x) = 1 - 2 / (e^2x + 1), |x|
+    clamped where tanh is 1 in float32."""
+    if SOFTCAP:
+        x = tl.minimum(tl.maximum(s * cap_in, -15.0), 15.0)
+        s = cap_out * (1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0))
+    else:
+        s = s * scale_log2
+    s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
@@ -196,10 +215,11 @@ def _fragment_attn_kernel(
     src_row_ptr, src_start_ptr, src_end_ptr, src_off_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ot, stride_oh, max_workers, num_keys, scale_log2, num_splits,
+    window, cap_in, cap_out, sinks_ptr,
     BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
     HALF: tl.constexpr, PASS_P: tl.constexpr, IS_NEOX: tl.constexpr, IEEE: tl.constexpr,
-    FUSED_MERGE: tl.constexpr,
+    FUSED_MERGE: tl.constexpr, SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     qt = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -224,8 +244,8 @@ def _fragment_attn_kernel(
 
     dv = tl.arange(0, HEAD_DIM_P)
     dv_ok = dv < HEAD_DIM
-    m_i = tl.full([ROWS], -1.0e30, tl.float32)
-    l_i = tl.zeros([ROWS], tl.float32)
+    # The sink (if any) joins the softmax once: here, or in the merge of the splits.
+    m_i, l_i = _initial_state(sinks_ptr, head, row_ok & (head * 0 + num_splits == 1), HAS_SINKS)
     acc = tl.zeros([ROWS, HEAD_DIM_P], tl.float32)
 
     t_begin = tl.load(kvt_ptr_ptr + group)
@@ -275,8 +295,9 @@ def _fragment_attn_kernel(
         else:
             ka_t, kb_t = _rotate(ka, kb, (key_shift - c_shift).to(tl.float32)[:, None] * inv_freq[None, :])
             s = _scores(qa_c, qb_c, qp, ka_t.to(DT), kb_t.to(DT), kp, PREC, PASS_P)
-        visible = in_pack[None, :] & (key_view[None, :] <= view[:, None])
-        m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
+        # a sliding window (``window`` view positions; 2^30 for none) cuts a view like any key
+        visible = in_pack[None, :] & (key_view[None, :] <= view[:, None]) & (key_view[None, :] > view[:, None] - window)
+        m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, cap_in, cap_out, PREC, SOFTCAP)
 
     # Then one source at a time (sources the rows see at different offsets, or not at
     # all): the query rotation is computed once per source, not per tile.
@@ -305,8 +326,8 @@ def _fragment_attn_kernel(
                                       pass_ok, dv, dv_ok, stride_kb, stride_ks, stride_kh,
                                       stride_vb, stride_vs, stride_vh, HALF, PASS_P, IS_NEOX)
             s = _scores(qa_r, qb_r, qp, ka, kb, kp, PREC, PASS_P)
-            visible = present & key_ok[None, :] & (home[None, :] <= limit)
-            m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, PREC)
+            visible = present & key_ok[None, :] & (home[None, :] <= limit) & (home[None, :] > limit - window)
+            m_i, l_i, acc = _softmax_step(s, visible, vv, m_i, l_i, acc, scale_log2, cap_in, cap_out, PREC, SOFTCAP)
 
     if num_splits == 1:
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -325,14 +346,14 @@ def _fragment_attn_kernel(
             lock = lock_ptr + qt * tl.num_programs(1) + kv_head
             if tl.atomic_add(lock, 1, sem="acq_rel") == num_splits - 1:
                 tl.store(lock, 0)
-                _merge_tile_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, tok, brow, head, row_ok, num_heads, num_splits,
-                                   stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P)
+                _merge_tile_splits(ws_acc_ptr, ws_ml_ptr, out_ptr, sinks_ptr, tok, brow, head, row_ok, num_heads,
+                                   num_splits, stride_ot, stride_oh, HEAD_DIM, HEAD_DIM_P, HAS_SINKS)
 
 
 @triton.jit
 def _merge_splits_kernel(
-    ws_acc_ptr, ws_ml_ptr, out_ptr, row_out_ptr, num_heads, stride_ot, stride_oh, num_splits,
-    SPLITS_P: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
+    ws_acc_ptr, ws_ml_ptr, out_ptr, row_out_ptr, sinks_ptr, num_heads, stride_ot, stride_oh, num_splits,
+    SPLITS_P: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     """The separate merge: one program per (query row, head), all splits at once (the
     fused merge, by contrast, runs in one program per row tile)."""
@@ -343,14 +364,19 @@ def _merge_splits_kernel(
     m = tl.load(ws_ml_ptr + base * 2, mask=sp_ok, other=-1.0e30)
     l = tl.load(ws_ml_ptr + base * 2 + 1, mask=sp_ok, other=0.0)
     m_max = tl.max(m, axis=0)
+    head = row % num_heads
+    if HAS_SINKS:  # the sink joins the denominator once, here
+        sink = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
+        m_max = tl.maximum(m_max, sink)
     w = tl.exp2(m - m_max) * tl.where(sp_ok, 1.0, 0.0)
     dv = tl.arange(0, HEAD_DIM_P)
     acc = tl.load(ws_acc_ptr + base[:, None] * HEAD_DIM_P + dv[None, :], mask=sp_ok[:, None], other=0.0)
     num = tl.sum(acc * w[:, None], axis=0)
     den = tl.sum(l * w, axis=0)
+    if HAS_SINKS:
+        den += tl.exp2(sink - m_max)
     o = num / tl.where(den > 0, den, 1.0)
     brow = tl.load(row_out_ptr + row // num_heads)
-    head = row % num_heads
     tl.store(out_ptr + brow * stride_ot + head * stride_oh + dv, o.to(out_ptr.dtype.element_ty), mask=dv < HEAD_DIM)
 
 
@@ -533,13 +559,17 @@ def fragment_attention(
     num_stages: int = 3,
     fused_merge: bool = False,
     keys: torch.Tensor | None = None,
+    window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as ``reference.fragment_attention``; caches ``[blocks, block_size, Hkv, D]``.
 
     With a ``launch`` planned with ``row_index``, ``q`` and ``out`` are a whole batch and only
     the table's rows are read and written. ``fused_merge``: the last split of each row tile
     merges the splits (one launch, not two). ``keys``: ``map_shared_keys`` of this step
-    (worked out here if not given)."""
+    (worked out here if not given). ``window``, ``softcap``, ``sinks``: as
+    ``reference.fragment_attention``."""
     _check(q, key_cache, value_cache, inv_freq)
     _, num_heads, head_dim = q.shape
     num_rows = table.q_pos.numel()
@@ -575,6 +605,8 @@ def fragment_attention(
         ws_acc = ws_ml = out
     fused_merge = fused_merge and num_splits > 1
     counters = _split_counters(q.device, num_qt * num_kv_heads) if fused_merge else out
+    sinks = out if sinks is None else sinks.to(q.device, torch.float32).contiguous()
+    has_sinks = sinks is not out
     _fragment_attn_kernel[(num_qt, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_table, out, ws_acc, ws_ml, counters,
         inv_freq.to(q.device, torch.float32), table.q_pos, table.q_view, launch.row_worker,
@@ -585,14 +617,16 @@ def fragment_attention(
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_table.stride(0), out.stride(0), out.stride(1), table.max_workers, launch.num_shared_keys,
         scale * 1.4426950408889634, num_splits,
+        window if window > 0 else 1 << 30, scale / softcap if softcap > 0 else 0.0, softcap * 1.4426950408889634,
+        sinks,
         BLOCK_SIZE=key_cache.shape[1], GROUP=group, GROUP_P=_next_pow2(group),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         HALF=half, PASS_P=pass_p, IS_NEOX=is_neox, IEEE=q.dtype == torch.float32, FUSED_MERGE=fused_merge,
-        num_warps=num_warps, num_stages=num_stages,
+        SOFTCAP=softcap > 0, HAS_SINKS=has_sinks, num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1 and not fused_merge:
         _merge_splits_kernel[(num_rows * num_heads,)](
-            ws_acc, ws_ml, out, launch.row_out, num_heads, out.stride(0), out.stride(1), num_splits,
-            SPLITS_P=_next_pow2(num_splits), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
+            ws_acc, ws_ml, out, launch.row_out, sinks, num_heads, out.stride(0), out.stride(1), num_splits,
+            SPLITS_P=_next_pow2(num_splits), HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p, HAS_SINKS=has_sinks,
         )
     return out

@@ -37,8 +37,11 @@ def random_cache(lengths: list[int], block_size: int, kv_heads: int, head_dim: i
 
 
 def naive_attention(q: torch.Tensor, cache: PagedCache, views: list[SeqView], inv_freq: torch.Tensor,
-                    is_neox: bool, scale: float) -> torch.Tensor:
-    """Float64: move every key to its view position, the query to its own, then softmax."""
+                    is_neox: bool, scale: float, window: int = 0, softcap: float = 0.0,
+                    sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """Float64: move every key to its view position, the query to its own, then softmax
+    (over the ``window`` last view positions, scores soft-capped, a sink logit per head:
+    as Mistral, Gemma 2 and gpt-oss write them, here on a view)."""
     out = torch.zeros(q.shape, dtype=torch.float64)
     group = q.shape[1] // cache.key.shape[2]
     row = 0
@@ -56,8 +59,14 @@ def naive_attention(q: torch.Tensor, cache: PagedCache, views: list[SeqView], in
             home, view = v.first_home + i, v.view_positions[i]
             qi = rotate(q[row + i].double(), torch.tensor([[view - home]]), inv_freq, is_neox)
             s = torch.einsum("hd,nhd->hn", qi, k) * scale
-            s = s.masked_fill((kp > view)[None, :], float("-inf"))
-            out[row + i] = torch.einsum("hn,nhd->hd", torch.softmax(s, -1), val)
+            if softcap:
+                s = torch.tanh(s / softcap) * softcap
+            hidden = (kp > view) | ((kp <= view - window) if window else False)
+            s = s.masked_fill(hidden[None, :], float("-inf"))
+            if sinks is not None:
+                s = torch.cat([s, sinks.double()[:, None]], dim=1)
+            p = torch.softmax(s, -1)[:, : kp.numel()]
+            out[row + i] = torch.einsum("hn,nhd->hd", p, val)
         row += v.num_rows
     return out
 

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from hogwild_kernels import build, cpu_native, cpu_op
+from hogwild_kernels import SeqView, build, cpu_native, cpu_op
 from paged import PagedCache, inv_freq_for, layout_views, naive_attention, random_cache, random_views
 
 if not cpu_native.available():  # the suite's setup builds it; without a compiler the backend falls back
@@ -39,22 +39,24 @@ def vllm_layout(cache: PagedCache) -> tuple[torch.Tensor, torch.Tensor]:
 ROUNDOFF = {torch.float64: 0.0, torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 
-def check(q, cache, views, inv_freq, neox, scale, dtype, atol):
-    """The op in ``dtype`` (inputs rounded to it) against float64 over those same inputs."""
+def check(q, cache, views, inv_freq, neox, scale, dtype, atol, window=0, softcap=0.0, sinks=None):
+    """The op in ``dtype`` (inputs rounded to it) against float64 over those same inputs;
+    with a family's attention variant (sliding window, soft cap, sinks) if given."""
     cache = PagedCache(cache.key.to(dtype), cache.value.to(dtype), cache.block_table)
     q = q.to(dtype)
-    expect = naive_attention(q, cache, views, inv_freq, neox, scale)
+    expect = naive_attention(q, cache, views, inv_freq, neox, scale, window, softcap, sinks)
     bound = ROUNDOFF[dtype] * expect.abs() + atol
     prepared = cpu_native.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox,
-                                  q.shape[-1], dtype=cpu_native.compute_dtype(dtype))
+                                  q.shape[-1], dtype=cpu_native.compute_dtype(dtype), window=window)
+    variant = dict(softcap=softcap, sinks=sinks)
     for keys, values in ((cache.key, cache.value), vllm_layout(cache)):
-        out = cpu_native.fragment_attention(q, keys, values, prepared, scale)
+        out = cpu_native.fragment_attention(q, keys, values, prepared, scale, **variant)
         assert out.dtype == dtype
         assert ((out.double() - expect).abs() <= bound).all(), (out.double() - expect).abs().max()
     # A group's walk cut into runs of tiles (the op's choice depends on the thread count):
     # every cut merges to the same rows.
     for splits in (1, 2, 5):
-        out = cpu_native.fragment_attention(q, keys, values, prepared, scale, splits=splits)
+        out = cpu_native.fragment_attention(q, keys, values, prepared, scale, splits=splits, **variant)
         assert ((out.double() - expect).abs() <= bound).all(), (splits, (out.double() - expect).abs().max())
 
 
@@ -69,6 +71,49 @@ def test_matches_rerotated_keys(case):
         for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5), (torch.bfloat16, 2e-5),
                             (torch.float16, 2e-5)):
             check(q, cache, views, inv_freq_for(rotary_dim), neox, head_dim**-0.5, dtype, atol)
+
+
+# The attention variants of model families: Mistral's sliding window (here shorter than the
+# views, cutting fragments and the rows' own runs), Gemma 2's soft cap (low enough to bite
+# on these scores), gpt-oss's sinks, and all of them at once (gpt-oss has window and sinks).
+VARIANTS = {"window": dict(window=7), "softcap": dict(softcap=1.5), "sinks": dict(sinks=True),
+            "all": dict(window=5, softcap=2.0, sinks=True)}
+
+
+def variant_of(name: str, heads: int, gen: torch.Generator) -> dict:
+    """The keyword arguments of a variant, its sinks drawn for ``heads`` query heads."""
+    found = dict(VARIANTS[name])
+    if found.pop("sinks", False):
+        found["sinks"] = 2 * torch.randn(heads, generator=gen)
+    return found
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", CASES[:3] + CASES[4:])
+def test_attention_variants(case, variant):
+    block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode = case
+    for seed in range(3):
+        rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+        lengths, views = random_views(rng, 2, workers, block_size, 70, decode, shared=seed % 2 == 1)
+        cache = random_cache(lengths, block_size, kv_heads, head_dim, gen=gen)
+        q = torch.randn(sum(v.num_rows for v in views), kv_heads * group, head_dim, generator=gen)
+        kwargs = variant_of(variant, kv_heads * group, gen)
+        for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5), (torch.bfloat16, 2e-5)):
+            check(q, cache, views, inv_freq_for(rotary_dim), neox, head_dim**-0.5, dtype, atol, **kwargs)
+
+
+def test_a_window_leaves_out_the_tiles_no_row_sees():
+    """Past the window, a step's work list (and so its cost) stops growing with the context."""
+    tiles = {}
+    for length in (200, 800):
+        views = [SeqView(0, 0, 1, length - 1, [(0, 0, length, 0)], [length - 1])]
+        cache = random_cache([length], 16, 1, 64)
+        for window in (0, 40):
+            prepared = cpu_native.prepare(build(views), cache.block_table, 16, inv_freq_for(64), True, 64,
+                                          window=window)
+            tiles[length, window] = prepared.tile_block.numel()
+    assert tiles[200, 0] < tiles[800, 0]
+    assert tiles[200, 40] == tiles[800, 40] <= 4
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])

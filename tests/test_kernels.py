@@ -273,3 +273,49 @@ def test_tables_move_in_one_copy_and_keep_their_values():
                 assert got.dtype == torch.int32 and torch.equal(got, v), k
             else:
                 assert got == v
+
+
+# The attention variants of model families (sliding window, soft cap, sinks), each path
+# against the float64 oracle (``test_cpu_native.py`` covers the compiled CPU op).
+VARIANTS = {"window": dict(window=7), "softcap": dict(softcap=1.5), "sinks": dict(sinks=True),
+            "all": dict(window=5, softcap=2.0, sinks=True)}
+
+
+def _variant(name: str, heads: int, seed: int) -> dict:
+    found = dict(VARIANTS[name])
+    if found.pop("sinks", False):
+        found["sinks"] = 2 * torch.randn(heads, generator=torch.Generator().manual_seed(seed))
+    return found
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", CASES[:3])
+def test_reference_and_cpu_op_variants(case, variant):
+    for seed in range(2):
+        cache, views, q, inv_freq, neox, scale = _inputs(case, seed, shared=seed % 2 == 1)
+        kwargs = _variant(variant, q.shape[1], seed)
+        expect = naive_attention(q, cache, views, inv_freq, neox, scale, **kwargs)
+        out = fragment_attention(q, cache.key, cache.value, cache.block_table, build(views), inv_freq, neox, scale,
+                                 **kwargs)
+        assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4)
+        window = kwargs.pop("window", 0)
+        for pack_from in (0, 1 << 30):
+            prepared = cpu_op.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox,
+                                      q.shape[-1], pack_from=pack_from, window=window)
+            out = cpu_op.fragment_attention(q, cache.key, cache.value, prepared, scale, **kwargs)
+            assert torch.allclose(out.double(), expect, atol=2e-5, rtol=1e-4), (pack_from, variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", CASES[:2])
+def test_triton_variants(case, variant):
+    cache, views, q, inv_freq, neox, scale = _inputs(case, 7, shared=True)
+    kwargs = _variant(variant, q.shape[1], 7)
+    expect = naive_attention(q, cache, views, inv_freq, neox, scale, **kwargs)
+    table = build(views)
+    # one split; splits merged by the separate merge and by the fused one (where the sink joins)
+    for splits, fused, pack in ((1, False, True), (3, False, False), (2, True, True)):
+        launch = triton_op.plan(table, q.shape[1] // cache.key.shape[2], block_n=16, pack_shared=pack)
+        out = triton_op.fragment_attention(q, cache.key, cache.value, cache.block_table, table, inv_freq, neox,
+                                           scale, launch=launch, num_splits=splits, fused_merge=fused, **kwargs)
+        assert torch.allclose(out.double(), expect, atol=1e-4, rtol=1e-4), (splits, fused, variant)
