@@ -2,7 +2,8 @@
 and, for layouts with a committed history, the compiled op reading the history packed.
 
     python benchmarks/cpu_op_bench.py [--workers 4 8] [--contexts 1000 4000] [--dtypes float32]
-                                      [--layouts contiguous combined] [--out benchmarks/results/cpu_op.json]
+                                      [--layouts contiguous combined] [--windows 0 128]
+                                      [--out benchmarks/results/cpu_op.json]
 
 A decode step of one group of W workers over a context of C tokens, the views the plugin's
 layouts build (``tests/paged.layout_views``: combined = 20-token steps of every worker,
@@ -16,7 +17,9 @@ the median over ``--repeats`` alternating runs of the ops (this machine's timing
 10-20%), per layer. ``prepare`` (the per-step work list, once for all layers) is timed apart.
 ``packed``: the compiled op with the whole history in the packed store
 (``vllm_hogwild/packing.py``), as the plugin runs it; filling the store (a few tokens a step)
-is not timed.
+is not timed. ``--windows``: sliding windows of that many view positions (0: none), every
+layer windowed, as a Mistral-style model; past the window a step's cost should stop growing
+with the context.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from paged import fill_store, inv_freq_for, layout_views, packed_views, random_c
 OPS = {"native": cpu_native, "torch": cpu_op}
 
 
-def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtype: str = "float32") -> dict:
+def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtype: str = "float32",
+        window: int = 0) -> dict:
     lengths, views = layout_views(workers, context, layout)
     cache = random_cache(lengths, 32, 3, 64, dtype=getattr(torch, dtype), gen=torch.Generator().manual_seed(context))
     caches = [(cache.key.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),  # vLLM's CPU layouts, as views
@@ -51,7 +55,7 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtyp
     q = torch.randn(workers, 9, 64).to(getattr(torch, dtype))
 
     def prepare(op):
-        return op.prepare(build(views), cache.block_table, 32, inv_freq, True, 64)
+        return op.prepare(build(views), cache.block_table, 32, inv_freq, True, 64, window=window)
 
     calls = {name: (op, prepare, None) for name, op in OPS.items()}
     if layout != "contiguous":
@@ -60,7 +64,7 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtyp
 
         def prepare_packed(op):
             return op.prepare(build(packed.views), packed.block_table, 32, inv_freq, True, 64,
-                              stored_from=packed.run_row)
+                              stored_from=packed.run_row, window=window)
 
         calls["packed"] = (cpu_native, prepare_packed, stores)
     prepared = {name: prep(op) for name, (op, prep, _) in calls.items()}
@@ -82,7 +86,7 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtyp
                                 for (k, v), s in zip(caches, stores)]
             times[name].append(timeit.timeit(step, number=2) / (2 * layers) * 1e3)
             prep[name].append(timeit.timeit(lambda: prepare_of(op), number=3) / 3 * 1e3)
-    return {"workers": workers, "context": context, "layout": layout, "dtype": dtype,
+    return {"workers": workers, "context": context, "layout": layout, "dtype": dtype, "window": window,
             "fragments_per_view": len(views[0].fragments),
             "ms_per_layer": {name: statistics.median(v) for name, v in times.items()},
             "ms_prepare_per_step": {name: statistics.median(v) for name, v in prep.items()}}
@@ -98,6 +102,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--windows", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     if not cpu_native.available():
         sys.exit("cpu_op_bench: the compiled op could not be built (see the warning above)")
@@ -108,14 +113,16 @@ def main() -> None:
         for context in args.contexts:
             for layout in args.layouts:
                 for dtype in args.dtypes:
-                    r = run(workers, context, layout, args.layers, args.repeats, dtype)
-                    result["runs"].append(r)
-                    ms, prep = r["ms_per_layer"], r["ms_prepare_per_step"]
-                    packed = (f", packed {ms['packed']:6.3f} ms" if "packed" in ms else "")
-                    print(f"W={workers} C={context:5d} {layout:11s} {dtype:8s} ({r['fragments_per_view']:3d} fragments a view): "
-                          f"compiled {ms['native']:6.3f} ms{packed}, PyTorch {ms['torch']:6.3f} ms per layer; "
-                          f"work list " + " / ".join(f"{k} {v:5.2f}" for k, v in prep.items()) + " ms per step",
-                          flush=True)
+                    for window in args.windows:
+                        r = run(workers, context, layout, args.layers, args.repeats, dtype, window)
+                        result["runs"].append(r)
+                        ms, prep = r["ms_per_layer"], r["ms_prepare_per_step"]
+                        packed = (f", packed {ms['packed']:6.3f} ms" if "packed" in ms else "")
+                        print(f"W={workers} C={context:5d} {layout:11s} {dtype:8s} window {window:4d} "
+                              f"({r['fragments_per_view']:3d} fragments a view): "
+                              f"compiled {ms['native']:6.3f} ms{packed}, PyTorch {ms['torch']:6.3f} ms per layer; "
+                              f"work list " + " / ".join(f"{k} {v:5.2f}" for k, v in prep.items()) + " ms per step",
+                              flush=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

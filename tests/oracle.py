@@ -1,14 +1,19 @@
 """The recompute oracle (docs/design.md, section 4), independent of vLLM and of the fragment op.
 
-A hogwild group is simulated step by step with the transformers model's own modules,
-all workers in layer lockstep (as vLLM runs them: every layer writes the step's keys
-before any attention reads them). Each token's raw key and value are kept once, as
-computed in its own worker's view; attention writes every view out as a plain sequence
-with ordinary positions: each key is rotated (HF's rotary embedding) at its position in
-that view, the query at its own, with a plain causal mask. Views come from the same pure
-layouts the plugin uses (the layouts have their own tests). With the collaboration
-protocol, the same pure ``GroupProtocol`` decides forced and greedy tokens from the
-oracle's own logits and outputs.
+A hogwild group is simulated step by step with the transformers model itself, all workers
+in layer lockstep (as vLLM runs them: every layer writes the step's keys before any
+attention reads them): each step's new tokens of every worker go through the model as one
+sequence, whose attention is the oracle's own (registered with transformers as an
+attention function). The model runs at position 0, so its RoPE turns nothing and the
+attention gets each token's raw key, kept once as computed in its own worker's view. It
+then writes every view out as a plain sequence with ordinary positions: each key turned at
+its position in that view, the query at its own (with the model's own rotary module and
+rotation), a plain causal mask, and the layer's sliding window, soft cap and sinks as the
+family's own attention applies them, over view positions. Everything else (norms, MLPs and
+experts, embedding scales, logit soft caps) is the family's own code. Views come from the
+same pure layouts the plugin uses (the layouts have their own tests). With the
+collaboration protocol, the same pure ``GroupProtocol`` decides forced and greedy tokens
+from the oracle's own logits and outputs.
 """
 
 from __future__ import annotations
@@ -24,9 +29,19 @@ from vllm_hogwild.steps import BoundaryRule
 from vllm_hogwild.worker_requests import stream_starts, worker_prompt
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+ATTENTION = "hogwild_oracle"  # the name the oracle's attention is registered under
+_running: list = []  # the oracle whose step is in the model's forward (attention calls back into it)
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+               softcap=None, s_aux=None, **kwargs):
+    return _running[-1].attention(module, query, key, value, scaling, sliding_window, softcap, s_aux), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, _attention)
 
 
 @dataclass
@@ -46,6 +61,7 @@ class Oracle:
                  follow: list[list[int]] | None = None) -> None:
         """``follow``: each worker's tokens to take instead of the oracle's own greedy choice
         (another run's, whose every step the oracle then scores: ``runs[w].logprobs``)."""
+        _register()
         self.model = model.eval()
         self.follow = follow
         self.decode = decode
@@ -56,7 +72,7 @@ class Oracle:
         self.runs = [WorkerRun(worker_prompt(prompt, framing, prefixes, w)) for w in range(workers)]
         starts = stream_starts(len(prompt), framing, workers)
         self.tracker = GroupTracker(layout, rule, len(prompt), starts, framing_spans(len(prompt), framing))
-        layers = len(model.model.layers)
+        layers = model.config.num_hidden_layers
         self.keys = [[dict() for _ in range(layers)] for _ in range(workers)]  # raw keys by home pos
         self.values = [[dict() for _ in range(layers)] for _ in range(workers)]
         self.written = [0] * workers
@@ -80,23 +96,19 @@ class Oracle:
                 for w, r in enumerate(self.runs) if not r.finished}
         lengths = [len(r.tokens) if not r.finished else self.written[w] for w, r in enumerate(self.runs)]
         views = self.tracker.views(lengths)
-        m = self.model.model
-        hidden = {w: m.embed_tokens(torch.tensor([self.runs[w].tokens[p] for p in pos])) for w, pos in feed.items()}
-        for li, layer in enumerate(m.layers):
-            attn = layer.self_attn
-            normed, queries = {}, {}
-            for w, pos in feed.items():
-                normed[w] = layer.input_layernorm(hidden[w])
-                q, k, v = self._qkv(attn, normed[w])
-                queries[w] = q
-                for i, p in enumerate(pos):
-                    self.keys[w][li][p] = k[i]
-                    self.values[w][li][p] = v[i]
-            for w, pos in feed.items():
-                out = self._attend(attn, queries[w], views[w], w, pos, li)
-                h = hidden[w] + attn.o_proj(out)
-                hidden[w] = h + layer.mlp(layer.post_attention_layernorm(h))
-        logits = {w: self.model.lm_head(m.norm(hidden[w][-1:]))[0] for w in feed}
+        order = [(w, p) for w, pos in feed.items() for p in pos]
+        ids = torch.tensor([[self.runs[w].tokens[p] for w, p in order]])
+        self._step = (order, views)
+        _running.append(self)
+        usual = self.model.config._attn_implementation  # the model may be shared: lent for this step only
+        self.model.set_attn_implementation(ATTENTION)
+        try:
+            out = self.model(input_ids=ids, position_ids=torch.zeros_like(ids), use_cache=False).logits[0]
+        finally:
+            self.model.set_attn_implementation(usual)
+            _running.pop()
+        ends = {w: i for i, (w, _) in enumerate(order)}  # each worker's last new token
+        logits = {w: out[ends[w]] for w in feed}
         actions = self._actions(logits)
         for w, pos in feed.items():
             run = self.runs[w]
@@ -135,35 +147,59 @@ class Oracle:
         masked[list(action.ban)] = float("-inf")
         return int(masked.argmax())
 
-    @staticmethod
-    def _qkv(attn, x):
-        n = x.shape[0]
-        q = attn.q_proj(x).view(n, -1, attn.head_dim)
-        k = attn.k_proj(x).view(n, -1, attn.head_dim)
-        v = attn.v_proj(x).view(n, -1, attn.head_dim)
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        return q, k, v
+    def attention(self, module, query, key, value, scaling, window, softcap, sinks) -> torch.Tensor:
+        """One layer's attention for the step's tokens (``query [1, Hq, N, D]``; keys and values
+        ``[1, Hkv, N, D]``, at position 0: unturned), in the family's output layout ``[1, N, Hq, D]``."""
+        order, views = self._step
+        layer = module.layer_idx
+        for i, (w, p) in enumerate(order):
+            self.keys[w][layer][p] = key[0, :, i]
+            self.values[w][layer][p] = value[0, :, i]
+        out = torch.empty(1, len(order), query.shape[1], query.shape[3], dtype=query.dtype)
+        for w in dict.fromkeys(w for w, _ in order):
+            rows = [i for i, (x, _) in enumerate(order) if x == w]
+            pos = [order[i][1] for i in rows]
+            out[0, rows] = self._attend(module, query[0, :, rows].transpose(0, 1), views[w], w, pos, layer,
+                                        scaling, window, softcap, sinks)
+        return out
 
-    def _rope(self, x: torch.Tensor, positions: list[int]) -> torch.Tensor:
-        cos, sin = self.model.model.rotary_emb(x, torch.tensor([positions]))
-        cos, sin = cos[0][:, None, :].to(x.dtype), sin[0][:, None, :].to(x.dtype)
-        return x * cos + _rotate_half(x) * sin
+    def _turn(self, module, x: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """``x [n, H, D]`` (unturned) turned at ``positions`` by the model's own rotary module and
+        the family's own rotation (its cos/sin over those at position 0: the unturned inputs
+        already carry the scaling that YaRN's holds)."""
+        import inspect
+        import sys
 
-    def _attend(self, attn, q, view, worker, pos, li):
+        rotary = self.model.model.rotary_emb
+        extra = {"layer_type": module.layer_type} if "layer_type" in inspect.signature(rotary.forward).parameters \
+            else {}
+        xs = x.transpose(0, 1)[None]  # [1, H, n, D]
+        cos, sin = rotary(xs, torch.tensor([positions]), **extra)
+        base, _ = rotary(xs, torch.zeros(1, 1, dtype=torch.long), **extra)
+        apply = sys.modules[type(module).__module__].apply_rotary_pos_emb
+        turned, _ = apply(xs, xs, cos / base, sin / base)
+        return turned[0].transpose(0, 1)
+
+    def _attend(self, module, q, view, worker, pos, layer, scaling, window, softcap, sinks):
         keys, values, kpos = [], [], []
         for f in view:
             for h in range(f.start, f.end):
-                keys.append(self.keys[f.source][li][h])
-                values.append(self.values[f.source][li][h])
+                keys.append(self.keys[f.source][layer][h])
+                values.append(self.values[f.source][layer][h])
                 kpos.append(h + f.shift)
         qpos = [next(p + f.shift for f in view if f.source == worker and f.start <= p < f.end) for p in pos]
-        k = self._rope(torch.stack(keys), kpos)
-        qr = self._rope(q, qpos)
+        k = self._turn(module, torch.stack(keys), kpos)
+        qr = self._turn(module, q, qpos)
         v = torch.stack(values)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        scores = torch.einsum("qhd,khd->hqk", qr, k) * attn.scaling
-        mask = torch.tensor(kpos)[None, :] > torch.tensor(qpos)[:, None]
-        probs = torch.softmax(scores.masked_fill(mask[None], float("-inf")), -1)
-        return torch.einsum("hqk,khd->qhd", probs, v).reshape(q.shape[0], -1)
+        scores = torch.einsum("qhd,khd->hqk", qr, k) * scaling
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        kp, qp = torch.tensor(kpos)[None, :], torch.tensor(qpos)[:, None]
+        mask = (kp > qp) | ((kp <= qp - window) if window else False)
+        scores = scores.masked_fill(mask[None], float("-inf"))
+        if sinks is not None:  # one more logit per head in the denominator, with no value
+            scores = torch.cat([scores, sinks.to(scores.dtype)[:, None, None].expand(-1, len(pos), 1)], dim=-1)
+        probs = torch.softmax(scores, -1)[..., : len(kpos)]
+        return torch.einsum("hqk,khd->qhd", probs.to(v.dtype), v)

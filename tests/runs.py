@@ -35,7 +35,7 @@ def oracle_runs(family: str, prompt_ids: list[int], workers: int, layout: str, m
     tok = tokenizer(family)
     prefix_ids = [tok.encode(p, add_special_tokens=False) for p in prefixes]
     oracle = Oracle(hf_model(family), decoder(family), layout, BoundaryRule(BOUNDARY, False),
-                    prompt_ids, prefix_ids, max_tokens, set(stop))
+                    prompt_ids, prefix_ids, max_tokens, set(stop) | {tok.eos_token_id})  # vLLM stops at EOS
     return oracle.run()
 
 
@@ -47,6 +47,22 @@ def hogwild(family: str, prompt_ids: list[int], workers: int, layout: str, max_t
     params = SamplingParams(**group_params(workers, layout, max_tokens, stop, prefixes))
     out = engine(family).generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)[0]
     return out, oracle_runs(family, prompt_ids, workers, layout, max_tokens, stop, prefixes)
+
+
+def assert_one_worker_is_plain(llm, ids: list[int], max_tokens: int, bound) -> None:
+    """W=1 runs the fragment op where a plain request runs vLLM's own attention: the same
+    greedy tokens, and each of the plain request's top-3 logprobs within ``bound(logprob)``."""
+    from vllm import SamplingParams, TokensPrompt
+
+    prompt = [TokensPrompt(prompt_token_ids=ids)]
+    params = dict(temperature=0, max_tokens=max_tokens, logprobs=3)
+    plain = llm.generate(prompt, SamplingParams(**params), use_tqdm=False)[0].outputs[0]
+    hog = llm.generate(prompt, SamplingParams(**params, extra_args={"hogwild_workers": 1}), use_tqdm=False)[0]
+    hog = hog.outputs[0]
+    assert list(hog.token_ids) == list(plain.token_ids)
+    for a, b in zip(hog.logprobs, plain.logprobs):
+        for t in b:
+            assert abs(a[t].logprob - b[t].logprob) <= bound(b[t].logprob), (t, a[t].logprob, b[t].logprob)
 
 
 def assert_matches(out, runs) -> None:

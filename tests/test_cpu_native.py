@@ -60,14 +60,22 @@ def check(q, cache, views, inv_freq, neox, scale, dtype, atol, window=0, softcap
         assert ((out.double() - expect).abs() <= bound).all(), (splits, (out.double() - expect).abs().max())
 
 
+def random_case(case, seed: int):
+    """Two groups of random views of ``case``'s shapes (a shared history for odd seeds), their
+    cache and queries, and the generator that drew them."""
+    block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode = case
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    lengths, views = random_views(rng, 2, workers, block_size, 70, decode, shared=seed % 2 == 1)
+    cache = random_cache(lengths, block_size, kv_heads, head_dim, gen=gen)
+    q = torch.randn(sum(v.num_rows for v in views), kv_heads * group, head_dim, generator=gen)
+    return views, cache, q, gen
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_matches_rerotated_keys(case):
     block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode = case
     for seed in range(4):
-        rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-        lengths, views = random_views(rng, 2, workers, block_size, 70, decode, shared=seed % 2 == 1)
-        cache = random_cache(lengths, block_size, kv_heads, head_dim, gen=gen)
-        q = torch.randn(sum(v.num_rows for v in views), kv_heads * group, head_dim, generator=gen)
+        views, cache, q, _ = random_case(case, seed)
         for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5), (torch.bfloat16, 2e-5),
                             (torch.float16, 2e-5)):
             check(q, cache, views, inv_freq_for(rotary_dim), neox, head_dim**-0.5, dtype, atol)
@@ -93,10 +101,7 @@ def variant_of(name: str, heads: int, gen: torch.Generator) -> dict:
 def test_attention_variants(case, variant):
     block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode = case
     for seed in range(3):
-        rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-        lengths, views = random_views(rng, 2, workers, block_size, 70, decode, shared=seed % 2 == 1)
-        cache = random_cache(lengths, block_size, kv_heads, head_dim, gen=gen)
-        q = torch.randn(sum(v.num_rows for v in views), kv_heads * group, head_dim, generator=gen)
+        views, cache, q, gen = random_case(case, seed)
         kwargs = variant_of(variant, kv_heads * group, gen)
         for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 2e-5), (torch.bfloat16, 2e-5)):
             check(q, cache, views, inv_freq_for(rotary_dim), neox, head_dim**-0.5, dtype, atol, **kwargs)

@@ -43,20 +43,10 @@ def test_the_pytorch_op_in_bfloat16(monkeypatch):
 def test_one_worker_equals_a_plain_request_of_the_same_dtype(dtype):
     """W=1 runs the fragment op where a plain request runs vLLM's own attention: the same
     tokens, logprobs within the dtype's noise (both sum in float32, in other orders)."""
-    from vllm import SamplingParams, TokensPrompt
+    from runs import assert_one_worker_is_plain, noise
 
-    from runs import noise
-
-    ids = prompt_ids("qwen3")
-    llm = engine("qwen3", dtype=dtype)
-    params = dict(temperature=0, max_tokens=16, logprobs=3)
-    plain = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(**params), use_tqdm=False)[0]
-    hog = llm.generate([TokensPrompt(prompt_token_ids=ids)],
-                       SamplingParams(**params, extra_args={"hogwild_workers": 1}), use_tqdm=False)[0]
-    assert list(hog.outputs[0].token_ids) == list(plain.outputs[0].token_ids)
-    for a, b in zip(hog.outputs[0].logprobs, plain.outputs[0].logprobs):
-        for t in b:
-            assert abs(a[t].logprob - b[t].logprob) <= noise(dtype, 2, 8.0), (t, a[t].logprob, b[t].logprob)
+    assert_one_worker_is_plain(engine("qwen3", dtype=dtype), prompt_ids("qwen3"), 16,
+                               lambda _: noise(dtype, 2, 8.0))
 
 
 # Engine settings: dtype x block size x head size x KV cache dtype. The suite starts one
@@ -119,19 +109,26 @@ def test_refusals_name_the_setting():
     for dtype in support.DTYPES:
         assert support.refusal(support.EngineFacts("cpu", dtype, "auto", "vec16", ("yarn",))) is None
     assert support.refusal(support.EngineFacts("cpu", "bfloat16", "auto", "amx", ("llama3",))) is None
+    # Gemma 3 (two RoPEs, windowed and full layers) with the hybrid KV cache manager off;
+    # Mistral (every layer windowed) with it on: one block table either way.
+    assert support.refusal(support.EngineFacts("cuda", "bfloat16", "auto", None, ("default", "linear"),
+                                               mixed_windows=True, hybrid_kv_cache=False)) is None
+    assert support.refusal(support.EngineFacts("cpu", "bfloat16", "auto", "vec", ("default",),
+                                               mixed_windows=False, hybrid_kv_cache=True)) is None
     cases = {
         "dtype float32, bfloat16, float16": support.EngineFacts("cpu", "float64", "auto", "vec", ("default",)),
         "--kv-cache-dtype auto": support.EngineFacts("cuda", "bfloat16", "fp8_e4m3", None, ("default",)),
         "layouts vec, vec16, amx (x86); this server's is 'neon'": support.EngineFacts(
             "cpu", "bfloat16", "auto", "neon", ("default",)),
         "no rotary position embedding": support.EngineFacts("cpu", "float32", "auto", "vec", ()),
-        "one RoPE per model; this model has 2": support.EngineFacts("cuda", "bfloat16", "auto", None,
-                                                                    ("default", "linear")),
+        "this model's is longrope": support.EngineFacts("cuda", "bfloat16", "auto", None, ("default", "longrope")),
         "this model's is longrope": support.EngineFacts("cpu", "float32", "auto", "vec", ("longrope",)),
         "this model's is default with mrope_section": support.EngineFacts("cpu", "float32", "auto", "vec",
                                                                           ("default",), ("mrope_section",)),
-        "sliding-window attention models are not supported (this model's window: 4096": support.EngineFacts(
-            "cpu", "bfloat16", "auto", "vec", ("default",), (), 4096),
+        "start the server with --disable-hybrid-kv-cache-manager": support.EngineFacts(
+            "cpu", "bfloat16", "auto", "vec", ("yarn",), mixed_windows=True, hybrid_kv_cache=True),
+        "chunked local attention (attention_chunk_size=8192)": support.EngineFacts(
+            "cuda", "bfloat16", "auto", None, ("llama3",), chunked_attention=8192),
     }
     for words, facts in cases.items():
         why = support.refusal(facts)
@@ -142,6 +139,9 @@ def test_refusals_name_the_setting():
     assert support.rope_types({"rope_type": "default", "mrope_section": [16, 24, 24]}) == (("default",),
                                                                                            ("mrope_section",))
     assert support.rope_types(None) == ((), ())
+    assert support.mixed_windows(128, ["sliding_attention", "full_attention"])
+    assert not support.mixed_windows(4096, None) and not support.mixed_windows(None, ["full_attention"] * 2)
+    assert not support.mixed_windows(512, ["sliding_attention"] * 4)
 
 
 AMX_ENGINE = """

@@ -233,7 +233,7 @@ def test_cuda_impl_writes_hogwild_rows_of_the_output(monkeypatch):
     from types import SimpleNamespace
 
     from vllm_hogwild import runtime
-    from vllm_hogwild.attention import Rotary
+    from vllm_hogwild.attention import LayerKind, Layers, Rotary
     from vllm_hogwild.cuda_backend import HogwildLaunch, HogwildTritonImpl
 
     case = CASES[0]
@@ -245,12 +245,12 @@ def test_cuda_impl_writes_hogwild_rows_of_the_output(monkeypatch):
     rows = torch.randperm(batch, generator=torch.Generator().manual_seed(0))[: q.shape[0]]
     batch_q = torch.randn(batch, heads, d)
     batch_q[rows] = q
-    monkeypatch.setattr(runtime, "rotary", lambda: Rotary(inv_freq, neox))
+    monkeypatch.setattr(runtime, "layers", lambda: Layers((Rotary(inv_freq, neox),), {"attn": LayerKind(0, 0)}))
     impl = HogwildTritonImpl(heads, d, scale, cache.key.shape[2], None, None, "auto")
     launch = triton_op.plan(table, heads // cache.key.shape[2], row_index=rows)
     meta = SimpleNamespace(hogwild=HogwildLaunch(table, launch, cache.block_table, all_rows=True))
     output = torch.full((batch, heads * d), float("nan"))
-    impl.forward(None, batch_q, None, None, kv_cache, meta, output)
+    impl.forward(SimpleNamespace(layer_name="attn"), batch_q, None, None, kv_cache, meta, output)
     expect = naive_attention(q, cache, views, inv_freq, neox, scale)
     got = output.view(-1, heads, d)
     assert torch.allclose(got[rows].double(), expect, atol=1e-4, rtol=1e-4)

@@ -82,11 +82,19 @@ def test_ordinary_requests_and_two_groups_share_a_batch():
         assert list(out.outputs[0].token_ids) == list(want)
 
 
-def test_oracle_with_one_worker_is_plain_transformers():
-    """Self-check of the oracle: one worker, no prefix, is an ordinary greedy decode."""
-    family = "qwen2"
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "gemma2", "gemma3", "gpt-oss"])
+def test_oracle_with_one_worker_is_plain_transformers(family):
+    """Self-check of the oracle: one worker, no prefix, is an ordinary greedy decode, its
+    family's windows, soft caps and sinks included. Against transformers' eager attention:
+    its SDPA path drops Gemma 2's soft cap."""
     ids = prompt_ids(family)
-    runs = Oracle(hf_model(family), decoder(family), "combined", BoundaryRule(), ids, [[]], 8, set()).run()
-    with torch.no_grad():
-        ref = hf_model(family).generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+    model = hf_model(family)
+    runs = Oracle(model, decoder(family), "combined", BoundaryRule(), ids, [[]], 24, set()).run()
+    usual = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)
+    finally:
+        model.set_attn_implementation(usual)
     assert runs[0].generated == ref[0, len(ids):].tolist()

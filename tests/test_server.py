@@ -206,6 +206,16 @@ def test_serve_command_line(monkeypatch):
     assert cpu_kv_cache_bytes(100 * 2**30) == 4 * 2**30 and cpu_kv_cache_bytes(2**29) == 256 * 2**20
     with pytest.raises(SystemExit, match="--plugin: expected a plugin name"):
         serve_command(["/m", "--plugin"])
+    # A model mixing windowed and full layers: vLLM's hybrid KV cache manager off, unless chosen.
+    from engines import model_path
+
+    gemma = model_path("gemma3")
+    command, _ = serve_command([gemma])
+    assert command[3:] == ["--model", gemma, "--disable-hybrid-kv-cache-manager", "--dtype", CPU_DTYPE]
+    command, _ = serve_command([gemma, "--no-disable-hybrid-kv-cache-manager"])
+    assert "--disable-hybrid-kv-cache-manager" not in command
+    command, _ = serve_command([model_path("mistral")])
+    assert "--disable-hybrid-kv-cache-manager" not in command
     # With a GPU: the plugin's backend and synchronous scheduling, unless the user chose.
     monkeypatch.setattr("vllm_hogwild.cli._has_accelerator", lambda: True)
     command, _ = serve_command(["/m"])

@@ -54,6 +54,7 @@ def expected() -> dict:
         "protocol": _prompt_and_runs(protocol_oracle("qwen3", 2, "combined", PROTOCOL_TOKENS, whole_texts=False)),
         "protocol-whole": _prompt_and_runs(protocol_oracle("qwen3", 2, "combined", PROTOCOL_TOKENS)),
         "chunked": oracle_runs("llama", long_prompt("llama"), 3, "combined"),
+        "gemma2": oracle_runs("gemma2", prompt_ids("gemma2"), 3, "combined", 16),
     }
 
 
@@ -74,6 +75,9 @@ def requests() -> list[dict]:
         # A prompt of three steps and more: worker 0 prefills it in chunks, then all start.
         {"family": "llama", "name": "llama-chunked", "engine": {"max_num_batched_tokens": STEP}, "batches": [[
             {"prompt_ids": long_prompt("llama"), "params": group_params(3, "combined")}]]},
+        # Gemma 2: alternating 12-token windows and soft-capped scores, the kernel's arguments per layer.
+        {"family": "gemma2", "engine": {"disable_hybrid_kv_cache_manager": True}, "batches": [[
+            {"prompt_ids": prompt_ids("gemma2"), "params": group_params(3, "combined", 16)}]]},
         # bfloat16, as GPUs run: the kernel's bfloat16 path, vLLM's bfloat16 cache writer.
         {"family": "qwen3", "name": "qwen3-bf16", "engine": {"dtype": "bfloat16"}, "batches": [[
             {"prompt_ids": prompt_ids("qwen3"), "params": group_params(3, "interleaved", 16)}]]},
@@ -102,7 +106,7 @@ def results() -> dict:
 def test_the_engine_ran_the_cuda_backend(results):
     assert {family: case["impls"] for family, case in results.items()} == {
         "llama": ["HogwildTritonImpl"], "qwen3": ["HogwildTritonImpl"], "llama-chunked": ["HogwildTritonImpl"],
-        "qwen3-bf16": ["HogwildTritonImpl"]}
+        "qwen3-bf16": ["HogwildTritonImpl"], "gemma2": ["HogwildTritonImpl"]}
 
 
 def test_a_group_equals_the_oracle(results):
@@ -133,6 +137,10 @@ def test_the_protocol_equals_the_oracle(results, batch, kind):
 
 def test_a_prompt_of_three_steps_equals_the_oracle(results):
     assert_matches(results["llama-chunked"]["batches"][0][0], expected()["chunked"])
+
+
+def test_a_family_with_windows_and_soft_caps_equals_the_oracle(results):
+    assert_matches(results["gemma2"]["batches"][0][0], expected()["gemma2"])
 
 
 def test_a_bfloat16_group_equals_the_same_dtype_oracle(results):

@@ -1,11 +1,17 @@
-"""What both attention backends share: the model's RoPE, a step's hogwild rows, and the
-forward that splits a batch between vLLM's attention and the fragment op.
+"""What both attention backends share: each layer's RoPE and window, a step's hogwild rows,
+and the forward that splits a batch between vLLM's attention and the fragment op.
 
 vLLM's backends see batch rows and block tables, never requests; the planner's
 ``StepPlan`` says which rows are hogwild workers and what their views are. This module
 turns it into the fragment op's inputs: the query row indices, the ``SeqView``s and the
 block table extended with rows for finished workers (whose blocks outlive their requests)
 and for the groups' packed histories (the CPU path's: blocks of its packed store).
+
+Layers differ in what the op's per-step work list depends on: the RoPE that turns their
+queries (Gemma 3's local and global layers have different bases) and their sliding window
+(gpt-oss and Gemma alternate windowed and full layers). ``layer_kinds`` reads both off
+the model once; a step's work list is prepared once per kind, not per layer. What a layer
+adds per call (soft cap, sinks) the backend's impl holds, as vLLM's own does.
 """
 
 from __future__ import annotations
@@ -23,25 +29,62 @@ from vllm_hogwild.planner import RowCopies, StepPlan
 
 @dataclass(frozen=True)
 class Rotary:
-    """The model's RoPE as the extra rotation needs it."""
+    """A RoPE as the extra rotation needs it."""
 
     inv_freq: torch.Tensor
     is_neox: bool
 
 
-def rotary_of(model: torch.nn.Module) -> Rotary:
-    """The one RoPE of ``model``; its frequencies are read off vLLM's cos/sin cache.
+@dataclass(frozen=True)
+class LayerKind:
+    """What a layer's step work list depends on: its RoPE (an index into ``Layers.rotaries``)
+    and its sliding window (0: full attention)."""
 
-    Reading them off the cache works for every variant whose angle is linear in the
-    position (plain, linear, NTK, Llama-3, YaRN, ...), whatever scaling the cache holds.
-    """
-    ropes = [m for m in model.modules() if isinstance(m, RotaryEmbeddingBase)]
+    rotary: int
+    window: int
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The model's distinct RoPEs and the kind of each attention layer (by vLLM layer name)."""
+
+    rotaries: tuple[Rotary, ...]
+    kinds: dict[str, LayerKind]
+
+
+def layer_kinds(model: torch.nn.Module) -> Layers:
+    """Each attention layer's RoPE (the one beside it, in the module that holds it, as every
+    vLLM decoder writes them; or the model's only one) and window; frequencies are read off
+    vLLM's cos/sin cache, which works for every variant whose angle is linear in the position
+    (plain, linear, NTK, Llama-3, YaRN, ...), whatever scaling the cache holds."""
+    from vllm.model_executor.layers.attention import Attention
+
+    modules = dict(model.named_modules())
+    ropes = list({id(m): m for m in modules.values() if isinstance(m, RotaryEmbeddingBase)}.values())
     if not ropes:
         raise ValueError("hogwild needs a model with rotary position embeddings (RoPE)")
-    found = {_inv_freq(r).numpy().tobytes() + bytes([r.is_neox_style]) for r in ropes}
-    if len(found) != 1:
-        raise NotImplementedError("hogwild: models with several different RoPEs are not supported")
-    return Rotary(_inv_freq(ropes[0]), ropes[0].is_neox_style)
+    rotaries: dict[bytes, int] = {}
+    found: list[Rotary] = []
+
+    def index_of(rope: RotaryEmbeddingBase) -> int:
+        freq = _inv_freq(rope)
+        key = freq.numpy().tobytes() + bytes([rope.is_neox_style])
+        if key not in rotaries:
+            rotaries[key] = len(found)
+            found.append(Rotary(freq, rope.is_neox_style))
+        return rotaries[key]
+
+    kinds = {}
+    for name, module in modules.items():
+        if not isinstance(module, Attention):
+            continue
+        parent = modules.get(name.rpartition(".")[0], model)
+        beside = [m for m in parent.children() if isinstance(m, RotaryEmbeddingBase)]
+        if len(beside) != 1 and len({index_of(r) for r in ropes}) != 1:
+            raise NotImplementedError(f"hogwild: cannot tell which RoPE layer {name} uses")
+        rope = beside[0] if len(beside) == 1 else ropes[0]
+        kinds[module.layer_name] = LayerKind(index_of(rope), module.sliding_window or 0)
+    return Layers(tuple(found), kinds)
 
 
 def _inv_freq(rope: RotaryEmbeddingBase) -> torch.Tensor:
@@ -102,10 +145,12 @@ class HogwildForward:
             super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                             output_scale, output_block_scale)
         if hogwild is not None:
-            self._hogwild(query, kv_cache, hogwild, output_scale, output.view(-1, self.num_heads, self.head_size))
+            self._hogwild(layer, query, kv_cache, hogwild, output_scale,
+                          output.view(-1, self.num_heads, self.head_size))
         return output
 
-    def _hogwild(self, query: torch.Tensor, kv_cache: torch.Tensor, hogwild, output_scale,
+    def _hogwild(self, layer, query: torch.Tensor, kv_cache: torch.Tensor, hogwild, output_scale,
                  output: torch.Tensor) -> None:
-        """Write the step's hogwild rows of ``output [tokens, heads, head_size]``."""
+        """Write the step's hogwild rows of ``output [tokens, heads, head_size]`` for ``layer``
+        (vLLM's Attention module: its ``layer_name`` says its kind)."""
         raise NotImplementedError

@@ -87,6 +87,9 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     (``--kv-cache-memory-bytes``, ``--gpu-memory-utilization``, ``VLLM_CPU_KVCACHE_SPACE``) win.
     With a GPU, what hogwild needs there is added unless given: the plugin's attention backend
     (``--attention-backend CUSTOM``) and synchronous scheduling (``--no-async-scheduling``).
+    A model whose config mixes windowed and full layers (Gemma 2/3, gpt-oss) gets
+    ``--disable-hybrid-kv-cache-manager`` unless either form of that option is given
+    (``support.py`` says why), said on stderr.
     """
     args, plugins = list(argv), []
     while "--plugin" in args:
@@ -111,6 +114,11 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         names += [ep.name for ep in entry_points(group="vllm.general_plugins")]
     env["VLLM_PLUGINS"] = ",".join(dict.fromkeys(["hogwild"] + names))
     given = {a.split("=", 1)[0] for a in args}
+    hybrid = {"--disable-hybrid-kv-cache-manager", "--no-disable-hybrid-kv-cache-manager"}
+    if not given & hybrid and _mixes_windows(args[args.index("--model") + 1]):
+        args += ["--disable-hybrid-kv-cache-manager"]
+        print("vllm-hogwild serve: --disable-hybrid-kv-cache-manager (the model mixes sliding-window and full "
+              "attention layers; hogwild maps one block table per request)", file=sys.stderr)
     if not _has_accelerator():
         if "--dtype" not in given:
             args += ["--dtype", CPU_DTYPE]
@@ -144,6 +152,20 @@ def cpu_kv_cache_bytes(available: int) -> int:
     at most 4 GiB (hundreds of thousands of tokens for small models), at least 256 MiB, in
     whole MiB."""
     return max(CPU_KV_MIN, min(CPU_KV_MAX, available // 4)) // 2**20 * 2**20
+
+
+def _mixes_windows(model: str) -> bool:
+    """Whether the model's config (read as vLLM will, if it can be read here) mixes
+    windowed and full attention layers."""
+    from vllm_hogwild.support import mixed_windows
+
+    try:
+        from transformers import AutoConfig
+
+        text = AutoConfig.from_pretrained(model).get_text_config()
+    except Exception:  # not readable here (a hub id offline, a format transformers lacks): vLLM will say
+        return False
+    return mixed_windows(getattr(text, "sliding_window", None), getattr(text, "layer_types", None))
 
 
 def _available_memory() -> int:

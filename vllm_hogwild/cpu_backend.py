@@ -32,7 +32,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 
 from hogwild_kernels import build, cpu_native, cpu_op
 from vllm_hogwild import runtime
-from vllm_hogwild.attention import HogwildForward, step_rows
+from vllm_hogwild.attention import HogwildForward, LayerKind, step_rows
 from vllm_hogwild.planner import Packing, StepPlan
 from vllm_hogwild.support import CPU_LAYOUTS
 
@@ -75,12 +75,12 @@ def packing(kv_caches: list[torch.Tensor], block_size: int) -> Packing | None:
 
 @dataclass
 class HogwildRows:
-    """Per-step inputs of the fragment op, shared by every layer."""
+    """Per-step inputs of the fragment op, shared by the layers of each kind."""
 
-    prepared: cpu_native.Prepared | cpu_op.Prepared  # the step's work for fragment_op()
+    prepared: dict[LayerKind, cpu_native.Prepared | cpu_op.Prepared]  # the step's work for fragment_op()
     all_rows: bool  # every token of the batch is a hogwild row
     amx: bool  # the cache is in vLLM's amx layout (cpu_caches)
-    copies: cpu_native.Copies | None = None  # into the packed store, before attention
+    copies: dict[int, cpu_native.Copies] | None = None  # into the packed store, before attention; by RoPE
     store_blocks: int = 0  # blocks of the packed store this step reads or writes
 
 
@@ -111,7 +111,8 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         # Unreachable for a request the frontend let through (support.py refuses the rest).
         assert plan is None or self.isa in CPU_LAYOUTS, self.isa
         meta.hogwild = None if plan is None else _rows(plan, common_attn_metadata, self.block_size,
-                                                        self.kv_cache_spec.head_size, self.isa == "amx")
+                                                        self.kv_cache_spec.head_size, self.isa == "amx",
+                                                        self.layer_names)
         return meta
 
     def _packing(self) -> Packing | None:
@@ -125,36 +126,46 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         return self._hogwild_packing if fragment_op() is cpu_native else None
 
 
-def _rows(plan: StepPlan, common, block_size: int, head_dim: int, amx: bool) -> HogwildRows:
+def _rows(plan: StepPlan, common, block_size: int, head_dim: int, amx: bool, layer_names) -> HogwildRows:
+    """The step's work, prepared once for each kind of layer (RoPE, window) among ``layer_names``."""
     step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
                      common.num_reqs, common.num_actual_tokens)
-    rotary = runtime.rotary()
+    layers = runtime.layers()
+    kinds = {layers.kinds[name] for name in layer_names}
+    table = build(step.views)
     op = fragment_op()
+    prepared = {}
+    for kind in kinds:
+        rotary = layers.rotaries[kind.rotary]
+        args = (table, step.block_table, block_size, rotary.inv_freq, rotary.is_neox, head_dim)
+        prepared[kind] = op.prepare(*args, row_index=step.rows, window=kind.window) if op is not cpu_native else \
+            cpu_native.prepare(*args, row_index=step.rows, stored_from=step.first_packed_row, window=kind.window)
     if op is not cpu_native:
-        prepared = op.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq, rotary.is_neox,
-                              head_dim, row_index=step.rows)
         return HogwildRows(prepared, step.all_rows, amx)
-    prepared = cpu_native.prepare(build(step.views), step.block_table, block_size, rotary.inv_freq,
-                                  rotary.is_neox, head_dim, row_index=step.rows, stored_from=step.first_packed_row)
-    copies = None if step.copies is None else cpu_native.prepare_copies(
-        *step.copies, step.block_table, block_size, rotary.inv_freq, rotary.is_neox, head_dim)
+    copies = None if step.copies is None else {
+        r: cpu_native.prepare_copies(*step.copies, step.block_table, block_size, layers.rotaries[r].inv_freq,
+                                     layers.rotaries[r].is_neox, head_dim) for r in {k.rotary for k in kinds}}
     stored = step.block_table[step.first_packed_row:]
     return HogwildRows(prepared, step.all_rows, amx, copies, int(stored.max()) + 1 if stored.numel() else 0)
 
 
 class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
-    def _hogwild(self, query, kv_cache, hogwild, output_scale, output) -> None:
+    def _hogwild(self, layer, query, kv_cache, hogwild, output_scale, output) -> None:
+        kind = runtime.layers().kinds[layer.layer_name]
         amx = hogwild.amx
         keys, values = cpu_caches(kv_cache, "amx" if amx else "vec")
+        # The layer's soft cap and sinks, as vLLM's own attention takes them (0, None: none).
+        variant = dict(softcap=self.logits_soft_cap or 0.0, sinks=self.sinks)
         op = fragment_op()
         if op is not cpu_native:
-            op.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output, amx=amx)
+            op.fragment_attention(query, keys, values, hogwild.prepared[kind], self.scale, out=output, amx=amx,
+                                  **variant)
             return
         store = cpu_caches(self._store(kv_cache, hogwild.store_blocks))  # float32, strided
         if hogwild.copies is not None:
-            cpu_native.pack(keys, values, store, hogwild.copies, amx=amx)
-        cpu_native.fragment_attention(query, keys, values, hogwild.prepared, self.scale, out=output, store=store,
-                                      amx=amx)
+            cpu_native.pack(keys, values, store, hogwild.copies[kind.rotary], amx=amx)
+        cpu_native.fragment_attention(query, keys, values, hogwild.prepared[kind], self.scale, out=output,
+                                      store=store, amx=amx, **variant)
 
     def _store(self, kv_cache: torch.Tensor, blocks: int) -> torch.Tensor:
         """This layer's packed store, of at least ``blocks`` blocks (the planner bounds them;

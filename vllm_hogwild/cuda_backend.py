@@ -59,24 +59,28 @@ class HogwildTritonMetadataBuilder(TritonAttentionMetadataBuilder):
 
 
 class HogwildTritonImpl(HogwildForward, TritonAttentionImpl):
-    _inv_freq: torch.Tensor | None = None  # the model's RoPE frequencies, on the GPU
+    _inv_freq: torch.Tensor | None = None  # this layer's RoPE frequencies, on the GPU
 
-    def _hogwild(self, query, kv_cache, hogwild, output_scale, output) -> None:
+    def _hogwild(self, layer, query, kv_cache, hogwild, output_scale, output) -> None:
         if self.kv_cache_dtype != "auto" or output_scale is not None:
             raise NotImplementedError("hogwild on CUDA needs an unquantized KV cache and output "
                                       f"(kv_cache_dtype={self.kv_cache_dtype!r})")
         key_cache, value_cache = triton_op.vllm_caches(kv_cache, self.head_size)
-        rotary = runtime.rotary()
+        layers = runtime.layers()
+        kind = layers.kinds[layer.layer_name]
+        rotary = layers.rotaries[kind.rotary]
         if self._inv_freq is None:  # on the GPU once: a copy from host memory would wait for the GPU every layer
             self._inv_freq = rotary.inv_freq.to(query.device, torch.float32)
         if hogwild.keys is None:  # once per step: every layer's cache has the same blocks
             hogwild.keys = triton_op.map_shared_keys(hogwild.table, hogwild.launch, hogwild.block_table,
                                                      key_cache.shape[1])
         # The kernel reads the batch's hogwild rows of `query` and writes them into `output`
-        # in place (the launch plan knows where they sit).
+        # in place (the launch plan knows where they sit). The layer's window, soft cap and
+        # sinks are the kernel's arguments: one launch plan serves every kind of layer.
         triton_op.fragment_attention(query, key_cache, value_cache, hogwild.block_table, hogwild.table,
                                      self._inv_freq, rotary.is_neox, self.scale, out=output, launch=hogwild.launch,
-                                     keys=hogwild.keys)
+                                     keys=hogwild.keys, window=kind.window, softcap=self.logits_soft_cap or 0.0,
+                                     sinks=self.sinks)
 
 
 class HogwildTritonBackend(TritonAttentionBackend):

@@ -1,5 +1,6 @@
-"""Per-process state the backend reads: the model runner's planner, the model's RoPE and
-the runner's KV caches (whose size sets the CPU path's packed store).
+"""Per-process state the backend reads: the model runner's planner, the model's attention
+layers (each one's RoPE and window) and the runner's KV caches (whose size sets the CPU
+path's packed store).
 
 vLLM hands attention builders no request ids; the model-runner hook records the runner here
 at every step, so the builder can map batch rows to hogwild workers. Token texts
@@ -86,11 +87,11 @@ def step_plan(common: Any, packing: Packing | None = None) -> StepPlan | None:
     return plan_for.plan(rows, packing)
 
 
-def rotary() -> Any:
-    """The model's RoPE (computed once per runner)."""
-    found = getattr(_runner, "_hogwild_rotary", None)
+def layers() -> Any:
+    """The model's RoPEs and each attention layer's kind (``attention.Layers``; read once per runner)."""
+    found = getattr(_runner, "_hogwild_layers", None)
     if found is None:
-        from vllm_hogwild.attention import rotary_of
+        from vllm_hogwild.attention import layer_kinds
 
-        found = _runner._hogwild_rotary = rotary_of(_runner.get_model())
+        found = _runner._hogwild_layers = layer_kinds(_runner.get_model())
     return found

@@ -13,9 +13,15 @@ Nothing the plugin cannot run ever reaches an engine step.
   that are not multiples of 32), which store keys and values alike, and ``amx`` (bfloat16 on
   CPUs with AMX tiles), which keeps pairs of dimensions and of slots side by side. The
   layouts of other CPUs (``neon`` on Arm, ``vsx``, ``vxe``, ``rvv``) are not read.
-- RoPE: one per model, its angle linear in the position (the extra rotation of a query by
-  ``d`` positions is then a rotation by ``d`` times the frequencies).
-- Full attention: no sliding windows (yet).
+- RoPE: its angle linear in the position (the extra rotation of a query by ``d`` positions
+  is then a rotation by ``d`` times the frequencies); one per layer, so models whose layers
+  use different bases (Gemma 3) run.
+- Sliding windows (Mistral, Gemma 2/3, gpt-oss), soft-capped scores (Gemma 2) and attention
+  sinks (gpt-oss) run, each layer as vLLM runs it. A model that mixes windowed and full
+  layers needs vLLM's hybrid KV cache manager off (``--disable-hybrid-kv-cache-manager``):
+  with it on, the two kinds of layers keep separate block tables, which the plugin's views
+  do not map (with it off, every layer keeps every block, and windowed layers still compute
+  only their window). Chunked local attention (Llama 4) is not read.
 """
 
 from __future__ import annotations
@@ -44,7 +50,16 @@ class EngineFacts:
     cpu_layout: str | None  # on CPU, vLLM's cache layout for this engine (its attention "ISA")
     ropes: tuple[str, ...]  # the rope_type of each RoPE the model declares, () for none
     extra_rope_parts: tuple[str, ...] = ()  # RoPE parameters no linear variant has (mrope_section, ...)
-    sliding_window: int | None = None  # the model's attention window, None for full attention
+    mixed_windows: bool = False  # the model has windowed and full attention layers (gpt-oss, Gemma 2/3)
+    hybrid_kv_cache: bool = False  # vLLM's hybrid KV cache manager is on (block tables per kind of layer)
+    chunked_attention: int | None = None  # Llama 4's chunked local attention: tokens a chunk
+
+
+def mixed_windows(sliding_window: Any, layer_types: Any) -> bool:
+    """Whether a Hugging Face text config with these fields mixes windowed and full layers
+    (``layer_types`` lists each layer's; without it a window is every layer's)."""
+    kinds = set(layer_types or ())
+    return bool(sliding_window) and "sliding_attention" in kinds and len(kinds) > 1
 
 
 def rope_types(parameters: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -76,14 +91,16 @@ def refusal(facts: EngineFacts) -> str | None:
     if not facts.ropes:
         return (f"{FIELD}: this model has no rotary position embedding (RoPE); hogwild needs a RoPE model "
                 "(Llama, Qwen2, Qwen3, Mistral, ...)")
-    if len(facts.ropes) > 1:
-        return (f"{FIELD}: hogwild supports one RoPE per model; this model has {len(facts.ropes)} "
-                f"({', '.join(facts.ropes)})")
-    if facts.ropes[0] not in LINEAR_ROPES or facts.extra_rope_parts:
-        what = facts.ropes[0] + "".join(f" with {p}" for p in facts.extra_rope_parts)
+    other = [r for r in facts.ropes if r not in LINEAR_ROPES]
+    if other or facts.extra_rope_parts:
+        what = ", ".join(other or facts.ropes) + "".join(f" with {p}" for p in facts.extra_rope_parts)
         return (f"{FIELD}: hogwild supports RoPE types {', '.join(LINEAR_ROPES)} (an angle linear in the "
                 f"position); this model's is {what}")
-    if facts.sliding_window is not None:
-        return (f"{FIELD}: sliding-window attention models are not supported (this model's window: "
-                f"{facts.sliding_window} tokens)")
+    if facts.mixed_windows and facts.hybrid_kv_cache:
+        return (f"{FIELD}: this model mixes sliding-window and full attention layers, and this server runs "
+                "vLLM's hybrid KV cache manager, which gives them separate block tables; start the server with "
+                "--disable-hybrid-kv-cache-manager to run hogwild on it")
+    if facts.chunked_attention:
+        return (f"{FIELD}: chunked local attention (attention_chunk_size={facts.chunked_attention}) is not "
+                "supported")
     return None

@@ -81,8 +81,10 @@ def engine_facts(vllm_config: Any) -> support.EngineFacts:
     ropes, extra = support.rope_types(parameters)
     platform = "cpu" if current_platform.is_cpu() else "cuda" if current_platform.is_cuda() else \
         current_platform.device_name
-    return support.EngineFacts(platform, dtype, str(cache.cache_dtype), layout, ropes, extra,
-                               model.get_sliding_window())
+    mixed = support.mixed_windows(model.get_sliding_window(), getattr(cfg, "layer_types", None))
+    hybrid = not vllm_config.scheduler_config.disable_hybrid_kv_cache_manager
+    return support.EngineFacts(platform, dtype, str(cache.cache_dtype), layout, ropes, extra, mixed, hybrid,
+                               getattr(model, "attention_chunk_size", None))
 
 
 def check_request(vllm_config: Any, extra_args: Any, n: int) -> Any:
