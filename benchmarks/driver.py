@@ -67,16 +67,19 @@ def check_budgets(model: str, budgets: list[int], workers: int, max_model_len: i
 
 
 def build_llm(model: str, max_model_len: int, kv_gib: float | None, max_num_seqs: int,
-              max_batched_tokens: int, seed: int = 0, tensor_parallel: int = 1, dtype: str | None = None) -> Any:
+              max_batched_tokens: int, seed: int = 0, tensor_parallel: int = 1, dtype: str | None = None,
+              prefix_caching: bool = True) -> Any:
     """The engine the benchmarks run on. On a GPU: the plugin's attention backend and
     synchronous scheduling (what hogwild needs there), vLLM's memory defaults unless
     ``kv_gib`` is given. On CPU: eager, block size 32, a KV cache of ``kv_gib`` (default 4
-    GiB). ``dtype``: the model's (default: float32 on CPU, vLLM's on a GPU)."""
+    GiB). ``dtype``: the model's (default: float32 on CPU, vLLM's on a GPU);
+    ``prefix_caching``: vLLM's automatic prefix caching (its default: on)."""
     import torch
     from vllm import LLM
 
     common = dict(model=model, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                  max_num_batched_tokens=max_batched_tokens, seed=seed, tensor_parallel_size=tensor_parallel)
+                  max_num_batched_tokens=max_batched_tokens, seed=seed, tensor_parallel_size=tensor_parallel,
+                  enable_prefix_caching=prefix_caching)
     if kv_gib is not None or not torch.cuda.is_available():
         common["kv_cache_memory_bytes"] = int((kv_gib or 4.0) * 2**30)
     if torch.cuda.is_available():

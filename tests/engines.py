@@ -19,13 +19,14 @@ def model_path(family: str) -> str:
 @functools.lru_cache(maxsize=None)
 def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024, step_tokens: int | None = None,
            env: tuple[tuple[str, str], ...] = (), dtype: str = "float32", block_size: int = 32,
-           kv_cache_dtype: str = "auto", hybrid_kv_cache: bool | None = None):
+           kv_cache_dtype: str = "auto", hybrid_kv_cache: bool | None = None, prefix_caching: bool = True):
     """One in-process vLLM engine per configuration, shared by the tests (an engine that
     ends in-process takes vLLM's process-wide parallel state with it); ``step_tokens``:
     its ``max_num_batched_tokens`` (vLLM's default if None); ``env``: environment variables
     set while it starts and runs its first step, where the plugin reads its settings;
     ``hybrid_kv_cache``: vLLM's hybrid KV cache manager on (default: off for families that
-    mix windowed and full layers, which hogwild needs it off for)."""
+    mix windowed and full layers, which hogwild needs it off for); ``prefix_caching``: vLLM's
+    automatic prefix caching (its default, on)."""
     from vllm import LLM, SamplingParams
 
     step = {} if step_tokens is None else {"max_num_batched_tokens": step_tokens}
@@ -35,7 +36,7 @@ def engine(family: str, kv_bytes: int = 64 * 2**20, max_model_len: int = 1024, s
         llm = LLM(model=model_path(family), dtype=dtype, enforce_eager=True, block_size=block_size,
                   kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes,
                   max_num_seqs=16, seed=0, disable_hybrid_kv_cache_manager=family in MIXED_WINDOWS if hybrid_kv_cache is None else not hybrid_kv_cache,
-                  **step)
+                  enable_prefix_caching=prefix_caching, **step)
         llm.generate(["a"], SamplingParams(max_tokens=1), use_tqdm=False)
     finally:
         for k, v in saved.items():

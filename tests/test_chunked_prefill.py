@@ -68,19 +68,24 @@ def test_a_prompt_of_three_steps_prefills_in_chunks_and_the_workers_start_togeth
 
     llm = engine(family, step_tokens=STEP)
     ids = long_prompt(family)
+    # A prompt of its own for each group, none cached: each worker 0 computes the whole of it
+    # (tests/test_prefix_cache.py has groups that start from a cached part).
+    group_ids = [[ids[1 + g]] + ids[1:] for g in range(len(GROUPS))]
     plain_params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     plain_prompts = [ids[5:], ids[:20]]  # a long ordinary prompt (vLLM chunks it too) and a short one
     alone = [llm.generate([TokensPrompt(prompt_token_ids=p)], plain_params, use_tqdm=False)[0] for p in plain_prompts]
+    llm.reset_prefix_cache()
     log = StepLog(scheduler(llm))
     try:
         params = [SamplingParams(**group_params(w, layout, max_tokens=8)) for layout, w in GROUPS]
-        outs = llm.generate([TokensPrompt(prompt_token_ids=ids)] * len(GROUPS)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=g) for g in group_ids]
                             + [TokensPrompt(prompt_token_ids=p) for p in plain_prompts],
                             params + [plain_params] * len(plain_prompts), use_tqdm=False)
     finally:
         log.close()
-    for (layout, workers), out in zip(GROUPS, outs):
-        assert_matches(out, oracle_runs(family, ids, workers, layout, max_tokens=8))
+    for (layout, workers), out, own in zip(GROUPS, outs, group_ids):
+        assert out.num_cached_tokens == 0
+        assert_matches(out, oracle_runs(family, own, workers, layout, max_tokens=8))
         steps = log.of_group(out.request_id)
         assert sorted(steps) == list(range(workers))
         # Worker 0: the prompt, then its prefix; every other: the prompt's last token, its prefix.

@@ -151,7 +151,7 @@ def test_the_window_manager_keeps_group_blocks():
     from types import SimpleNamespace
 
     from vllm_hogwild import worker_requests
-    from vllm_hogwild.hooks.scheduler import _remove_skipped_blocks
+    from vllm_hogwild.hooks.kv_cache import _remove_skipped_blocks
 
     calls = []
     skip = _remove_skipped_blocks(lambda self, rid, *a: calls.append(rid))

@@ -42,6 +42,7 @@ def test_every_hook_module_lists_what_it_patches_and_vllm_has_it():
     import vllm.entrypoints.openai.chat_completion.serving
     import vllm.entrypoints.openai.completion.serving
     import vllm.v1.core.kv_cache_coordinator
+    import vllm.v1.core.kv_cache_manager
     import vllm.v1.core.sched.scheduler
     import vllm.v1.engine.async_llm
     import vllm.v1.engine.core
@@ -54,7 +55,7 @@ def test_every_hook_module_lists_what_it_patches_and_vllm_has_it():
     classes = {}
     for mod in (vllm.engine.arg_utils, vllm.entrypoints.openai.chat_completion.serving,
                 vllm.entrypoints.openai.completion.serving, vllm.v1.core.kv_cache_coordinator,
-                vllm.v1.core.sched.scheduler, vllm.v1.engine.async_llm,
+                vllm.v1.core.kv_cache_manager, vllm.v1.core.sched.scheduler, vllm.v1.engine.async_llm,
                 vllm.v1.engine.core,
                 vllm.v1.engine.core_client, vllm.v1.engine.input_processor, vllm.v1.engine.output_processor,
                 vllm.v1.engine.parallel_sampling, vllm.v1.worker.gpu_model_runner):

@@ -33,6 +33,19 @@ def worker_prompt(shared: Sequence[int], framing: Framing, prefixes: Sequence[Se
     return own + list(prefixes[worker])
 
 
+def cacheable_tokens(stamp: "WorkerStamp") -> int:
+    """How many tokens at the start of a worker's request may be read from and written to
+    vLLM's prefix cache: worker 0's shared prompt but its last token, plain causal text whose
+    keys depend on no worker (a plain request with the same prompt computes the same keys).
+    The last one worker 0 computes in the step its group starts, with the other workers'
+    copies of it (``prompt_tails``), so that a hit never takes the group past where it leads
+    alone. Nothing after the prompt (the framing, the prefixes and every generated token
+    attend to other workers), and nothing of another worker's request (its copy of the
+    prompt's last token sits at position 0 of its own request, where a plain request's first
+    token would have other keys)."""
+    return prompt_tails(stamp.prompt_len, stamp.flag.workers)[0] if stamp.worker == 0 else 0
+
+
 def framing_length(framing: Framing) -> int:
     return sum(len(ids) for _, ids in framing)
 

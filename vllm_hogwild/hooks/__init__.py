@@ -9,6 +9,8 @@ A hogwild request on its way through vLLM, and the module that hooks each stop:
 ``data_parallel``  every worker of a group goes to one engine
 ``scheduler``      a group is admitted whole (a long prompt led by worker 0 in chunks),
                    its workers start together, run first, free their blocks together
+``kv_cache``       its shared prompt is read from and written to the prefix cache, nothing
+                   else of it; no block of it is freed behind a sliding window
 ``model_runner``   worker requests are registered with the planner (``planner.py``),
                    which the attention backends (``cpu_backend``, ``cuda_backend``) read;
                    forced texts join the output whole
@@ -60,11 +62,11 @@ def install() -> None:
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    from vllm_hogwild.hooks import (command_line, data_parallel, engine_core, frontend, model_runner, outputs,
-                                    scheduler, serving, shutdown)
+    from vllm_hogwild.hooks import (command_line, data_parallel, engine_core, frontend, kv_cache, model_runner,
+                                    outputs, scheduler, serving, shutdown)
 
     for seam in (command_line, frontend, outputs, serving, shutdown, engine_core, data_parallel, scheduler,
-                 model_runner):
+                 kv_cache, model_runner):
         seam.install()
     if current_platform.is_cpu():
         register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.cpu_backend.HogwildCPUBackend")

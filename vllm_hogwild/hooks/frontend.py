@@ -13,7 +13,6 @@ in worker order; ``get_child_info`` stamps each child with its worker index and 
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -189,10 +188,8 @@ def _process_inputs(original):
             request.request_id, 0, flag, prompt_len, tuple(map(tuple, prefixes)),
             tuple((name, tuple(ids)) for name, ids in framing)))
         sp.n = flag.workers
-        sp.skip_reading_prefix_cache = True
-        # A salt of its own keeps the group's blocks (whose keys depend on the other
-        # workers) out of every other request's prefix-cache hits.
-        request.cache_salt = f"hogwild-{uuid.uuid4().hex}"
+        # The prefix cache: the group's shared prompt is read and written like a plain request's,
+        # nothing else of it (hooks/kv_cache.py); a user's cache_salt still isolates it.
         return request
 
     return wrapper

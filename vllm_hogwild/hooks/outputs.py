@@ -12,6 +12,11 @@ the worker generated.
 
 The answer is parsed from worker 0's text when it ends (``prompts.final_answer``) and set as
 ``RequestOutput.hogwild_final_answer`` from then on; ``serving.py`` puts it on HTTP responses.
+
+``RequestOutput.num_cached_tokens`` of a group is worker 0's: the group's prompt tokens read
+from the prefix cache (``kv_cache.py``; vLLM's merge of the fan-out would carry whichever
+worker's came last, and the others never read the cache). HTTP usage reports it as
+``cached_tokens``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def _add_request(original):
             return
         state.hogwild_protocol = _protocol_on(request.sampling_params)
         stamp = stamp_of(request.sampling_params)
+        state.hogwild_worker = stamp is not None
         detokenizer = getattr(state, "detokenizer", None)
         if stamp is not None and self.tokenizer is not None and hasattr(detokenizer, "output_text"):
             first = stamp.prefix_ids[stamp.worker]
@@ -56,12 +62,16 @@ def _add_request(original):
 def _make_request_output(original):
     def wrapper(self, new_token_ids, pooling_output, finish_reason, *args, **kwargs):
         group = self.parent_req if self.parent_req is not None else self  # W=1: no fan-out
+        if self.request_index == 0 and self.parent_req is not None and getattr(self, "hogwild_worker", False):
+            group.hogwild_cached_tokens = self.num_cached_tokens  # the group's prompt hit
         if (finish_reason is not None and self.request_index == 0 and self.detokenizer is not None
                 and getattr(self, "hogwild_protocol", False)):
             group.hogwild_final_answer = prompts.final_answer(self.detokenizer.output_text)
         output = original(self, new_token_ids, pooling_output, finish_reason, *args, **kwargs)
         if output is not None and hasattr(group, "hogwild_final_answer"):
             output.hogwild_final_answer = group.hogwild_final_answer
+        if output is not None and hasattr(group, "hogwild_cached_tokens"):
+            output.num_cached_tokens = group.hogwild_cached_tokens
         return output
 
     return wrapper

@@ -1,19 +1,14 @@
 """Scheduler: a group is admitted whole, runs before ordinary requests, and frees its blocks together.
 
 Patches ``Scheduler.schedule``, ``Scheduler._reserve_prefill_lookahead``,
-``Scheduler._free_blocks``, ``Scheduler.update_from_output`` and
-``KVCacheCoordinator.remove_skipped_blocks``.
+``Scheduler._free_blocks`` and ``Scheduler.update_from_output``.
 
 Admission policy is ``admission.py``; the workers of running groups go first in vLLM's
 running list (vLLM preempts from the back); a finished worker's blocks are freed only when
 its whole group has ended (or was aborted); a group whose workers do not all arrive within
 ``GROUP_ASSEMBLY_SECONDS`` fails instead of waiting forever.
 
-With a sliding-window model, vLLM frees a request's blocks that fall out of its own window
-(``remove_skipped_blocks``). A worker's window is over its own positions, but other
-workers' views place its tokens elsewhere (the prompt, a step committed long ago, another
-worker's current step), so no block of a group is freed that way: a group keeps its blocks
-until it ends, as with full attention (which the admission's block count assumes).
+What a group's blocks may do in vLLM's prefix cache and window freeing is ``kv_cache.py``'s.
 
 A group too long for one step *leads* (``admission.py``): vLLM chunks worker 0's prompt as
 it chunks any long prompt, and ``_reserve_prefill_lookahead`` (where vLLM already caps a
@@ -45,16 +40,13 @@ def install() -> None:
     wrap(Scheduler, "_reserve_prefill_lookahead", _reserve_prefill_lookahead)
     wrap(Scheduler, "_free_blocks", _free_blocks)
     wrap(Scheduler, "update_from_output", _update_from_output)
-    from vllm.v1.core.kv_cache_coordinator import KVCacheCoordinator
-
-    wrap(KVCacheCoordinator, "remove_skipped_blocks", _remove_skipped_blocks)
 
 
 def _schedule(original):
     from vllm.v1.request import RequestStatus
 
     def wrapper(self, *args, **kwargs):
-        # The coordinator is told whose blocks it must keep (see _remove_skipped_blocks).
+        # The coordinator is told the requests whose blocks it must keep (kv_cache.py).
         self.kv_cache_manager.coordinator._hogwild_requests = self.requests
         groups: dict[str, list[Any]] = defaultdict(list)
         for request in self.requests.values():
@@ -104,17 +96,6 @@ def _free_blocks(original):
         for member in ended.pop(key):
             original(self, member)
         return None
-
-    return wrapper
-
-
-def _remove_skipped_blocks(original):
-    def wrapper(self, request_id, *args, **kwargs):
-        requests = self.__dict__.get("_hogwild_requests")
-        request = requests.get(request_id) if requests else None
-        if request is not None and group_of(request) is not None:
-            return None  # other workers' views reach blocks outside this worker's window
-        return original(self, request_id, *args, **kwargs)
 
     return wrapper
 
@@ -242,15 +223,18 @@ def _check_whole(output: Any, plan: _Admission, groups: dict[str, list[Any]]) ->
     def fail(key: str, what: str) -> None:
         raise RuntimeError(f"hogwild: group {key} {what}")
 
+    def whole_prompt(r: Any) -> bool:  # scheduled, its prompt computed by the end of the step (a
+        return r.request_id in scheduled and r.num_computed_tokens == r.num_prompt_tokens  # hit, then the rest)
+
     for key in plan.whole:
         for r in groups[key]:
-            if scheduled.get(r.request_id) != r.num_prompt_tokens:
+            if not whole_prompt(r):
                 fail(key, f"was only partly admitted (request {r.request_id})")
     for key in plan.joining:
         if groups[key][0].num_computed_tokens != groups[key][0].num_prompt_tokens:
             fail(key, "started its workers before worker 0's prompt was done")
         for r in groups[key][1:]:
-            if scheduled.get(r.request_id) != r.num_prompt_tokens:
+            if not whole_prompt(r):
                 fail(key, f"was only partly admitted (request {r.request_id})")
     for key in (k for k in groups if groups[k][0].request_id in plan.hold):  # leading, or led and waiting
         first = groups[key][0]

@@ -1,0 +1,148 @@
+"""Groups sharing a system prompt, vLLM's prefix caching on against off, in one run.
+
+    python benchmarks/prefix_cache.py [--groups 16] [--workers 4] [--system-tokens 1024]
+                                      [--max-tokens 32] [--rounds 2] [--dtype bfloat16]
+                                      [--out benchmarks/results/prefix_cache_smollm2]
+
+G groups of W workers arrive at once, each a different arithmetic problem
+(``data/arithmetic50.jsonl``) after one system prompt of ``--system-tokens`` tokens of real
+text (``docs/design.md``, whole words); greedy, ``--max-tokens`` per worker, the embedded
+SmolLM2. Two engines, prefix caching on and off, run the same batch in turn, ``--rounds``
+times (one engine steps at a time: this machine's timings drift by 10-20%). Reported per
+engine, median over rounds:
+
+- prompt tokens computed: every token the scheduler gave a step, less the tokens sampled
+  (one per worker per step, with the first of each worker's output); against the *unique*
+  prompt tokens (the system prompt once, each group's own tokens: its problem, its workers'
+  prefixes and copies of the prompt's last token);
+- time to first token of each group (from the batch's arrival to the step that gives it its
+  first sampled token), p50 and p90; time to answer (the last group's end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_PLUGINS", "hogwild")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import driver  # noqa: E402
+
+
+def system_prompt(tokenizer, tokens: int) -> str:
+    """``tokens`` tokens of real text (the design notes), cut at a word."""
+    with open(os.path.join(os.path.dirname(HERE), "docs", "design.md"), encoding="utf-8") as f:
+        text = f.read()
+    ids = tokenizer.encode(text, add_special_tokens=False)[:tokens]
+    return tokenizer.decode(ids).rsplit(" ", 1)[0]
+
+
+def run_batch(llm, prompts: list[list[int]], workers: int, max_tokens: int) -> dict:
+    from vllm import SamplingParams, TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = llm.llm_engine
+    scheduler = engine.engine_core.engine_core.scheduler
+    scheduled = []
+    original = scheduler.schedule
+
+    def counting(*args, **kwargs):
+        output = original(*args, **kwargs)
+        scheduled.append(output.total_num_scheduled_tokens)
+        return output
+
+    scheduler.schedule = counting
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, output_kind=RequestOutputKind.CUMULATIVE,
+                            extra_args={"hogwild_workers": workers})
+    start = time.perf_counter()
+    try:
+        for i, ids in enumerate(prompts):
+            engine.add_request(f"g{i}", TokensPrompt(prompt_token_ids=ids), params)
+        first, done, sampled, cached = {}, {}, {}, {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                now = time.perf_counter() - start
+                count = sum(len(o.token_ids) for o in out.outputs)
+                if count and out.request_id not in first:
+                    first[out.request_id] = now
+                sampled[out.request_id] = count
+                cached[out.request_id] = out.num_cached_tokens or 0
+                if out.finished:
+                    done[out.request_id] = now
+    finally:
+        del scheduler.schedule
+    return {"prompt_tokens_computed": sum(scheduled) - sum(sampled.values()),
+            "cached_tokens": sum(cached.values()),
+            "ttft_s": sorted(first.values()), "answer_s": max(done.values()),
+            "tokens_sampled": sum(sampled.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--groups", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--system-tokens", type=int, default=1024)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "prefix_cache_smollm2"))
+    args = parser.parse_args()
+    model = driver.model_path(None)
+    engines = {name: driver.build_llm(model, 4096, 2.0, 256, 8192, dtype=args.dtype, prefix_caching=on)
+               for name, on in (("caching on", True), ("caching off", False))}
+    tokenizer = engines["caching on"].get_tokenizer()
+    system = system_prompt(tokenizer, args.system_tokens)
+    problems = [p.text for p in driver.problems(os.path.join(HERE, "data", "arithmetic50.jsonl"), args.groups)]
+    prompts = [tokenizer.encode(system + "\n\nProblem: " + p, add_special_tokens=False) for p in problems]
+    shared = len(os.path.commonprefix(prompts))
+    # Unique prompt tokens: the shared prefix once, each group's own prompt tokens, and what
+    # each group's workers must compute of their own (a copy of the prompt's last token each,
+    # for W-1 workers; the runs here give no prefixes).
+    unique = shared + sum(len(p) - shared for p in prompts) + len(prompts) * (args.workers - 1)
+    rows = {name: [] for name in engines}
+    for r in range(args.rounds):
+        for name, llm in engines.items():
+            llm.reset_prefix_cache()
+            found = run_batch(llm, prompts, args.workers, args.max_tokens)
+            rows[name].append(found)
+            ttft = found["ttft_s"]
+            print(f"round {r} {name}: prompt tokens computed {found['prompt_tokens_computed']} (unique {unique}), "
+                  f"cached {found['cached_tokens']}, TTFT p50 {driver.percentile(ttft, 50):.2f} s, "
+                  f"p90 {driver.percentile(ttft, 90):.2f} s, answer {found['answer_s']:.2f} s", flush=True)
+    summary = {}
+    for name, runs in rows.items():
+        summary[name] = {
+            "prompt_tokens_computed": statistics.median(x["prompt_tokens_computed"] for x in runs),
+            "ttft_p50_s": statistics.median(driver.percentile(x["ttft_s"], 50) for x in runs),
+            "ttft_p90_s": statistics.median(driver.percentile(x["ttft_s"], 90) for x in runs),
+            "answer_s": statistics.median(x["answer_s"] for x in runs)}
+    result = {"command": " ".join(["python"] + sys.argv), "machine": driver.machine(), "date": time.strftime("%Y-%m-%d"),
+              "model": model, "dtype": args.dtype, "groups": args.groups, "workers": args.workers,
+              "shared_prompt_tokens": shared, "prompt_tokens": sum(map(len, prompts)), "unique_prompt_tokens": unique,
+              "summary": summary, "rounds": rows}
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    lines = ["| | prompt tokens computed | vs unique | TTFT p50 | TTFT p90 | time to answer |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, s in summary.items():
+        lines.append(f"| {name} | {s['prompt_tokens_computed']:.0f} | {s['prompt_tokens_computed'] / unique:.3f}x | "
+                     f"{s['ttft_p50_s']:.2f} s | {s['ttft_p90_s']:.2f} s | {s['answer_s']:.2f} s |")
+    table = "\n".join(lines)
+    with open(args.out + ".md", "w") as f:
+        f.write(f"`{result['command']}`\n\n{args.groups} groups of W={args.workers}, a shared prompt of {shared} tokens "
+                f"({sum(map(len, prompts))} prompt tokens in all, {unique} unique), {args.dtype}, "
+                f"median of {args.rounds} rounds.\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
