@@ -142,6 +142,30 @@ def test_throughput_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_prefix_cache_smoke(tmp_path):
+    """Groups sharing a system prompt: with caching on, the shared prompt is computed once (in a
+    process of its own: the benchmark starts two engines, caching on and off)."""
+    import json
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "pc"
+    run = subprocess.run([sys.executable, os.path.join(here, "..", "benchmarks", "prefix_cache.py"),
+                          "--model", model_path("llama"), "--groups", "3", "--workers", "2", "--system-tokens", "200",
+                          "--max-tokens", "4", "--rounds", "1", "--dtype", "float32", "--max-model-len", "1024", "--kv-gib", "0.25",
+                          "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads((tmp_path / "pc.json").read_text())
+    on, off = found["summary"]["caching on"], found["summary"]["caching off"]
+    assert off["prompt_tokens_computed"] >= found["prompt_tokens"]
+    # the shared prompt once, less what is cut off at a block's end: each group recomputes that
+    assert found["unique_prompt_tokens"] <= on["prompt_tokens_computed"] <= found["unique_prompt_tokens"] + 3 * 32
+    assert "| caching on |" in (tmp_path / "pc.md").read_text()
+
+
+@pytest.mark.slow
 def test_accuracy_smoke(tmp_path):
     report = accuracy.main(["--model", model_path("llama"), "--problems", _two_problems(tmp_path), "--budgets", "64",
                             "--workers", "2", "--temperature", "0", "--out", str(tmp_path / "acc"), *TINY])
