@@ -77,10 +77,14 @@ def _engine_requests(base: str) -> dict[str, float]:
     return counts
 
 
+# One system text before every prompt, longer than a cache block: each engine's prefix cache
+# serves it to the groups and plain requests after the first (tests/test_prefix_cache.py).
+SYSTEM = "Alice and Bob solve problems together. Each worker writes a step, then checks the others. " * 3
 GROUPS = [({"hogwild_workers": 2 + i % 3, "hogwild_layout": ("combined", "interleaved", "contiguous")[i % 3]},
-           ("Each worker writes a step.", "Alice and Bob solve problems together.", "Let x be the unknown.",
-            "We plan the work, split it, and tell each other what we found.")[i % 4]) for i in range(9)]
-PLAIN = ["Each worker writes a step.", "Alice and Bob solve problems together.", "Let x be the unknown."]
+           SYSTEM + ("Each worker writes a step.", "Alice and Bob solve problems together.", "Let x be the unknown.",
+                     "We plan the work, split it, and tell each other what we found.")[i % 4]) for i in range(9)]
+PLAIN = [SYSTEM + p for p in ("Each worker writes a step.", "Alice and Bob solve problems together.",
+                              "Let x be the unknown.")]
 
 
 @pytest.mark.slow
