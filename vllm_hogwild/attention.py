@@ -65,14 +65,17 @@ def layer_kinds(model: torch.nn.Module) -> Layers:
         raise ValueError("hogwild needs a model with rotary position embeddings (RoPE)")
     rotaries: dict[bytes, int] = {}
     found: list[Rotary] = []
+    known: dict[int, int] = {}  # id of a RoPE module -> its index (its cos/sin cache read once)
 
     def index_of(rope: RotaryEmbeddingBase) -> int:
-        freq = _inv_freq(rope)
-        key = freq.numpy().tobytes() + bytes([rope.is_neox_style])
-        if key not in rotaries:
-            rotaries[key] = len(found)
-            found.append(Rotary(freq, rope.is_neox_style))
-        return rotaries[key]
+        if id(rope) not in known:
+            freq = _inv_freq(rope)
+            key = freq.numpy().tobytes() + bytes([rope.is_neox_style])
+            if key not in rotaries:
+                rotaries[key] = len(found)
+                found.append(Rotary(freq, rope.is_neox_style))
+            known[id(rope)] = rotaries[key]
+        return known[id(rope)]
 
     kinds = {}
     for name, module in modules.items():
