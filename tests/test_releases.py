@@ -1,0 +1,90 @@
+"""The list of vLLM internals each supported release is patched at (``vllm_hogwild.releases``) is complete and
+matches the installed vLLM's source: a release that moves or re-signs one of them fails here, by name, rather
+than inside an engine step."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import vllm
+
+from vllm_hogwild import releases
+from vllm_hogwild.releases import Target
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vllm_hogwild"
+
+
+def _site_root() -> str:
+    return str(Path(vllm.__file__).resolve().parents[1])
+
+
+def test_the_installed_release_is_supported_and_every_target_matches_its_source():
+    release = releases.release_of(vllm.__version__)
+    assert release is not None, f"vLLM {vllm.__version__} is not in releases.RELEASES"
+    assert releases.check(_site_root(), releases.targets(release)) == []
+
+
+def _wrapped() -> set[tuple[str, str]]:
+    """(class, method) of every ``wrap(Class, "method", ...)`` in the hooks."""
+    found = set()
+    for path in (PACKAGE / "hooks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "wrap"
+                    and isinstance(node.args[0], ast.Name) and isinstance(node.args[1], ast.Constant)):
+                found.add((node.args[0].id, node.args[1].value))
+    return found
+
+
+def _overridden() -> set[tuple[str, str]]:
+    """(vLLM base, method) of every builder and impl method the backends override (``build``, ``forward``:
+    the impls take ``forward`` from ``attention.HogwildForward``)."""
+    found = set()
+    for name in ("cpu_backend.py", "cuda_backend.py"):
+        for node in ast.parse((PACKAGE / name).read_text()).body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+            own = {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+            if "HogwildForward" in bases:
+                own.add("forward")
+            for base in bases:
+                if base.endswith(("MetadataBuilder", "Impl")):
+                    found |= {(base, m) for m in own & {"build", "forward", "__init__"}}
+    return found
+
+
+@pytest.mark.parametrize("release", sorted(releases.RELEASES))
+def test_every_wrapped_or_overridden_method_is_listed(release):
+    listed = {(t.cls, t.method) for t in releases.targets(release)}
+    assert _wrapped() and _overridden()
+    assert _wrapped() - listed == set()
+    assert _overridden() - listed == set()
+
+
+def test_check_names_what_moved(tmp_path):
+    pkg = tmp_path / "vllm" / "core"
+    pkg.mkdir(parents=True)
+    (tmp_path / "vllm" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sched.py").write_text(
+        "class Scheduler:\n"
+        "    def schedule(self, throttle, *, extra=None): ...\n"
+        "    @staticmethod\n"
+        "    def make(parser): ...\n")
+    want = [Target("s", "vllm.core.sched", "Scheduler", "schedule", ("throttle", "*extra")),
+            Target("s", "vllm.core.sched", "Scheduler", "make", ("parser",))]
+    assert releases.check(str(tmp_path), want) == []
+    changed = [Target("s", "vllm.core.sched", "Scheduler", "schedule", ("throttle",))]
+    assert "parameters ('throttle', '*extra')" in releases.check(str(tmp_path), changed)[0]
+    assert "is not defined" in releases.check(
+        str(tmp_path), [Target("s", "vllm.core.sched", "Scheduler", "gone", ())])[0]
+    assert "class Runner" in releases.check(
+        str(tmp_path), [Target("s", "vllm.core.sched", "Runner", "step", ())])[0]
+    assert "module vllm.core.runner is gone" in releases.check(
+        str(tmp_path), [Target("s", "vllm.core.runner", "Runner", "step", ())])[0]
+
+
+def test_release_of():
+    assert releases.release_of("0.32.0+cpu") == "0.32"
+    assert releases.release_of("0.32.3") == "0.32"
+    assert releases.release_of("0.31.2") is None
