@@ -12,6 +12,7 @@ Each patch below names what upstream's CPU build wants from outside the registri
   triton-cpu from a GitHub release. The patched build compiles the C++ kernels of vLLM's standalone CPU runner
   (upstream builds them for non-x86 CPUs) and lets x86 use that runner when no Triton backend is active.
 - gcc >= 12.3 on x86: Debian 12 ships 12.2.0; the version floor is lowered to 12.2.
+- DeepSeek-V4's sparse MLA kernel: gcc 12.2 stops on it with an internal compiler error; a stub that refuses.
 - one `_C` for this CPU instead of three ISA variants (AMX, AVX-512, AVX2): a third of the compile.
 """
 import hashlib
@@ -20,6 +21,18 @@ import sys
 import tarfile
 import urllib.request
 from pathlib import Path
+
+
+FLASH_MLA_STUB = """// vllm-hogwild stub: gcc 12.2 cannot compile the original (flash_mla.cpp.orig).
+#include <torch/all.h>
+
+void flash_mla_with_kvcache_cpu(at::Tensor& out, at::Tensor& q, at::Tensor& window_cache_2d,
+                                at::Tensor& window_slots, int64_t window_block_size,
+                                at::Tensor& compressed_cache_2d, at::Tensor& compressed_slots,
+                                int64_t compressed_block_size, at::Tensor& attn_sink, double scale) {
+  TORCH_CHECK(false, "DeepSeek-V4 sparse MLA is not in this build (gcc 12.2 cannot compile it)");
+}
+"""
 
 
 def sdist_url(version: str) -> tuple[str, str]:
@@ -50,7 +63,7 @@ def replace(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     if old in text:
         path.write_text(text.replace(old, new, 1))
-    elif not new or new not in text:  # (a removal leaves nothing to find: it was applied or never there)
+    elif new not in text:  # (new in text: applied before; a removal's "" always is)
         sys.exit(f"{path}: the text to patch is not there; this release needs its own patch:\n{old}")
 
 
@@ -64,6 +77,7 @@ def patch(src: Path, with_onednn: bool) -> None:
     # One _C through the generic branch (it builds the standalone runner's kernels) with the AVX-512 flags.
     replace(cmake, "# TODO: Refactor this\nif (ENABLE_X86_ISA)",
             "set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX512_AMX})\n"
+            "add_compile_definitions(CPU_CAPABILITY_AMXBF16)\n"
             "if(USE_ONEDNN)\n    add_compile_definitions(VLLM_WITH_ONEDNN)\nendif()\n"
             "# TODO: Refactor this\nif (ENABLE_X86_ISA)")
     replace(cmake, "if (ENABLE_X86_ISA)\n    set(VLLM_EXT_SRC_SGL", "if (FALSE)\n    set(VLLM_EXT_SRC_SGL")
@@ -73,6 +87,18 @@ def patch(src: Path, with_onednn: bool) -> None:
             '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
             '    "csrc/cpu/shm.cpp"\n'
             '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND')
+    # The kernels the x86 AMX variant adds (sglang's, the WNA16 GEMM): its bindings register them.
+    replace(cmake, 'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"',
+            'if (ENABLE_X86_ISA)\n    file(GLOB VLLM_SGL_SRC "csrc/cpu/sgl-kernels/*.cpp")\n'
+            '    list(REMOVE_ITEM VLLM_SGL_SRC "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cpu/sgl-kernels/fla.cpp")\n'
+            '    set(VLLM_EXT_SRC "csrc/cpu/cpu_wna16.cpp" ${VLLM_SGL_SRC} ${VLLM_EXT_SRC})\nendif()\n\n'
+            'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"')
+    # gcc 12.2 stops with an internal compiler error on DeepSeek-V4's sparse MLA kernel (why upstream asks
+    # for 12.3): it is built as a stub that refuses, so no other model is affected.
+    mla = src / "csrc/cpu/sgl-kernels/flash_mla.cpp"
+    if "vllm-hogwild stub" not in mla.read_text():
+        mla.rename(mla.with_suffix(".cpp.orig"))
+        mla.write_text(FLASH_MLA_STUB)
     bindings = src / "csrc/cpu/torch_bindings.cpp"
     replace(bindings, "  // Quantization\n#if defined(__AVX512F__) || defined(__AVX2__) ||",
             "  // Quantization\n#if defined(VLLM_WITH_ONEDNN) && (defined(__AVX512F__) || defined(__AVX2__) ||")
@@ -84,6 +110,9 @@ def patch(src: Path, with_onednn: bool) -> None:
     platform = src / "vllm/platforms/cpu.py"
     replace(platform, "return not HAS_TRITON and cls.get_cpu_architecture() != CpuArchEnum.X86",
             "return not HAS_TRITON")
+    replace(platform, "if cls.get_cpu_architecture() == CpuArchEnum.X86 and not HAS_TRITON:\n"
+                      "            raise RuntimeError(\"vLLM on x86 CPUs requires Triton (triton-cpu).\")",
+            "pass  # (vllm-hogwild's build: x86 without triton-cpu runs the standalone CPU runner)")
 
 
 if __name__ == "__main__":

@@ -181,14 +181,14 @@ def test_the_backend_runs_the_op_asked_for(monkeypatch):
 def vllm_written(cache: PagedCache, isa: str) -> torch.Tensor:
     """``cache``'s blocks as vLLM's own CPU cache writer lays them out for ``isa``: one
     ``[blocks, kv_heads, block_size, 2 * head_dim]`` tensor, as the CPU backend gets."""
-    from vllm import _custom_ops as ops
+    from vllm_api import cpu_attn_reshape_and_cache
 
     blocks, block_size, heads, dim = cache.key.shape
     kv = torch.zeros(blocks, heads, block_size, 2 * dim, dtype=cache.key.dtype)
     key_cache, value_cache = kv.view(blocks, heads, 2 * block_size, dim).chunk(2, dim=2)
-    ops.cpu_attn_reshape_and_cache(cache.key.reshape(-1, heads, dim), cache.value.reshape(-1, heads, dim),
-                                   key_cache, value_cache, torch.arange(blocks * block_size), isa,
-                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    cpu_attn_reshape_and_cache(cache.key.reshape(-1, heads, dim), cache.value.reshape(-1, heads, dim),
+                               key_cache, value_cache, torch.arange(blocks * block_size), isa,
+                               k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
     return kv
 
 

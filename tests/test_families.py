@@ -11,6 +11,7 @@ The oracle runs the family's own transformers code with its own attention over e
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import subprocess
@@ -130,11 +131,11 @@ def test_gpt_oss_groups_equal_the_oracle(tmp_path):
 def test_each_layer_gets_its_rope_and_window():
     """Gemma 3's layers as the backend reads them: the windowed layer turns by the local
     base, the full one by the global (linear-scaled) one."""
-    from vllm_hogwild import runtime
+    from vllm_hogwild import releases, runtime
 
     llm = engine("gemma3")
     runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
-    runtime.set_runner(runner)
+    runtime.set_runner(runner, importlib.import_module(releases.adapter("model_runner")).Batch)
     layers = runtime.layers()
     kinds = sorted(layers.kinds.items())
     assert [k.window for _, k in kinds] == [WINDOW, 0]

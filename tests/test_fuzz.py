@@ -111,4 +111,4 @@ def test_random_traffic_with_aborts_keeps_every_survivor_exact_and_frees_every_b
     from vllm_hogwild.hooks.sampler import hogwild_processors
 
     protocols = hogwild_processors(runner)
-    assert protocols and not any(p._groups or p._rows for p in protocols)
+    assert protocols and not any(p._groups or p.rows for p in protocols)

@@ -107,7 +107,7 @@ def test_kv_pressure_holds_groups_back_whole():
 
 def test_cpu_cache_layout_matches_vllm_writer():
     """The fragment op reads keys and values where vLLM's CPU kernel writes them."""
-    from vllm import _custom_ops as ops
+    from vllm_api import cpu_attn_reshape_and_cache
 
     from vllm_hogwild.cpu_backend import cpu_caches
 
@@ -116,8 +116,8 @@ def test_cpu_cache_layout_matches_vllm_writer():
     key_cache, value_cache = kv.view(blocks, heads, 2 * block_size, dim).chunk(2, dim=2)
     key, value = torch.randn(70, heads, dim), torch.randn(70, heads, dim)
     slots = torch.randperm(blocks * block_size)[:70]
-    ops.cpu_attn_reshape_and_cache(key, value, key_cache, value_cache, slots, "vec",
-                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    cpu_attn_reshape_and_cache(key, value, key_cache, value_cache, slots, "vec",
+                               k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
     keys, values = cpu_caches(kv)
     b, o = slots // block_size, slots % block_size
     assert torch.equal(keys[b, o], key) and torch.equal(values[b, o], value)

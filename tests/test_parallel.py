@@ -21,6 +21,8 @@ import pytest
 from engines import engine, model_path, scheduler
 from servers import running_server
 
+from vllm_hogwild import releases
+
 
 def test_a_group_whose_workers_never_all_arrive_fails_instead_of_waiting(monkeypatch):
     """Worker 1 of a group is held back from the engine (as if placed on another engine):
@@ -87,8 +89,16 @@ PLAIN = [SYSTEM + p for p in ("Each worker writes a step.", "Alice and Bob solve
                               "Let x be the unknown.")]
 
 
+# vLLM 0.34's CPU worker of data-parallel rank 1 on a machine with one NUMA node looks for
+# memory node 1 and fails to start (IndexError in CPUWorker.__init__), plugin or not:
+#   VLLM_CPU_OMP_THREADS_BIND="0|1" vllm serve MODEL --data-parallel-size 2
+DP_UPSTREAM = pytest.mark.xfail(releases.installed() == "0.34", strict=True,
+                                reason="vLLM 0.34: data parallel fails to start on one NUMA node, plugin or not")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("option", ["--data-parallel-size", "--tensor-parallel-size"])
+@pytest.mark.parametrize("option", [pytest.param("--data-parallel-size", marks=DP_UPSTREAM),
+                                    "--tensor-parallel-size"])
 def test_groups_on_two_engines_or_ranks_all_answer_and_equal_one_engine(tmp_path, option):
     """Groups (W 2..4, every layout) and plain requests at once, over HTTP: every request
     answers, every group's and plain request's greedy tokens equal one engine's offline run,

@@ -171,7 +171,7 @@ def test_ordinary_requests_are_untouched(server):
 
 def test_vllm_serve_accepts_the_plugin_option():
     """`vllm serve MODEL --plugin hogwild` parses (vLLM's own parser, with the plugin loaded)."""
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm_api import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(["some-model", "--plugin", "hogwild"])

@@ -18,9 +18,15 @@ from engines import hf_model
 from test_chunked_prefill import STEP, long_prompt
 from runs import (PROBLEM, assert_matches, assert_within_noise, group_params, oracle_runs, prompt_ids,
                   protocol_flags, protocol_oracle, same_dtype_oracle)
-from vllm_hogwild import prompts
+from vllm_hogwild import prompts, releases
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # With a Triton backend present, vLLM 0.34's CPU worker runs the GPU Model Runner V2, which the
+    # plugin does not hook yet (hogwild requests are refused there: test_dtypes).
+    pytest.mark.skipif(releases.installed() != "0.32",
+                       reason="vLLM 0.34: the CUDA path runs Model Runner V2 on the GPU, not hooked yet"),
+]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLAIN = "Check: 2 * 4 + 3 = 11."

@@ -24,7 +24,6 @@ import types
 os.environ["TRITON_INTERPRET"] = "1"
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ["VLLM_PLUGINS"] = "hogwild"
-os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # what the plugin sets on CUDA
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 BLOCK_SIZE = 16  # vLLM's default on CUDA; the CPU backend needs multiples of 32

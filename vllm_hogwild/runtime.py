@@ -15,11 +15,14 @@ from typing import Any, Callable
 from vllm_hogwild.planner import Packing, Planner, StepPlan
 
 _runner: Any = None
+_batch: Any = None  # reads this step's batch off the runner: the release's model-runner adapter
 
 
-def set_runner(runner: Any) -> None:
-    global _runner
-    _runner = runner
+def set_runner(runner: Any, batch: Any) -> None:
+    """``batch`` has ``req_ids(runner)`` (request ids in batch order) and ``discarded(runner)``
+    (per batch row, whether its sample is thrown away, or None)."""
+    global _runner, _batch
+    _runner, _batch = runner, batch
 
 
 def planner(runner: Any) -> Planner:
@@ -59,8 +62,7 @@ def encoder(model_config: Any) -> Callable[[str], list[int]]:
 def discarded_rows() -> Any:
     """Per batch row of this step, whether vLLM will discard its sample (a prompt chunk
     before the last: its logits are not at the end of anything), or None before the first step."""
-    mask = getattr(_runner, "discard_request_mask", None)
-    return None if mask is None else mask.np
+    return None if _runner is None else _batch.discarded(_runner)
 
 
 def kv_caches() -> list[Any]:
@@ -77,7 +79,7 @@ def step_plan(common: Any, packing: Packing | None = None) -> StepPlan | None:
     plan_for = getattr(runner, "_hogwild_planner", None)
     if not plan_for:
         return None
-    req_ids = runner.input_batch.req_ids[: common.num_reqs]
+    req_ids = _batch.req_ids(runner)[: common.num_reqs]
     qsl = common.query_start_loc_cpu.tolist()
     # vLLM's host copy is exact without speculative decoding (refused with hogwild); it
     # spares a device-to-host copy, which waits for the GPU, every step.

@@ -22,6 +22,8 @@ Nothing the plugin cannot run ever reaches an engine step.
   with it on, the two kinds of layers keep separate block tables, which the plugin's views
   do not map (with it off, every layer keeps every block, and windowed layers still compute
   only their window). Chunked local attention (Llama 4) is not read.
+- Model runners: vLLM 0.32's V1 runner (CPU and GPU) and vLLM 0.34's standalone CPU runner are
+  hooked. vLLM 0.34's GPU runner (Model Runner V2) is not yet: hogwild requests are refused there.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ KV_CACHE_DTYPES = ("auto",)
 CPU_LAYOUTS = ("vec", "vec16", "amx")
 # vLLM's RoPE variants whose cos/sin table is cos(p * f), sin(p * f) (times a constant).
 LINEAR_ROPES = ("default", "linear", "llama3", "ntk", "dynamic", "yarn")
+
+# The model runners the hooks drive (``hooks/model_runner_v1``, ``hooks/model_runner_v2``).
+RUNNERS = ("V1", "standalone CPU")
 
 # The request field the refusals are reported under (they are about the server, not a
 # field of the request; turning hogwild off is what the request can change).
@@ -53,6 +58,7 @@ class EngineFacts:
     mixed_windows: bool = False  # the model has windowed and full attention layers (gpt-oss, Gemma 2/3)
     hybrid_kv_cache: bool = False  # vLLM's hybrid KV cache manager is on (block tables per kind of layer)
     chunked_attention: int | None = None  # Llama 4's chunked local attention: tokens a chunk
+    runner: str = "V1"  # the engine's model runner: "V1" (vLLM 0.32), "standalone CPU", "V2 GPU" (0.34)
 
 
 def mixed_windows(sliding_window: Any, layer_types: Any) -> bool:
@@ -79,6 +85,9 @@ def rope_types(parameters: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def refusal(facts: EngineFacts) -> str | None:
     """Why hogwild cannot run on this engine, naming the setting ("field: ..."), or None."""
+    if facts.runner not in RUNNERS:
+        return (f"{FIELD}: hogwild hooks vLLM's model runners {', '.join(RUNNERS)}; this server runs the "
+                f"{facts.runner} runner (vLLM 0.34 on GPU); run hogwild on vLLM 0.32 there")
     if facts.dtype not in DTYPES:
         return (f"{FIELD}: hogwild runs dtype {', '.join(DTYPES)}; this server runs {facts.dtype} "
                 "(start it with --dtype bfloat16, say)")

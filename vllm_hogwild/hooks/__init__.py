@@ -79,6 +79,3 @@ def install() -> None:
         register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.cpu_backend.HogwildCPUBackend")
     elif current_platform.is_cuda():
         register_backend(AttentionBackendEnum.CUSTOM, "vllm_hogwild.cuda_backend.HogwildTritonBackend")
-        # The runner hook and the protocol's logits processor hook vLLM's V1 model runner,
-        # which CUDA builds of vLLM 0.32 leave for Model Runner V2 unless told otherwise.
-        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")

@@ -13,12 +13,13 @@ in worker order; ``get_child_info`` stamps each child with its worker index and 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from vllm_hogwild import admission, prompts, runtime, support
+from vllm_hogwild import admission, prompts, releases, runtime, support
 from vllm_hogwild.hooks.patching import stop_tokens, wrap
 from vllm_hogwild.params import field_of, is_hogwild, parse
 from vllm_hogwild.protocol import GroupProtocol
@@ -82,8 +83,9 @@ def engine_facts(vllm_config: Any) -> support.EngineFacts:
         current_platform.device_name
     mixed = support.mixed_windows(model.get_sliding_window(), getattr(cfg, "layer_types", None))
     hybrid = not vllm_config.scheduler_config.disable_hybrid_kv_cache_manager
+    runner = importlib.import_module(releases.adapter("model_runner")).runner_kind()
     return support.EngineFacts(platform, dtype, str(cache.cache_dtype), layout, ropes, extra, mixed, hybrid,
-                               getattr(model, "attention_chunk_size", None))
+                               getattr(model, "attention_chunk_size", None), runner)
 
 
 def check_request(vllm_config: Any, extra_args: Any, n: int) -> Any:

@@ -37,17 +37,17 @@ def install() -> None:
 
 
 def _get_computed_blocks(original):
-    def wrapper(self, request):
+    def wrapper(self, request, *args, **kwargs):  # (0.34 adds max_cache_hit_length)
         stamp = stamp_of(request.sampling_params)
         if stamp is None:
-            return original(self, request)
+            return original(self, request, *args, **kwargs)
         whole = cacheable_tokens(stamp) // self.block_pool.hash_block_size  # hashed blocks of the prompt
         if whole == 0:
             return self.empty_kv_cache_blocks, 0, 0
         hashes = request.block_hashes
         request.block_hashes = hashes[:whole]  # the hit ends where the prompt does, at the latest
         try:
-            return original(self, request)
+            return original(self, request, *args, **kwargs)
         finally:
             request.block_hashes = hashes
 

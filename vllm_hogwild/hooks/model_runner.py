@@ -1,100 +1,21 @@
 """Model runner: worker requests are registered with the planner, which the attention backends ask
 for views; a forced text's tokens join the worker's output in the step that forced its first.
 
-Patches ``GPUModelRunner._update_states``, ``GPUModelRunner._sample`` and
-``GPUModelRunner._bookkeeping_sync``.
-
-vLLM's scheduler appends every token the runner reports for a request (as it does for
-speculative decoding's accepted tokens) and, next step, schedules all of those whose keys
-are not yet computed: so a forced text reported whole after its first token is computed in
-one step, as a chunk. The runner keeps its own copy of each request's tokens (what it
-feeds the model), so the hook writes the chunk there too.
-
-A prompt chunk before the prompt's end is sampled and its sample discarded; vLLM 0.32 then
-rewinds a seeded request's generator by its offset, which CPU generators do not have
-("CPU Generator does not use offset": the engine dies, with or without the plugin). A
-group's worker 0 prefills long prompts in chunks, so on CPU the hook saves such a
-generator's state before sampling and puts it back instead.
+Patches what the installed release's adapter lists: ``model_runner_v1`` (vLLM 0.32's V1
+runner) or ``model_runner_v2`` (Model Runner V2, vLLM 0.34). Each adapter does the same four
+things at its runner's own points: register a step's new worker requests with the planner
+(``runtime.planner``) and tell it which finished; say which requests this step's batch rows
+are (``runtime.set_runner``); and append a forced text's remaining tokens (``take_then`` of
+the protocol's logits processor) to the worker's tokens, both the runner's copy (what it
+feeds the model next step) and what the scheduler is told was sampled.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from vllm_hogwild import runtime
-from vllm_hogwild.hooks.patching import wrap
-from vllm_hogwild.worker_requests import stamp_of
+import importlib
 
 
 def install() -> None:
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm_hogwild import releases
 
-    wrap(GPUModelRunner, "_update_states", _update_states)
-    wrap(GPUModelRunner, "_sample", _sample)
-    wrap(GPUModelRunner, "_bookkeeping_sync", _bookkeeping_sync)
-
-
-def _update_states(original):
-    def wrapper(self, scheduler_output):
-        result = original(self, scheduler_output)
-        runtime.set_runner(self)
-        for new in scheduler_output.scheduled_new_reqs:
-            stamp = stamp_of(new.sampling_params)
-            if stamp is not None:
-                runtime.planner(self).add(new.req_id, stamp, self.requests[new.req_id])
-        if scheduler_output.finished_req_ids and getattr(self, "_hogwild_planner", None) is not None:
-            self._hogwild_planner.finish(list(scheduler_output.finished_req_ids))
-        return result
-
-    return wrapper
-
-
-def _sample(original):
-    def wrapper(self, *args, **kwargs):
-        self._hogwild_rewind = _discarded_cpu_generators(self)
-        return original(self, *args, **kwargs)
-
-    return wrapper
-
-
-def _discarded_cpu_generators(runner) -> dict[int, Any]:
-    """Batch index -> state before sampling, of every CPU generator whose row's sample vLLM
-    will discard (CUDA generators vLLM rewinds itself)."""
-    generators = runner.input_batch.generators
-    if not generators:
-        return {}
-    discard = runner.discard_request_mask.np[: runner.input_batch.num_reqs]
-    return {i: gen.get_state() for i, gen in generators.items()
-            if i < discard.size and discard[i] and gen.device.type == "cpu"}
-
-
-def _bookkeeping_sync(original):
-    from vllm_hogwild.hooks.sampler import hogwild_processors
-
-    def wrapper(self, *args, **kwargs):
-        rewind = self.__dict__.pop("_hogwild_rewind", None) or {}
-        generators = self.input_batch.generators
-        taken = {i: generators.pop(i) for i in rewind}
-        try:
-            result = original(self, *args, **kwargs)
-        finally:
-            for i, gen in taken.items():
-                gen.set_state(rewind[i])
-                generators[i] = gen
-        sampled = result[3]  # valid_sampled_token_ids: per batch row, what the scheduler gets
-        for processor in hogwild_processors(self):
-            for index, then in processor.take_then().items():
-                if index >= len(sampled) or not sampled[index]:
-                    continue  # the row's sample was discarded (or not on the host): nothing follows it
-                batch = self.input_batch
-                start = int(batch.num_tokens_no_spec[index])
-                end = min(start + len(then), self.max_model_len)
-                then = list(then[: end - start])
-                batch.token_ids_cpu[index, start:end] = then
-                batch.is_token_ids[index, start:end] = True
-                batch.num_tokens_no_spec[index] = end
-                self.requests[batch.req_ids[index]].output_token_ids.extend(then)
-                sampled[index].extend(then)
-        return result
-
-    return wrapper
+    importlib.import_module(releases.adapter("model_runner")).install()

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 # x.y of each release the plugin is tested on -> the module listing its targets.
-RELEASES = {"0.32": "vllm_hogwild.releases.v0_32"}
+RELEASES = {"0.32": "vllm_hogwild.releases.v0_32", "0.34": "vllm_hogwild.releases.v0_34"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,26 @@ def release_of(version: str) -> str | None:
 
 def targets(release: str) -> list[Target]:
     return list(importlib.import_module(RELEASES[release]).TARGETS)
+
+
+def adapters(release: str) -> dict[str, str]:
+    """Seam -> the module holding its part for ``release``."""
+    return dict(importlib.import_module(RELEASES[release]).ADAPTERS)
+
+
+def installed() -> str:
+    """The supported release installed here (the hooks' guard refuses any other first)."""
+    import vllm
+
+    found = release_of(vllm.__version__)
+    if found is None:  # only with VLLM_HOGWILD_ANY_VLLM=1: try the newest release's adapters
+        found = sorted(RELEASES)[-1]
+    return found
+
+
+def adapter(seam: str) -> str:
+    """The module holding ``seam``'s release-specific part for the installed vLLM."""
+    return adapters(installed())[seam]
 
 
 def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, ...]:

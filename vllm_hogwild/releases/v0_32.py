@@ -2,6 +2,12 @@
 
 from vllm_hogwild.releases import Target
 
+# seam -> the module with its part for this release (the V1 model runner and its logits processors)
+ADAPTERS = {
+    "model_runner": "vllm_hogwild.hooks.model_runner_v1",
+    "sampler": "vllm_hogwild.hooks.sampler_v1",
+}
+
 TARGETS = [
     Target("command_line", "vllm.engine.arg_utils", "EngineArgs", "add_cli_args",
            ("parser",)),
