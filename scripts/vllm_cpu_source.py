@@ -7,7 +7,8 @@ Each patch below names what upstream's CPU build wants from outside the registri
   library and public headers, but vLLM's `dnnl_helper.cpp` includes oneDNN's internal source headers
   (`common/memory.hpp`). Without a source tree (`FETCHCONTENT_SOURCE_DIR_ONEDNN`, vLLM's own variable), the
   oneDNN GEMM ops are left out: vLLM then runs unquantized linear layers through torch (`_supports_onednn`
-  is False), which is vLLM's own fallback.
+  is False), which is vLLM's own fallback. (With a source tree, the oneDNN ops are built as upstream does;
+  untried here, where there is none.)
 - triton-cpu: on x86 the CPU worker runs the GPU Model Runner V2, whose input kernels are Triton, served by
   triton-cpu from a GitHub release. The patched build compiles the C++ kernels of vLLM's standalone CPU runner
   (upstream builds them for non-x86 CPUs) and lets x86 use that runner when no Triton backend is active.
@@ -61,10 +62,14 @@ def download(version: str, into: Path) -> Path:
 
 def replace(path: Path, old: str, new: str) -> None:
     text = path.read_text()
-    if old in text:
-        path.write_text(text.replace(old, new, 1))
-    elif new not in text:  # (new in text: applied before; a removal's "" always is)
+    # Applied before: an insertion (``new`` keeps ``old``) left ``new``; any other edit left ``new``
+    # and no ``old`` (a removal: no ``old``).
+    applied = new in text if old in new else old not in text and new in text
+    if applied:
+        return
+    if old not in text:
         sys.exit(f"{path}: the text to patch is not there; this release needs its own patch:\n{old}")
+    path.write_text(text.replace(old, new, 1))
 
 
 def patch(src: Path, with_onednn: bool) -> None:

@@ -94,3 +94,22 @@ def test_release_of():
     assert releases.release_of("0.32.0+cpu") == "0.32"
     assert releases.release_of("0.32.3") == "0.32"
     assert releases.release_of("0.31.2") is None
+
+
+def test_a_source_patch_applies_once(tmp_path):
+    """scripts/vllm_cpu_source.py's edits of vLLM's source: run twice, each applies once: an insertion
+    (the new text keeps the old), a substitution whose new text is a prefix of the old, a removal."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vllm_cpu_source", PACKAGE.parent / "scripts" / "vllm_cpu_source.py")
+    source = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(source)
+    path = tmp_path / "f.txt"
+    path.write_text("a\nreturn not HAS_TRITON and x86\nb\nremove me\n")
+    for _ in range(2):
+        source.replace(path, "b\n", "inserted\nb\n")
+        source.replace(path, "return not HAS_TRITON and x86", "return not HAS_TRITON")
+        source.replace(path, "remove me\n", "")
+    assert path.read_text() == "a\nreturn not HAS_TRITON\ninserted\nb\n"
+    with pytest.raises(SystemExit, match="needs its own patch"):
+        source.replace(path, "not there", "x")

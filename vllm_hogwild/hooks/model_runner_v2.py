@@ -60,7 +60,8 @@ class Batch:
 
     @staticmethod
     def req_ids(runner: Any) -> list[str]:
-        return runner._hogwild_batch.req_ids
+        batch = getattr(runner, "_hogwild_batch", None)
+        return [] if batch is None else batch.req_ids  # (a dummy batch: no request of ours)
 
     @staticmethod
     def discarded(runner: Any) -> Any:
@@ -178,6 +179,7 @@ def _prepare_attn(original):
 def _sample_tokens(original):
     def wrapper(self, *args, **kwargs):
         output = original(self, *args, **kwargs)
+        self._hogwild_batch = None  # until the next real step's prepare_attn
         if output is None or not getattr(output, "sampled_token_ids", None):
             return output
         states = self.req_states
