@@ -129,11 +129,13 @@ def test_refusals_name_the_setting():
             "cpu", "bfloat16", "auto", "vec", ("yarn",), mixed_windows=True, hybrid_kv_cache=True),
         "chunked local attention (attention_chunk_size=8192)": support.EngineFacts(
             "cuda", "bfloat16", "auto", None, ("llama3",), chunked_attention=8192),
-        "this server runs the V2 GPU runner (vLLM 0.34 on GPU); run hogwild on vLLM 0.32": support.EngineFacts(
-            "cuda", "bfloat16", "auto", None, ("default",), runner="V2 GPU"),
+        # A runner the hooks do not drive (a platform plugin's own, say).
+        "model runners V1, standalone CPU, V2 GPU; this server runs the TPU runner": support.EngineFacts(
+            "tpu", "bfloat16", "auto", None, ("default",), runner="TPU"),
     }
-    assert support.refusal(support.EngineFacts("cpu", "bfloat16", "auto", "vec", ("default",),
-                                               runner="standalone CPU")) is None
+    for runner in ("standalone CPU", "V2 GPU"):
+        assert support.refusal(support.EngineFacts("cpu", "bfloat16", "auto", "vec", ("default",),
+                                                   runner=runner)) is None
     for words, facts in cases.items():
         why = support.refusal(facts)
         assert why is not None and why.startswith("hogwild_workers: ") and words in why, (words, why)

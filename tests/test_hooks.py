@@ -36,12 +36,6 @@ def _patched(doc: str) -> list[tuple[str, str]]:
     return re.findall(r"``(\w+)\.(\w+)``", head) if head.startswith("Patches ``") else []
 
 
-def _wraps(tree: ast.Module) -> set[tuple[str, str]]:
-    return {(n.args[0].id, n.args[1].value) for n in ast.walk(tree)
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "wrap"
-            and isinstance(n.args[0], ast.Name) and isinstance(n.args[1], ast.Constant)}
-
-
 def test_every_hook_module_lists_what_it_patches():
     """Each seam (and each release's adapter of one) opens its docstring with ``Patches
     ``Class.method``...``, naming at least what it wraps, and only what some supported release's
@@ -51,9 +45,9 @@ def test_every_hook_module_lists_what_it_patches():
     known = {(t.cls, t.method) for r in releases.RELEASES for t in releases.targets(r)}
     patching = 0
     for path in sorted(Path(hooks.__file__).parent.glob("*.py")):
-        tree = ast.parse(path.read_text())
-        documented = set(_patched(ast.get_docstring(tree) or ""))
+        source = path.read_text()
+        documented = set(_patched(ast.get_docstring(ast.parse(source)) or ""))
         patching += bool(documented)
-        assert _wraps(tree) <= documented, path.name
+        assert releases.wrapped(source) <= documented, path.name
         assert documented <= known, path.name
     assert patching >= 10

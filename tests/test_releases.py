@@ -34,10 +34,7 @@ def _wrapped(release: str) -> set[tuple[str, str]]:
         module = f"vllm_hogwild.hooks.{path.stem}"
         if module in adapters and module not in mine:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "wrap"
-                    and isinstance(node.args[0], ast.Name) and isinstance(node.args[1], ast.Constant)):
-                found.add((node.args[0].id, node.args[1].value))
+        found |= releases.wrapped(path.read_text())
     return found
 
 

@@ -1,6 +1,7 @@
-"""The CUDA attention backend inside vLLM, on the CPU: vLLM's V1 runner with
-``HogwildTritonBackend``, vLLM's Triton kernels and ours run by the Triton interpreter,
-block size 16 (see triton_engine.py). Every group equals the recompute oracle."""
+"""The CUDA attention backend inside vLLM, on the CPU: vLLM's GPU model runner (vLLM 0.32's V1
+runner; on 0.34, Model Runner V2's GPU runner) with ``HogwildTritonBackend``, vLLM's Triton
+kernels and ours run by the Triton interpreter, block size 16 (see triton_engine.py). Every
+group equals the recompute oracle."""
 
 from __future__ import annotations
 
@@ -18,15 +19,9 @@ from engines import hf_model
 from test_chunked_prefill import STEP, long_prompt
 from runs import (PROBLEM, assert_matches, assert_within_noise, group_params, oracle_runs, prompt_ids,
                   protocol_flags, protocol_oracle, same_dtype_oracle)
-from vllm_hogwild import prompts, releases
+from vllm_hogwild import prompts
 
-pytestmark = [
-    pytest.mark.slow,
-    # With a Triton backend present, vLLM 0.34's CPU worker runs the GPU Model Runner V2, which the
-    # plugin does not hook yet (hogwild requests are refused there: test_dtypes).
-    pytest.mark.skipif(releases.installed() != "0.32",
-                       reason="vLLM 0.34: the CUDA path runs Model Runner V2 on the GPU, not hooked yet"),
-]
+pytestmark = pytest.mark.slow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLAIN = "Check: 2 * 4 + 3 = 11."

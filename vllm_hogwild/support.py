@@ -22,8 +22,8 @@ Nothing the plugin cannot run ever reaches an engine step.
   with it on, the two kinds of layers keep separate block tables, which the plugin's views
   do not map (with it off, every layer keeps every block, and windowed layers still compute
   only their window). Chunked local attention (Llama 4) is not read.
-- Model runners: vLLM 0.32's V1 runner (CPU and GPU) and vLLM 0.34's standalone CPU runner are
-  hooked. vLLM 0.34's GPU runner (Model Runner V2) is not yet: hogwild requests are refused there.
+- Model runners: vLLM 0.32's V1 runner (CPU and GPU) and vLLM 0.34's Model Runner V2 (its
+  standalone CPU runner and its GPU runner) are hooked; another runner is refused.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ CPU_LAYOUTS = ("vec", "vec16", "amx")
 LINEAR_ROPES = ("default", "linear", "llama3", "ntk", "dynamic", "yarn")
 
 # The model runners the hooks drive (``hooks/model_runner_v1``, ``hooks/model_runner_v2``).
-RUNNERS = ("V1", "standalone CPU")
+RUNNERS = ("V1", "standalone CPU", "V2 GPU")
 
 # The request field the refusals are reported under (they are about the server, not a
 # field of the request; turning hogwild off is what the request can change).
@@ -87,7 +87,7 @@ def refusal(facts: EngineFacts) -> str | None:
     """Why hogwild cannot run on this engine, naming the setting ("field: ..."), or None."""
     if facts.runner not in RUNNERS:
         return (f"{FIELD}: hogwild hooks vLLM's model runners {', '.join(RUNNERS)}; this server runs the "
-                f"{facts.runner} runner (vLLM 0.34 on GPU); run hogwild on vLLM 0.32 there")
+                f"{facts.runner} runner")
     if facts.dtype not in DTYPES:
         return (f"{FIELD}: hogwild runs dtype {', '.join(DTYPES)}; this server runs {facts.dtype} "
                 "(start it with --dtype bfloat16, say)")

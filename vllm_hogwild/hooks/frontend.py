@@ -39,7 +39,8 @@ def check_n(workers: int, n: int) -> None:
 
 def _check_engine(vllm_config: Any) -> None:
     """Hogwild's hooks are in place on this engine: synchronous scheduling (the planner and
-    the protocol read each step's sampled tokens) and, on CUDA, our backend and the V1 runner."""
+    the protocol read each step's sampled tokens) and, on CUDA, our backend (and on vLLM 0.32 its
+    V1 runner)."""
     from vllm.platforms import current_platform
 
     if vllm_config.scheduler_config.async_scheduling:
@@ -55,8 +56,8 @@ def _check_engine(vllm_config: Any) -> None:
         raise ValueError("hogwild_workers: on CUDA, start vLLM with --attention-backend CUSTOM "
                          "(the plugin's Triton backend); this engine uses "
                          f"{backend.name if backend else 'the default backend'}")
-    if vllm_config.use_v2_model_runner:
-        raise ValueError("hogwild_workers: needs vLLM's V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
+    if getattr(vllm_config, "use_v2_model_runner", False):  # vLLM 0.32 with Model Runner V2 chosen
+        raise ValueError("hogwild_workers: on vLLM 0.32 needs the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
 
 
 def engine_facts(vllm_config: Any) -> support.EngineFacts:

@@ -3,13 +3,13 @@
 vLLM's GPU runner loads it from the ``vllm.logits_processors`` entry point (V2 interface);
 the standalone CPU runner takes no custom processors, so ``model_runner_v2`` adds it to that
 runner's sampler. A slot's request enters through ``add_request``; the runner adapter tells
-it when one leaves (``remove``: V2 processors are not told). The processor reads each
-worker's tokens off the runner's request state (host tensors on the CPU runner).
+it when one leaves (``remove``: V2 processors are not told) and where each worker's output
+tokens are (``read_outputs``: host lists, so a step reads no device memory but the logits).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor
@@ -32,30 +32,18 @@ class HogwildLogitsProcessor(ProtocolRows, LogitsProcessor):
     def __init__(self, vllm_config: Any, req_states: Any) -> None:
         ProtocolRows.__init__(self, vllm_config)
         self._state = req_states
-        self._outputs: dict[int, list[int]] = {}  # slot -> the worker's output tokens so far
+        self._outputs: Callable[[int], list[int]] | None = None
+
+    def read_outputs(self, outputs: Callable[[int], list[int]]) -> None:
+        """Where a slot's output tokens so far are: the runner hook's host lists (``model_runner_v2``)."""
+        self._outputs = outputs
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
         """The hogwild field is validated by the frontend hook (``check_request``)."""
 
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
-        self._outputs.pop(req_idx, None)
-        if not self.add(req_idx, sampling_params):
-            return False
-        self._outputs[req_idx] = []
-        return True
-
-    def remove(self, key: Any) -> None:
-        super().remove(key)
-        self._outputs.pop(key, None)
-
-    def _output(self, slot: int) -> list[int]:
-        out = self._outputs[slot]
-        start = int(host(self._state.prompt_len)[slot]) + len(out)
-        end = int(host(self._state.total_len)[slot])
-        if end > start:
-            out.extend(host(self._state.all_token_ids)[slot, start:end].tolist())
-        return out
+        return self.add(req_idx, sampling_params)
 
     def apply(self, logits: Any, ctx: Any) -> Any:
         self._then = {}
@@ -67,7 +55,7 @@ class HogwildLogitsProcessor(ProtocolRows, LogitsProcessor):
             # A row short of its prefill is a chunk whose sample is thrown away.
             if slot in self.rows and seq_len >= prefill_len[slot]:
                 rows[slot] = b
-        return self.step(logits, rows, self._output)
+        return self.step(logits, rows, self._outputs)
 
 
 def hogwild_processors(runner: Any) -> list[HogwildLogitsProcessor]:

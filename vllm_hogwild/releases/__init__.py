@@ -114,3 +114,22 @@ def check(root: str, release_targets: list[Target]) -> list[str]:
         elif found != t.params:
             problems.append(f"[{t.seam}] {t.name}: parameters {found}, the hook expects {t.params}")
     return problems
+
+
+def wrapped(source: str) -> set[tuple[str, str]]:
+    """(class, method) of every ``wrap(Class, "method", ...)`` in a hook module's source; a class
+    imported under another name (``from ... import GPUModelRunner as Runner``) counts by each
+    name it is imported from."""
+    tree = ast.parse(source)
+    names: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                names.setdefault(alias.asname or alias.name, set()).add(alias.name)
+    found = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "wrap"
+                and isinstance(node.args[0], ast.Name) and isinstance(node.args[1], ast.Constant)):
+            for cls in names.get(node.args[0].id, {node.args[0].id}):
+                found.add((cls, node.args[1].value))
+    return found

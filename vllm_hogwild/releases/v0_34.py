@@ -1,7 +1,8 @@
 """vLLM 0.34: what each seam wraps or subclasses (see ``releases/__init__.py``).
 
 Model Runner V2 is the only runner: the CPU worker runs the standalone CPU runner (built without
-triton-cpu), GPU workers ``vllm.v1.worker.gpu.model_runner.GPUModelRunner``."""
+triton-cpu) or, with a Triton backend, the GPU runner (its subclass ``CPUModelRunner``); GPU
+workers run ``vllm.v1.worker.gpu.model_runner.GPUModelRunner``."""
 
 from vllm_hogwild.releases import Target, v0_32
 
@@ -15,24 +16,21 @@ ADAPTERS = {
 # lookup takes a bound; every other seam wraps the same methods with the same parameters.
 _CHANGED = {"model_runner", "KVCacheManager.get_computed_blocks"}
 
+# Model Runner V2's two runners, hooked at the same methods (``hooks/model_runner_v2``).
+_RUNNER_METHODS = {
+    "load_model": ("load_dummy_weights", "*args", "model", "**kwargs"),
+    "add_requests": ("scheduler_output",),
+    "update_requests": ("scheduler_output",),
+    "_remove_request": ("req_id",),
+    "finish_requests": ("scheduler_output",),
+    "prepare_attn": ("input_batch",),
+    "sample_tokens": ("grammar_output",),
+}
+_RUNNERS = (("vllm.v1.worker.cpu.standalone_model_runner", "StandaloneCPUModelRunner"),
+            ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner"))
+
 TARGETS = [t for t in v0_32.TARGETS if t.seam not in _CHANGED and t.name not in _CHANGED] + [
     Target("kv_cache", "vllm.v1.core.kv_cache_manager", "KVCacheManager", "get_computed_blocks",
            ("request", "max_cache_hit_length")),
-    Target("model_runner", "vllm.v1.worker.cpu.standalone_model_runner", "StandaloneCPUModelRunner", "load_model",
-           ("load_dummy_weights", "*args", "model", "**kwargs")),
-    Target("model_runner", "vllm.v1.worker.cpu.standalone_model_runner", "StandaloneCPUModelRunner", "add_requests",
-           ("scheduler_output",)),
-    Target("model_runner", "vllm.v1.worker.cpu.standalone_model_runner",
-           "StandaloneCPUModelRunner", "update_requests",
-           ("scheduler_output",)),
-    Target("model_runner", "vllm.v1.worker.cpu.standalone_model_runner",
-           "StandaloneCPUModelRunner", "_remove_request",
-           ("req_id",)),
-    Target("model_runner", "vllm.v1.worker.cpu.standalone_model_runner",
-           "StandaloneCPUModelRunner", "finish_requests",
-           ("scheduler_output",)),
-    Target("model_runner", "vllm.v1.worker.cpu.standalone_model_runner", "StandaloneCPUModelRunner", "prepare_attn",
-           ("input_batch",)),
-    Target("model_runner", "vllm.v1.worker.cpu.standalone_model_runner", "StandaloneCPUModelRunner", "sample_tokens",
-           ("grammar_output",)),
-]
+] + [Target("model_runner", module, cls, method, params)
+     for module, cls in _RUNNERS for method, params in _RUNNER_METHODS.items()]
