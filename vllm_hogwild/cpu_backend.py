@@ -153,7 +153,7 @@ class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
     def _hogwild(self, layer, query, kv_cache, hogwild, output_scale, output) -> None:
         kind = runtime.layers().kinds[layer.layer_name]
         amx = hogwild.amx
-        keys, values = cpu_caches(kv_cache, "amx" if amx else "vec")
+        keys, values = self._cache_views(kv_cache, amx)
         # The layer's soft cap and sinks, as vLLM's own attention takes them (0, None: none).
         variant = dict(softcap=self.logits_soft_cap or 0.0, sinks=self.sinks)
         op = fragment_op()
@@ -161,15 +161,25 @@ class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
             op.fragment_attention(query, keys, values, hogwild.prepared[kind], self.scale, out=output, amx=amx,
                                   **variant)
             return
-        store = cpu_caches(self._store(kv_cache, hogwild.store_blocks))  # float32, strided
+        store = self._store(kv_cache, hogwild.store_blocks)
         if hogwild.copies is not None:
             cpu_native.pack(keys, values, store, hogwild.copies[kind.rotary], amx=amx)
         cpu_native.fragment_attention(query, keys, values, hogwild.prepared[kind], self.scale, out=output,
                                       store=store, amx=amx, **variant)
 
-    def _store(self, kv_cache: torch.Tensor, blocks: int) -> torch.Tensor:
+    def _cache_views(self, kv_cache: torch.Tensor, amx: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cpu_caches`` of this layer's cache, made once: the cache tensor lives as long as
+        the engine, and the half-dozen view ops cost more per layer and step than the op's
+        launch."""
+        made = self.__dict__.get("_hogwild_views")
+        if made is None or made[0] is not kv_cache or made[1] != amx:
+            made = self._hogwild_views = (kv_cache, amx, cpu_caches(kv_cache, "amx" if amx else "vec"))
+        return made[2]
+
+    def _store(self, kv_cache: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's packed store, of at least ``blocks`` blocks (the planner bounds them;
-        grown 64 blocks at a time, as a group's history takes blocks a few at a time)."""
+        grown 64 blocks at a time, as a group's history takes blocks a few at a time), as
+        key and value views (``cpu_caches``, float32, strided; made when it grows)."""
         store = getattr(self, "_hogwild_store", None)
         if store is None or store.shape[0] < blocks:
             grown = kv_cache.new_zeros((-(-blocks // 64) * 64, *kv_cache.shape[1:]),
@@ -177,7 +187,8 @@ class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
             if store is not None:
                 grown[: store.shape[0]] = store
             store = self._hogwild_store = grown
-        return store
+            self._hogwild_store_views = cpu_caches(grown)
+        return self._hogwild_store_views
 
 
 class HogwildCPUBackend(CPUAttentionBackend):
