@@ -2,14 +2,15 @@
 on one in-process engine, region by region.
 
     python benchmarks/step_breakdown.py [--workers 4] [--groups 1] [--tokens 128]
-                                        [--layout combined] [--repeats 3] [--out benchmarks/results/step_breakdown]
+                                        [--layouts combined] [--repeats 3] [--out benchmarks/results/step_breakdown]
 
 Each group answers one chat prompt (the problems file's first, cycled for G > 1) with W
 workers, greedy, each starting from its own prefix (``hogwild_prefixes``: greedy workers
 with one prompt would otherwise write one text); the independent requests get the same
 prompt with the same prefix appended, W per group, what one runs without hogwild. All run
-``--tokens`` tokens each, ignoring EOS. Rounds alternate the two variants (this machine's
-step times drift by 10-20%).
+``--tokens`` tokens each, ignoring EOS. Rounds alternate the variants (the independent
+requests, then a group in each of ``--layouts``; this machine's step times drift by 10-20%).
+Decode tokens/s of a variant is its rows per step over its median step time.
 
 Every region below is timed by wrapping the function that runs it (inclusive time, summed
 over the calls in a step); a step's total is ``LLMEngine.step``. Reported per variant: the
@@ -160,7 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, choices=range(2, len(PREFIXES) + 1), metavar="W")
     p.add_argument("--groups", type=int, default=1)
     p.add_argument("--tokens", type=int, default=128, help="tokens per worker (and per independent request)")
-    p.add_argument("--layout", default="combined", choices=["contiguous", "interleaved", "combined"])
+    p.add_argument("--layouts", nargs="+", default=["combined"], choices=["contiguous", "interleaved", "combined"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
@@ -175,23 +176,33 @@ def run(args: argparse.Namespace) -> dict:
     texts = [p.text for p in driver.problems(args.problems)]
     llm = driver.engine_from(args, driver.model_path(args.model))
     tokenizer = llm.get_tokenizer()
-    chats = [tokenizer.apply_chat_template([{"role": "user", "content": texts[g % len(texts)]}], tokenize=False,
-                                           add_generation_prompt=True) for g in range(args.groups)]
+
+    def chat(text: str) -> str:
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return text
+
+    chats = [chat(texts[g % len(texts)]) for g in range(args.groups)]
     prefixes = list(PREFIXES[: args.workers])
-    common = dict(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-    flag = {"hogwild_workers": args.workers, "hogwild_layout": args.layout, "hogwild_prefixes": prefixes}
-    variants = {
-        "hogwild": ([c for c in chats], [SamplingParams(**common, extra_args=flag)] * args.groups),
-        "independent": ([c + p + " " for c in chats for p in prefixes],
-                        [SamplingParams(**common)] * (args.groups * args.workers)),
-    }
+
+    def variants(tokens: int) -> dict[str, tuple[list[str], list[Any]]]:
+        common = dict(temperature=0, max_tokens=tokens, ignore_eos=True)
+        found = {"independent": ([c + p + " " for c in chats for p in prefixes],
+                                 [SamplingParams(**common)] * (args.groups * args.workers))}
+        for layout in args.layouts:
+            flag = {"hogwild_workers": args.workers, "hogwild_layout": layout, "hogwild_prefixes": prefixes}
+            found[layout] = (chats, [SamplingParams(**common, extra_args=flag)] * args.groups)
+        return found
+
     regions = Regions()
     regions.install(REGIONS)
-    for name, (prompts, params) in variants.items():  # warm up: the first steps of an engine are slow
-        run_steps(llm, regions, prompts[:len(params)], params)
-    steps: dict[str, list[dict]] = {name: [] for name in variants}
+    for prompts, params in variants(min(args.tokens, 16)).values():  # the first steps of an engine are slow
+        run_steps(llm, regions, prompts, params)
+    measured = variants(args.tokens)
+    steps: dict[str, list[dict]] = {name: [] for name in measured}
     for r in range(args.repeats):
-        for name, (prompts, params) in variants.items():
+        for name, (prompts, params) in measured.items():
             steps[name] += run_steps(llm, regions, prompts, params)
             print(f"round {r}: {name}: {len(steps[name])} steps so far", file=sys.stderr, flush=True)
     per_layer = {label for label, _, layer in REGIONS if layer}
@@ -206,12 +217,24 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def table(report: dict) -> str:
-    hog, ind = report["results"]["hogwild"], report["results"]["independent"]
-    c = report["config"]
-    lines = [f"{c['groups']} group(s) of W={c['workers']} {c['layout']} vs {c['groups'] * c['workers']} "
-             f"independent requests, {c['tokens']} tokens each; vLLM {report['vllm']}; medians over "
-             f"{hog['steps']} / {ind['steps']} decode steps", "",
-             "| region | hogwild ms/step | independent ms/step | difference | hogwild us/call | independent us/call |",
+    c, results = report["config"], report["results"]
+    rows = c["groups"] * c["workers"]
+    lines = [f"{c['groups']} group(s) of W={c['workers']} vs {rows} independent requests, {c['tokens']} tokens "
+             f"each; vLLM {report['vllm']}; decode tokens/s (rows over the median step):", "",
+             "| variant | median step ms | decode tokens/s | vs independent |", "| --- | --- | --- | --- |"]
+    ind = results["independent"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['step_ms']:.2f} | {rows * 1e3 / r['step_ms']:.1f} | "
+                     f"{ind['step_ms'] / r['step_ms']:.2f}x |")
+    for layout in c["layouts"]:
+        lines += ["", breakdown(report, layout)]
+    return "\n".join(lines) + "\n"
+
+
+def breakdown(report: dict, layout: str) -> str:
+    hog, ind = report["results"][layout], report["results"]["independent"]
+    lines = [f"{layout}: medians over {hog['steps']} / {ind['steps']} decode steps", "",
+             f"| region | {layout} ms/step | independent ms/step | difference | {layout} us/call | independent us/call |",
              "| --- | --- | --- | --- | --- | --- |",
              f"| **engine step** | {hog['step_ms']:.2f} | {ind['step_ms']:.2f} | {hog['step_ms'] - ind['step_ms']:+.2f} | | |"]
     for label in (k for k in hog if isinstance(hog[k], dict)):
@@ -219,7 +242,7 @@ def table(report: dict) -> str:
         per_call = [f"{x['us_per_call']:.1f}" if "us_per_call" in x else "" for x in (h, i)]
         lines.append(f"| {label} | {h['ms_per_step']:.3f} | {i['ms_per_step']:.3f} | "
                      f"{h['ms_per_step'] - i['ms_per_step']:+.3f} | {per_call[0]} | {per_call[1]} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:

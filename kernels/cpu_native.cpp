@@ -31,6 +31,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -730,9 +731,100 @@ void pack(const torch::Tensor& key_cache, const torch::Tensor& value_cache, torc
   });
 }
 
+// The work list of a step from its fragment table (cpu_native.prepare says what each array
+// means): the same arrays, in the same order, as the vectorised NumPy reference in the tests
+// (tests/work_list.py), made in one pass instead of some sixty array operations, which cost
+// more than a small batch's attention. Returns group_rows, group_row_ptr, group_tile_ptr,
+// tile_entry_ptr, tile_block (int64), tile_stored, entry_row, entry_lo, entry_hi, entry_turn
+// (int32) and the distinct turns, ascending (int64; entry_turn indexes them).
+template <typename I>
+torch::Tensor tensor_of(const std::vector<I>& v) {
+  auto t = torch::empty({static_cast<int64_t>(v.size())}, std::is_same<I, int64_t>::value ? torch::kInt64 : torch::kInt32);
+  if (!v.empty()) std::memcpy(t.data_ptr(), v.data(), v.size() * sizeof(I));
+  return t;
+}
+
+std::vector<torch::Tensor> work_list(const torch::Tensor& query_start_loc, const torch::Tensor& seq_group,
+                                     const torch::Tensor& seq_worker, const torch::Tensor& q_pos,
+                                     const torch::Tensor& q_view, const torch::Tensor& group_src_ptr,
+                                     const torch::Tensor& src_row, const torch::Tensor& src_start,
+                                     const torch::Tensor& src_end, const torch::Tensor& src_offset,
+                                     const torch::Tensor& block_table, int64_t block_size, int64_t stored_from,
+                                     int64_t window) {
+  check_indices({&query_start_loc, &seq_group, &seq_worker, &q_pos, &q_view, &group_src_ptr, &src_row, &src_start,
+                 &src_end, &src_offset, &block_table}, torch::kInt32);
+  TORCH_CHECK(block_size > 0 && window >= 0 && src_offset.dim() == 2 && block_table.dim() == 2,
+              "work_list: a positive block size, a window of 0 or more, 2-D offsets and block table");
+  const int32_t *qsl = query_start_loc.data_ptr<int32_t>(), *sgroup = seq_group.data_ptr<int32_t>(),
+                *sworker = seq_worker.data_ptr<int32_t>(), *pos = q_pos.data_ptr<int32_t>(),
+                *view = q_view.data_ptr<int32_t>(), *gsrc = group_src_ptr.data_ptr<int32_t>(),
+                *srow = src_row.data_ptr<int32_t>(), *sstart = src_start.data_ptr<int32_t>(),
+                *send = src_end.data_ptr<int32_t>(), *soff = src_offset.data_ptr<int32_t>(),
+                *table = block_table.data_ptr<int32_t>();
+  const int64_t seqs = seq_group.numel(), groups = group_src_ptr.numel() - 1, workers = src_offset.size(1);
+  const int64_t rows = qsl[seqs], table_rows = block_table.size(0), width = block_table.size(1);
+  // Each query row's group and worker; rows by group, in row order within a group.
+  std::vector<int64_t> row_group(rows), row_worker(rows), group_row_ptr(groups + 1, 0), group_rows(rows);
+  for (int64_t s = 0; s < seqs; ++s)
+    for (int64_t r = qsl[s]; r < qsl[s + 1]; ++r) row_group[r] = sgroup[s], row_worker[r] = sworker[s];
+  for (int64_t r = 0; r < rows; ++r) ++group_row_ptr[row_group[r] + 1];
+  for (int64_t g = 0; g < groups; ++g) group_row_ptr[g + 1] += group_row_ptr[g];
+  {
+    std::vector<int64_t> at(group_row_ptr.begin(), group_row_ptr.end() - 1);
+    for (int64_t r = 0; r < rows; ++r) group_rows[at[row_group[r]]++] = r;
+  }
+  // Tiles (a cache block of a source, sources in group order) and their entries (rows that see a slot).
+  std::vector<int64_t> group_tile_ptr(groups + 1, 0), tile_entry_ptr(1, 0), tile_block;
+  std::vector<int32_t> tile_stored, entry_row, entry_lo, entry_hi;
+  std::vector<int64_t> angle;
+  const int64_t stored = stored_from < 0 ? table_rows : stored_from;
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t src = gsrc[g]; src < gsrc[g + 1]; ++src) {
+      const int64_t start = sstart[src], end = send[src], first = start / block_size;
+      const int64_t tiles = end > start ? (end - 1) / block_size - first + 1 : 0;
+      for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t block = first + k, base = block * block_size;
+        const size_t before = entry_row.size();
+        for (int64_t l = 0; l < group_row_ptr[g + 1] - group_row_ptr[g]; ++l) {
+          const int64_t r = group_rows[group_row_ptr[g] + l];
+          const int64_t offset = soff[src * workers + row_worker[r]];
+          const int64_t shift = offset - start;  // the source's place in the row's view, less its home
+          int64_t lo = std::max<int64_t>(start - base, 0);
+          if (window > 0) lo = std::max<int64_t>(lo, view[r] - window + 1 - shift - base);
+          const int64_t hi = std::min({end - base, block_size, view[r] - shift - base + 1});
+          if (offset < 0 || hi <= lo) continue;
+          entry_row.push_back(static_cast<int32_t>(l));
+          entry_lo.push_back(static_cast<int32_t>(lo));
+          entry_hi.push_back(static_cast<int32_t>(hi));
+          angle.push_back(view[r] - pos[r] - shift);
+        }
+        if (window > 0 && entry_row.size() == before) continue;  // a tile no row sees (past every window)
+        TORCH_CHECK(srow[src] >= 0 && srow[src] < table_rows && block >= 0 && block < width,
+                    "work_list: a source's tile is outside the block table");
+        tile_block.push_back(table[srow[src] * width + block]);
+        tile_stored.push_back(srow[src] >= stored ? 1 : 0);
+        tile_entry_ptr.push_back(static_cast<int64_t>(entry_row.size()));
+        ++group_tile_ptr[g + 1];
+      }
+    }
+    group_tile_ptr[g + 1] += group_tile_ptr[g];
+  }
+  // The distinct turns, ascending, and each entry's.
+  std::vector<int64_t> turns(angle);
+  std::sort(turns.begin(), turns.end());
+  turns.erase(std::unique(turns.begin(), turns.end()), turns.end());
+  std::vector<int32_t> entry_turn(angle.size());
+  for (size_t e = 0; e < angle.size(); ++e)
+    entry_turn[e] = static_cast<int32_t>(std::lower_bound(turns.begin(), turns.end(), angle[e]) - turns.begin());
+  return {tensor_of(group_rows), tensor_of(group_row_ptr), tensor_of(group_tile_ptr), tensor_of(tile_entry_ptr),
+          tensor_of(tile_block), tensor_of(tile_stored), tensor_of(entry_row), tensor_of(entry_lo),
+          tensor_of(entry_hi), tensor_of(entry_turn), tensor_of(turns)};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fragment_attention", &fragment_attention, "Fragment attention over a prepared work list (CPU)");
+  m.def("work_list", &work_list, "A step's work list from its fragment table (CPU)");
   m.def("pack", &pack, "Copy committed tokens into the packed store, keys turned to their history index (CPU)");
 }

@@ -166,6 +166,31 @@ def test_prefix_cache_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_step_breakdown_smoke(tmp_path):
+    """Every region of the plugin's is timed in the groups' steps and never in the independent
+    requests' (in a process of its own: the benchmark wraps vLLM's functions to time them)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, os.path.join(here, "..", "benchmarks", "step_breakdown.py"),
+                          "--model", model_path("llama"), "--problems", _two_problems(tmp_path), "--groups", "2",
+                          "--workers", "3", "--tokens", "12", "--repeats", "1", "--layouts", "combined", "interleaved",
+                          "--out", str(tmp_path / "sb"), *TINY],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads((tmp_path / "sb.json").read_text())["results"]
+    assert set(found) == {"independent", "combined", "interleaved"}
+    plugin = ["builder: planner", "builder: fragment table", "builder: work list (op prepare)", "layer: hogwild op"]
+    for name, result in found.items():
+        assert result["steps"] == 12 - 2 and result["step_ms"] > 0  # the prompt's step and the last left out
+        for label in plugin:
+            assert (result[label]["calls_per_step"] > 0) == (name != "independent"), (name, label)
+    assert found["independent"]["layer: vLLM's attention"]["calls_per_step"] > 0
+    assert found["combined"]["layer: vLLM's attention"]["calls_per_step"] == 0  # every row is a worker's
+    assert "| interleaved |" in (tmp_path / "sb.md").read_text()
+
+
+@pytest.mark.slow
 def test_accuracy_smoke(tmp_path):
     report = accuracy.main(["--model", model_path("llama"), "--problems", _two_problems(tmp_path), "--budgets", "64",
                             "--workers", "2", "--temperature", "0", "--out", str(tmp_path / "acc"), *TINY])

@@ -121,6 +121,43 @@ def test_a_window_leaves_out_the_tiles_no_row_sees():
     assert tiles[200, 40] == tiles[800, 40] <= 4
 
 
+@pytest.mark.parametrize("window", [0, 1, 7, 40])
+@pytest.mark.parametrize("seed", range(6))
+def test_the_work_list_equals_the_numpy_reference(seed, window):
+    """``work_list`` (C++) makes the arrays the vectorised NumPy reference does, array by array:
+    random groups (shared histories for odd seeds, prompt chunks and decode rows), real-text
+    views of hundreds of fragments, finished workers' and packed-store rows, windows that
+    leave tiles out."""
+    import numpy as np
+    from work_list import work_list
+
+    from hogwild_kernels.rotary import turn_table
+
+    rng = random.Random(seed)
+    block_size = rng.choice([8, 16, 32])
+    if seed < 4:
+        _, views = random_views(rng, 1 + seed % 3, rng.randint(2, 5), block_size, 70, seed % 2 == 0,
+                                shared=seed % 2 == 1)
+    else:
+        _, views = layout_views(3 + seed % 2, 900, ["interleaved", "combined"][seed % 2])
+        block_size = 32
+    table = build(views)
+    rows = int(table.src_row.max()) + 1 if table.src_row.numel() else 1
+    width = max(int(table.src_end.max()) // block_size + 2, 2)
+    block_table = torch.randperm(rows * width + 7, generator=torch.Generator().manual_seed(seed))[: rows * width]
+    block_table = block_table.view(rows, width).to(torch.int32)
+    stored_from = rows - 1 if seed % 3 == 0 else None
+    expect = work_list(table, block_table, block_size, stored_from, window)
+    prepared = cpu_native.prepare(table, block_table, block_size, inv_freq_for(64), True, 64,
+                                  stored_from=stored_from, window=window)
+    assert prepared.tile_entry_ptr[-1] > 0
+    turns = expect.pop("turns")
+    assert torch.equal(prepared.turn_sin, turn_table(torch.from_numpy(turns), inv_freq_for(64), 64, True)[1])
+    for name, want in expect.items():
+        got = getattr(prepared, name)
+        assert got.numpy().tolist() == np.asarray(want).astype(got.numpy().dtype).tolist(), name
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])
 @pytest.mark.parametrize("workers", [2, 8])
 def test_views_of_real_text(layout, workers):
