@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import driver  # noqa: E402  (sets vLLM's environment before vLLM is imported)
 
-PREFIXES = ("First,", "Let me", "I will", "We need")
+PREFIXES = ("First,", "Let me", "I will", "We need", "To solve", "Step 1:", "Note that", "Okay,")
 
 # (label, "module:Class.method" or "module:function", per layer?)
 REGIONS = [
