@@ -118,7 +118,12 @@ class StepRows:
 def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Tensor,
               num_reqs: int, num_tokens: int) -> StepRows:
     """The fragment op's inputs for ``plan`` over a batch of ``num_reqs`` requests."""
-    rows = torch.cat([torch.arange(query_start_loc[r], query_start_loc[r + 1]) for r in plan.batch_rows])
+    # The query rows of the plan's batch rows, in plan order (one NumPy pass: a batch of 32
+    # groups has 128 of them).
+    qsl = np.asarray(query_start_loc, dtype=np.int64)
+    batch_rows = np.asarray(plan.batch_rows, dtype=np.int64)
+    starts, lengths = qsl[batch_rows], qsl[batch_rows + 1] - qsl[batch_rows]
+    rows = torch.from_numpy(np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum()))
     table = block_table[:num_reqs]
     more = plan.extra_blocks + plan.packed_blocks
     if more:
