@@ -248,6 +248,14 @@ def machine() -> dict:
             "vllm": vllm.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+def chat_prompt(tokenizer: Any, text: str) -> str:
+    """``text`` as the user's turn of the model's chat template (as is, for a model without one)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
 def report(args: Any, run, table, plot=None) -> dict:
     """Run a benchmark, print its table, and with ``--out`` write ``OUT.json`` (everything),
     ``OUT.md`` (the command, model, machine and table) and ``OUT.png`` (``plot``'s figure, if

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import statistics
 import sys
@@ -176,14 +175,7 @@ def run(args: argparse.Namespace) -> dict:
     texts = [p.text for p in driver.problems(args.problems)]
     llm = driver.engine_from(args, driver.model_path(args.model))
     tokenizer = llm.get_tokenizer()
-
-    def chat(text: str) -> str:
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
-        return text
-
-    chats = [chat(texts[g % len(texts)]) for g in range(args.groups)]
+    chats = [driver.chat_prompt(tokenizer, texts[g % len(texts)]) for g in range(args.groups)]
     prefixes = list(PREFIXES[: args.workers])
 
     def variants(tokens: int) -> dict[str, tuple[list[str], list[Any]]]:
@@ -209,7 +201,6 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "step_breakdown", "command": "python benchmarks/step_breakdown.py " + " ".join(sys.argv[1:]),
         "model": llm.llm_engine.model_config.model, "machine": driver.machine(),
-        "vllm": importlib.import_module("vllm").__version__,
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "absent": regions.absent,
         "results": {name: summarize(s, regions.timed, per_layer) for name, s in steps.items()},
@@ -220,7 +211,7 @@ def table(report: dict) -> str:
     c, results = report["config"], report["results"]
     rows = c["groups"] * c["workers"]
     lines = [f"{c['groups']} group(s) of W={c['workers']} vs {rows} independent requests, {c['tokens']} tokens "
-             f"each; vLLM {report['vllm']}; decode tokens/s (rows over the median step):", "",
+             f"each; vLLM {report['machine']['vllm']}; decode tokens/s (rows over the median step):", "",
              "| variant | median step ms | decode tokens/s | vs independent |", "| --- | --- | --- | --- |"]
     ind = results["independent"]
     for name, r in results.items():
@@ -246,17 +237,7 @@ def breakdown(report: dict, layout: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    report = run(args)
-    print(table(report))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".json", "w") as f:
-            json.dump(report, f, indent=1)
-        with open(args.out + ".md", "w") as f:
-            f.write(f"`{report['command']}` on {report['machine']}\n\n" + table(report))
-    return report
-
+    return driver.report(parse_args(argv), run, table)
 
 if __name__ == "__main__":
     main()

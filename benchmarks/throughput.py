@@ -102,10 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     tokenizer = llm.get_tokenizer()
 
     def chat(text: str) -> str:
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
-        return text
+        return driver.chat_prompt(tokenizer, text)
 
     def batch(method: str, g: int, tag: str) -> driver.Batch:
         chosen = [problems[i % len(problems)] for i in range(g)]
