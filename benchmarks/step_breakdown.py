@@ -64,6 +64,7 @@ REGIONS = [
     ("builder: step rows", "vllm_hogwild.cpu_backend:step_rows", False),
     ("builder: fragment table", "vllm_hogwild.cpu_backend:build", False),
     ("builder: work list (op prepare)", "hogwild_kernels.cpu_native:prepare", False),
+    ("builder: work list: turn table (cos/sin)", "hogwild_kernels.cpu_native:turn_table", False),
     ("builder: copy list", "hogwild_kernels.cpu_native:prepare_copies", False),
     ("model: decoder layer (Llama)", "vllm.model_executor.models.llama:LlamaDecoderLayer.forward", True),
     ("model: attention block (qkv, RoPE, attention, o)", "vllm.model_executor.models.llama:LlamaAttention.forward",

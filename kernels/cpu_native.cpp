@@ -821,10 +821,61 @@ std::vector<torch::Tensor> work_list(const torch::Tensor& query_start_loc, const
           tensor_of(entry_hi), tensor_of(entry_turn), tensor_of(turns)};
 }
 
+// x rounded to `dtype` (as PyTorch's conversion from float64 does: to float, then to the
+// 16-bit type, each to nearest even), held in a double.
+double rounded_to(double x, torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kBFloat16: return static_cast<float>(c10::BFloat16(static_cast<float>(x)));
+    case torch::kHalf: return static_cast<float>(c10::Half(static_cast<float>(x)));
+    case torch::kFloat32: return static_cast<float>(x);
+    default: return x;
+  }
+}
+
+// The rotations of a step's turns (rotary.turn_table, which the tests hold this to value for
+// value): cos, sin [turns, head_dim] such that R(theta) x = x * cos + x[perm] * sin, the sign
+// folded into sin. Angles in float64, cos and sin rounded to `dtype` (the op's) and held in its
+// compute type, which is what fragment_attention reads. One loop, no tensor operations: made
+// by PyTorch from Python or by ATen from here, the dozen small operations cost a small group's
+// step more than its work list (76 us, cold after the forward pass, for 10 turns).
+std::vector<torch::Tensor> turn_table(const torch::Tensor& theta, const torch::Tensor& inv_freq, int64_t head_dim,
+                                      bool is_neox, torch::ScalarType dtype) {
+  const int64_t turns = theta.numel(), half = inv_freq.numel();
+  TORCH_CHECK(theta.dim() == 1 && theta.scalar_type() == torch::kInt64 && theta.is_contiguous() &&
+                  inv_freq.dim() == 1 && 2 * half <= head_dim,
+              "turn_table: contiguous int64 turns, 1-D inverse frequencies, a rotary part within the head");
+  TORCH_CHECK(inv_freq.scalar_type() == torch::kFloat32 || inv_freq.scalar_type() == torch::kFloat64,
+              "turn_table: float32 or float64 inverse frequencies");
+  std::vector<double> freq(half);
+  const auto contiguous = inv_freq.contiguous();
+  for (int64_t i = 0; i < half; ++i)
+    freq[i] = contiguous.scalar_type() == torch::kFloat32 ? contiguous.data_ptr<float>()[i]
+                                                          : contiguous.data_ptr<double>()[i];
+  const torch::ScalarType compute = compute_type(dtype);
+  auto cos = torch::ones({turns, head_dim}, torch::TensorOptions().dtype(compute));
+  auto sin = torch::zeros({turns, head_dim}, torch::TensorOptions().dtype(compute));
+  const int64_t* angle_of = theta.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(compute, "turn_table", [&] {
+    scalar_t *co = cos.data_ptr<scalar_t>(), *so = sin.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < turns; ++n)
+      for (int64_t i = 0; i < half; ++i) {
+        const double angle = static_cast<double>(angle_of[n]) * freq[i];
+        const auto c = static_cast<scalar_t>(rounded_to(std::cos(angle), dtype));
+        const auto s = static_cast<scalar_t>(rounded_to(std::sin(angle), dtype));
+        // neox pairs i with i + half; GPT-J pairs 2i with 2i + 1
+        const int64_t a = is_neox ? i : 2 * i, b = is_neox ? i + half : 2 * i + 1;
+        co[n * head_dim + a] = c, co[n * head_dim + b] = c;
+        so[n * head_dim + a] = -s, so[n * head_dim + b] = s;
+      }
+  });
+  return {cos, sin};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fragment_attention", &fragment_attention, "Fragment attention over a prepared work list (CPU)");
   m.def("work_list", &work_list, "A step's work list from its fragment table (CPU)");
+  m.def("turn_table", &turn_table, "The rotations of a step's turns, in the op's compute dtype (CPU)");
   m.def("pack", &pack, "Copy committed tokens into the packed store, keys turned to their history index (CPU)");
 }

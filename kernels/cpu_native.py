@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .rotary import partners, turn_table
+from .rotary import partners
 from .table import FragmentTable
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Prepared:
     entry_lo: torch.Tensor  # [E] int32: first visible slot of the block
     entry_hi: torch.Tensor  # [E] int32: past the last visible slot
     entry_turn: torch.Tensor  # [E] int32: row of turn_cos / turn_sin
-    turn_cos: torch.Tensor  # [U, D] in the op's dtype
+    turn_cos: torch.Tensor  # [U, D] rounded to the op's dtype, held in its compute_dtype
     turn_sin: torch.Tensor
     perm: torch.Tensor  # [D] int64: rotation partner of each dimension
 
@@ -109,13 +109,14 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, in
     with the context once it is past the window.
 
     The lists are made in C++ (``work_list`` in ``cpu_native.cpp``; the tests hold them to a
-    NumPy reference): a step of one small group spends less time there than in its attention."""
+    NumPy reference), and so are the rotations (``turn_table`` there, held to ``rotary.turn_table``):
+    a step of one small group spends less time there than in its attention."""
     t = table
     (group_rows, group_row_ptr, group_tile_ptr, tile_entry_ptr, tile_block, tile_stored, entry_row, entry_lo,
      entry_hi, entry_turn, turns) = _extension().work_list(
         t.query_start_loc, t.seq_group, t.seq_worker, t.q_pos, t.q_view, t.group_src_ptr, t.src_row, t.src_start,
         t.src_end, t.src_offset, _int32s(block_table), block_size, -1 if stored_from is None else stored_from, window)
-    cos, sin = turn_table(turns, inv_freq, head_dim, is_neox, dtype)
+    cos, sin = _extension().turn_table(turns, inv_freq, head_dim, is_neox, dtype)
     rows = int(t.query_start_loc[-1])
     row_at = torch.arange(rows) if row_index is None else row_index.long()
     return Prepared(row_at, group_rows, group_row_ptr, group_tile_ptr, tile_entry_ptr, tile_block, tile_stored,
@@ -153,10 +154,11 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
         empty = key_cache.new_empty((0, *key_cache.shape[1:]), dtype=compute)
         store = (empty, empty)
     p = prepared
+    cos, sin = (p.turn_cos, p.turn_sin) if p.turn_cos.dtype == compute else (p.turn_cos.to(compute),
+                                                                              p.turn_sin.to(compute))
     _extension().fragment_attention(q, key_cache, value_cache, store[0], store[1], out, p.row_at, p.group_rows,
                                     p.group_row_ptr, p.group_tile_ptr, p.tile_entry_ptr, p.tile_block, p.tile_stored,
-                                    p.entry_row, p.entry_lo, p.entry_hi, p.entry_turn, p.turn_cos.to(compute),
-                                    p.turn_sin.to(compute), p.perm, scale, splits, amx, softcap,
+                                    p.entry_row, p.entry_lo, p.entry_hi, p.entry_turn, cos, sin, p.perm, scale, splits, amx, softcap,
                                     None if sinks is None else sinks.to(compute).contiguous())
     return out
 
@@ -173,7 +175,7 @@ class Copies:
     dst_block: torch.Tensor  # [N] int64
     dst_slot: torch.Tensor  # [N] int32
     turn: torch.Tensor  # [N] int32
-    turn_cos: torch.Tensor  # [U, D]
+    turn_cos: torch.Tensor  # [U, D] rounded to the op's dtype, held in its compute_dtype
     turn_sin: torch.Tensor
     perm: torch.Tensor  # [D] int64
 
@@ -185,7 +187,7 @@ def prepare_copies(src_row: np.ndarray, home: np.ndarray, dst_row: np.ndarray, i
     rows ``dst_row`` (rows that list store blocks), keys turned by ``turn`` positions."""
     table = block_table.numpy()
     turns, turn_of = np.unique(np.asarray(turn, dtype=np.int64), return_inverse=True)
-    cos, sin = turn_table(torch.from_numpy(turns), inv_freq, head_dim, is_neox, dtype)
+    cos, sin = _extension().turn_table(torch.from_numpy(turns), inv_freq, head_dim, is_neox, dtype)
     return Copies(_ints(table[src_row, home // block_size]), _ints(home % block_size, np.int32),
                   _ints(table[dst_row, index // block_size]), _ints(index % block_size, np.int32),
                   _ints(turn_of.reshape(-1), np.int32), cos, sin, partners(head_dim, inv_freq.numel(), is_neox))
@@ -197,6 +199,5 @@ def pack(key_cache: torch.Tensor, value_cache: torch.Tensor, store: tuple[torch.
     the store of the caches' ``compute_dtype``: a turned key is not rounded back)."""
     c = copies
     if c.src_block.numel():
-        compute = compute_dtype(key_cache.dtype)
         _extension().pack(key_cache, value_cache, store[0], store[1], c.src_block, c.src_slot, c.dst_block,
-                          c.dst_slot, c.turn, c.turn_cos.to(compute), c.turn_sin.to(compute), c.perm, amx)
+                          c.dst_slot, c.turn, c.turn_cos, c.turn_sin, c.perm, amx)

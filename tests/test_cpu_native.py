@@ -121,6 +121,23 @@ def test_a_window_leaves_out_the_tiles_no_row_sees():
     assert tiles[200, 40] == tiles[800, 40] <= 4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("neox", [True, False])
+def test_the_turn_table_equals_the_pytorch_one(dtype, neox):
+    """The C++ ``turn_table`` makes, value for value, what ``rotary.turn_table`` makes in
+    ``dtype`` widened to the op's compute dtype: turns of both signs and far apart (angles of
+    long contexts), a rotary part shorter than the head (dimensions past it unturned)."""
+    from hogwild_kernels.rotary import turn_table
+
+    theta = torch.tensor([-70000, -513, -1, 0, 1, 2, 37, 4096, 131071], dtype=torch.int64)
+    for head_dim, rotary_dim in ((64, 64), (80, 40)):
+        inv_freq = inv_freq_for(rotary_dim)
+        got = cpu_native._extension().turn_table(theta, inv_freq, head_dim, neox, dtype)
+        want = turn_table(theta, inv_freq, head_dim, neox, dtype)
+        for g, w in zip(got, want):
+            assert g.dtype == cpu_native.compute_dtype(dtype) and torch.equal(g, w.to(g.dtype))
+
+
 @pytest.mark.parametrize("window", [0, 1, 7, 40])
 @pytest.mark.parametrize("seed", range(6))
 def test_the_work_list_equals_the_numpy_reference(seed, window):
