@@ -27,6 +27,9 @@ setup(
         "demo": ["rich", "gguf", "accelerate"],
         # benchmarks/: plots (aiohttp, for the serving client, comes with vLLM).
         "bench": ["matplotlib", "aiohttp"],
+        # vLLM's Ray executor (--distributed-executor-backend ray): benchmarks/several_machines.py
+        # starts a local Ray cluster with it (vLLM 0.32 and 0.34 refuse Ray on CPU: README).
+        "ray": ["ray>=2.48"],
     },
     entry_points={
         "vllm.general_plugins": ["hogwild = vllm_hogwild.plugin:register"],

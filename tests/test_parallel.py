@@ -126,6 +126,35 @@ def test_groups_on_two_engines_or_ranks_all_answer_and_equal_one_engine(tmp_path
         assert set(per_engine) == {"0", "1"} and all(n > len(PLAIN) for n in per_engine.values()), per_engine
 
 
+@pytest.mark.slow
+def test_external_load_balancing_over_two_servers_keeps_each_group_whole(tmp_path):
+    """External load balancing for a dense model is independent servers behind a balancer
+    (vLLM refuses ``--data-parallel-rank`` for non-MoE models and says so): a group is one
+    HTTP request, so whichever server gets it runs all its workers. Two servers, a core
+    each, groups (W 2..4, every layout) sent round robin: each whole and equal to one
+    engine's offline run, and each server finished exactly the workers of its groups."""
+    from contextlib import ExitStack
+
+    from vllm import SamplingParams
+
+    sent = GROUPS[:4]
+    folders = [tmp_path / f"server{core}" for core in (0, 1)]
+    with ExitStack() as stack:
+        bases = []
+        for core, folder in enumerate(folders):
+            folder.mkdir()
+            bases.append(stack.enter_context(running_server(model_path("llama"), folder,
+                                                            env={"VLLM_CPU_OMP_THREADS_BIND": str(core)})))
+        served = [_post(bases[i % 2], {"prompt": p, "max_tokens": 12, "vllm_xargs": x}) for i, (x, p) in enumerate(sent)]
+        finished = [sum(_engine_requests(b).values()) for b in bases]
+    assert finished == [sum(x["hogwild_workers"] for x, _ in sent[i::2]) for i in (0, 1)], finished
+    offline = engine("llama")
+    for (flags, prompt), body in zip(sent, served):
+        want = offline.generate([prompt], SamplingParams(temperature=0, max_tokens=12, extra_args=flags),
+                                use_tqdm=False)[0]
+        assert [c["text"] for c in body["choices"]] == [o.text for o in want.outputs], flags
+
+
 def test_a_running_group_that_lost_a_worker_is_never_failed(monkeypatch):
     """Only a group that never started can be waiting for a worker: with the assembly time
     at zero, a protocol group (worker 1 stops when worker 0 starts the answer) runs as usual."""

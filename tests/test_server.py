@@ -188,7 +188,7 @@ def test_serve_command_line(monkeypatch):
     monkeypatch.setattr("vllm_hogwild.cli._available_memory", lambda: 10 * 2**30)
     command, env = serve_command(["/models/m", "--plugin", "hogwild", "--port", "8001"])
     # No GPU here: the CPU dtype, and a KV cache of a quarter of the memory available.
-    assert command[1:] == ["-m", "vllm.entrypoints.openai.api_server", "--model", "/models/m", "--port", "8001",
+    assert command[1:] == ["-m", "vllm_hogwild.launcher", "--model", "/models/m", "--port", "8001",
                            "--dtype", CPU_DTYPE, "--kv-cache-memory-bytes", str(2560 * 2**20)]
     assert env["VLLM_PLUGINS"] == "hogwild,other"
     # Unset, it names hogwild (so that vLLM attaches the page at /hogwild) and every

