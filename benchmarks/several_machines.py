@@ -249,14 +249,22 @@ def kill_node1_mid_traffic(base: str, model: str, head: Node, node1: Node, plugi
         after["head_health"] = e.code
     except OSError as e:
         after["head_health"] = f"unreachable ({type(e).__name__})"
-    try:
-        post(base, model, {"prompt": PLAIN[0]}, timeout=60)
-        after["plain_request_after"] = "served"
-    except Exception as e:  # noqa: BLE001 - what the server did is the measurement
-        after["plain_request_after"] = f"failed: {type(e).__name__}: {str(e)[:120]}"
+    # Requests after the kill, each kind twice (vLLM's balancer alternates over idle engines).
+    tries = {"plain_request_after": {"prompt": PLAIN[0]}}
+    if plugin:
+        tries["group_request_after"] = {"prompt": GROUPS[0][1], "vllm_xargs": GROUPS[0][0]}
+    for name, body in tries.items():
+        outcomes = []
+        for _ in range(2):
+            try:
+                post(base, model, body, timeout=90)
+                outcomes.append("served")
+            except Exception as e:  # noqa: BLE001 - what the server did is the measurement
+                outcomes.append(f"failed: {type(e).__name__}: {str(e)[:100]}")
+        after[name] = ", ".join(outcomes)
     time.sleep(2)
     log = head.log.read_text(errors="replace")
-    named = [l.strip()[:300] for l in log.splitlines()
+    named = [l.split("] ", 1)[-1].strip()[:300] for l in log.splitlines()
              if re.search(r"(?i)(engine[ _]?(core)?[ _]?(dp)?1\b|DP1|engine 1|rank 1|died|dead)", l)
              and re.search(r"(?i)(error|dead|died|fail|lost|timeout|unhealthy)", l)]
     return {"streams": len(bodies), "streams_started_before_kill": started,
@@ -468,8 +476,10 @@ def table(result: dict) -> str:
             s, f = nodes[setting]["sigterm"], nodes[setting]["fault"]
             lines.append(f"| {setting} | {s['head_exit_s']} | {s['node1_exit_s_after_head'] or 'not within 60'} | "
                          f"{f['ends_of_those_running_at_the_kill']} (all {f['streams']}: {f['ends']}) | "
-                         f"{f['last_end_after_kill_s']} | health {f['after']['head_health']}, a plain request "
-                         f"{f['after']['plain_request_after']} | {len(f['head_log_naming_the_engine'])} lines |")
+                         f"{f['last_end_after_kill_s']} | health {f['after']['head_health']}; two plain requests: "
+                         f"{f['after']['plain_request_after']}; two groups: "
+                         f"{f['after'].get('group_request_after', '-')} | "
+                         f"{'; '.join(f['head_log_naming_the_engine'][:2]) or 'none'} |")
         lines.append("")
     for setting, r in result["ray"].items():
         lines.append(f"- Ray, `--tensor-parallel-size 2 --distributed-executor-backend ray`, plugin {setting}: "

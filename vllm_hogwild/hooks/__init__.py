@@ -7,6 +7,7 @@ A hogwild request on its way through vLLM, and the module that hooks each stop:
 ``frontend``       the flag is validated, the protocol's texts built, W workers fanned out
 ``engine_core``    each child of the fan-out becomes its worker's request
 ``data_parallel``  every worker of a group goes to one engine
+``engine_liveness`` another node's engine that stops answering fails its requests
 ``scheduler``      a group is admitted whole (a long prompt led by worker 0 in chunks),
                    its workers start together, run first, free their blocks together
 ``kv_cache``       its shared prompt is read from and written to the prefix cache, nothing
@@ -69,11 +70,13 @@ def install() -> None:
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    from vllm_hogwild.hooks import (command_line, data_parallel, engine_core, frontend, kv_cache, model_runner,
-                                    outputs, scheduler, serving, shutdown)
+    from vllm_hogwild.hooks import (command_line, data_parallel, engine_core, engine_liveness, frontend, kv_cache,
+                                    model_runner, outputs, scheduler, serving, shutdown)
 
-    for seam in (command_line, frontend, outputs, serving, shutdown, engine_core, data_parallel, scheduler,
-                 kv_cache, model_runner):
+    # engine_liveness before data_parallel: a group's first worker is placed (and rerouted
+    # away from a gone engine) before the group's other workers are sent after it.
+    for seam in (command_line, frontend, outputs, serving, shutdown, engine_core, engine_liveness, data_parallel,
+                 scheduler, kv_cache, model_runner):
         seam.install()
     if current_platform.is_cpu():
         register_backend(AttentionBackendEnum.CPU_ATTN, "vllm_hogwild.cpu_backend.HogwildCPUBackend")

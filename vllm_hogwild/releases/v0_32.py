@@ -13,6 +13,8 @@ TARGETS = [
            ("parser",)),
     Target("data_parallel", "vllm.v1.engine.core_client", "DPLBAsyncMPClient", "get_core_engine_for_request",
            ("request",)),
+    Target("engine_liveness", "vllm.v1.engine.core_client", "DPLBAsyncMPClient", "get_core_engine_for_request",
+           ("request",)),
     Target("engine_core", "vllm.v1.engine.core", "EngineCore", "preprocess_add_request",
            ("request",)),
     Target("frontend", "vllm.v1.engine.input_processor", "InputProcessor", "process_inputs",
