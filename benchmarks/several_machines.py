@@ -21,7 +21,7 @@ With the plugin on, four parts:
    remote one included.
 2. **SIGTERM of the head** (no request in flight): how long each node takes to exit.
 3. **A headless node killed mid-traffic** (SIGKILL of node 1's process group, every stream
-   running): how every client's request ended and how long it took (none may hang), whether
+   running; on the embedded SmolLM2, whose streams last long enough): how every client's request ended and how long it took (none may hang), whether
    the head goes on serving, and what the head's log says about the engine.
 4. The same fault with the plugin off (``--plugin off``; plain requests only, n = W for the
    groups' places): what vLLM itself does, to compare part 3 with.
@@ -66,6 +66,7 @@ GROUPS = [({"hogwild_workers": 2 + i % 3, "hogwild_layout": LAYOUTS[i % 3]}, SYS
 GROUPS += [({"hogwild_workers": w, "hogwild_protocol": True, "hogwild_answer_tokens": 4}, SYSTEM + TEXTS[w],
             PROTOCOL_TOKENS) for w in (2, 3)]
 PLAIN = [SYSTEM + t for t in TEXTS[:3]]
+FAULT_CONTEXT = 1024  # TEST_OPTIONS' max_model_len
 
 
 class Node:
@@ -117,11 +118,11 @@ class Node:
         self.out.close()
 
 
-def start_nodes(model: str, folder: Path, plugin: bool) -> tuple[Node, Node, str]:
-    """Node 1 (headless) and the head, both up; the head's base URL."""
+def start_nodes(model: str, folder: Path, plugin: bool, *options: str) -> tuple[Node, Node, str]:
+    """Node 1 (headless) and the head, both up, with ``options`` besides; the head's base URL."""
     port, rpc = free_port(), free_port()
     dp = ["--data-parallel-size", "2", "--data-parallel-size-local", "1", "--data-parallel-address", "127.0.0.1",
-          "--data-parallel-rpc-port", str(rpc)]
+          "--data-parallel-rpc-port", str(rpc), *options]
     node1 = Node("node1", model, ["--headless", *dp, "--data-parallel-start-rank", "1"], 1, folder, plugin)
     head = Node("head", model, ["--host", "127.0.0.1", "--port", str(port), *dp], 0, folder, plugin)
     base, deadline = f"http://127.0.0.1:{port}", time.time() + 300
@@ -222,9 +223,9 @@ def _stream(base: str, model: str, body: dict, events: list, timeout: float) -> 
 def kill_node1_mid_traffic(base: str, model: str, head: Node, node1: Node, plugin: bool) -> dict:
     """Parts 3 and 4: a burst of streams; once every one has a token, SIGKILL to node 1.
     With the plugin off, each group's place is taken by W plain requests of its prompt."""
-    long = 900  # tokens of a plain request; a group's W workers share max_model_len=1024 with its prompt
+    long = FAULT_CONTEXT - 124  # a plain request's tokens; a group's W workers share the context with the prompt
     if plugin:
-        bodies = [{"prompt": p, "max_tokens": (long + 60) // x["hogwild_workers"] - 20, "vllm_xargs": x}
+        bodies = [{"prompt": p, "max_tokens": long // x["hogwild_workers"], "vllm_xargs": x}
                   for x, p, _ in GROUPS[:6]]
     else:
         bodies = [{"prompt": p, "max_tokens": long} for x, p, _ in GROUPS[:6] for _ in range(x["hogwild_workers"])]
@@ -419,9 +420,12 @@ def run(args: argparse.Namespace) -> dict:
                     r["sigterm"] = sigterm_head(head, node1)
                 finally:
                     head.stop(), node1.stop()
-            head, node1, base = start_nodes(model, sub / "fault", plugin)
+            # The embedded SmolLM2: its streams run long enough to be running when node 1 goes
+            # (the tiny model decodes a whole context in about a second).
+            fault_model = driver.model_path(None)
+            head, node1, base = start_nodes(fault_model, sub / "fault", plugin)
             try:
-                r["fault"] = kill_node1_mid_traffic(base, model, head, node1, plugin)
+                r["fault"] = kill_node1_mid_traffic(base, fault_model, head, node1, plugin)
                 if not plugin:
                     r["sigterm"] = sigterm_head(head, node1)
             finally:
@@ -467,7 +471,10 @@ def table(result: dict) -> str:
                   f"| every group's workers on one engine | {'yes' if whole else 'NO'} |",
                   f"| engines in /hogwild/state | {t['state_engines']} |", ""]
     if any(k in nodes for k in ("on", "off")):
-        lines += ["| plugin | SIGTERM head: head exits (s) | node 1 exits after (s) | node 1 killed mid-traffic: "
+        lines += ["SIGTERM to the head (tiny Llama), and node 1 killed mid-traffic (embedded SmolLM2, its streams "
+                  "long enough to be running at the kill; the client gives up on a stream after 120 s and on a "
+                  "request after 90 s):", "",
+                  "| plugin | SIGTERM head: head exits (s) | node 1 exits after (s) | node 1 killed mid-traffic: "
                   "streams running at the kill ended how | last end after the kill (s) | head after | "
                   "head log naming the engine |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for setting in ("on", "off"):

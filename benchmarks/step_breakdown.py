@@ -63,6 +63,7 @@ REGIONS = [
     ("builder: planner", "vllm_hogwild.planner:Planner.plan", False),
     ("builder: step rows", "vllm_hogwild.cpu_backend:step_rows", False),
     ("builder: fragment table", "vllm_hogwild.cpu_backend:build", False),
+    ("builder: fragment table", "hogwild_kernels.cpu_native:fragment_table", False),
     ("builder: work list (op prepare)", "hogwild_kernels.cpu_native:prepare", False),
     ("builder: work list: turn table (cos/sin)", "hogwild_kernels.cpu_native:turn_table", False),
     ("builder: copy list", "hogwild_kernels.cpu_native:prepare_copies", False),

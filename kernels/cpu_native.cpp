@@ -27,6 +27,11 @@
 // output rounded once, at the end, to C.
 
 #include <torch/extension.h>
+
+#include <array>
+#include <map>
+#include <set>
+#include <tuple>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -821,6 +826,144 @@ std::vector<torch::Tensor> work_list(const torch::Tensor& query_start_loc, const
           tensor_of(entry_hi), tensor_of(entry_turn), tensor_of(turns)};
 }
 
+// The fragment table of a batch (table.build, which the tests hold this to array by array):
+// the same cut of each group's fragments at every boundary any of its workers uses, identical
+// pieces merged into one source, the pieces every worker sees at one offset first. Sequences
+// come as `seq` [S, 4] (group, worker, rows, first home position), their fragments as `frags`
+// [F, 4] (block-table row, home start, home end, view offset; sequence s's are
+// [frag_ptr[s], frag_ptr[s+1])), their rows' view positions flat; each group's shared history
+// (SeqView.shared, ascending group ids) as `shared` [4, K] with `shared_ptr` [G+1]. Made here,
+// not in Python: the cuts and merges cost a small group's step ~0.15 ms there (cold after the
+// forward pass), and Python per group at 32 groups.
+std::vector<torch::Tensor> fragment_table(const torch::Tensor& seq, const torch::Tensor& frag_ptr,
+                                          const torch::Tensor& frags, const torch::Tensor& view_pos,
+                                          const torch::Tensor& shared, const torch::Tensor& shared_ptr) {
+  check_indices({&seq, &frag_ptr, &frags, &view_pos, &shared, &shared_ptr}, torch::kInt64);
+  const int64_t seqs = seq.size(0);
+  TORCH_CHECK(seq.dim() == 2 && seq.size(1) == 4 && frag_ptr.numel() == seqs + 1 && frags.dim() == 2 &&
+                  frags.size(1) == 4 && shared.dim() == 2 && shared.size(0) == 4,
+              "fragment_table: seq [S, 4], frag_ptr [S+1], frags [F, 4], shared [4, K]");
+  const int64_t *sq = seq.data_ptr<int64_t>(), *fp = frag_ptr.data_ptr<int64_t>(),
+                *fr = frags.data_ptr<int64_t>(), *vp = view_pos.data_ptr<int64_t>(),
+                *sh = shared.data_ptr<int64_t>(), *shp = shared_ptr.data_ptr<int64_t>();
+  const int64_t shared_len = shared.size(1);
+  using Frag = std::array<int64_t, 4>;
+  auto frag = [&](int64_t i) { return Frag{fr[4 * i], fr[4 * i + 1], fr[4 * i + 2], fr[4 * i + 3]}; };
+  // Groups in ascending id; the sequences of each, in batch order.
+  std::vector<int64_t> ids;
+  for (int64_t s = 0; s < seqs; ++s) ids.push_back(sq[4 * s]);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  const int64_t groups = static_cast<int64_t>(ids.size());
+  TORCH_CHECK(shared_ptr.numel() == groups + 1 && shp[groups] == shared_len,
+              "fragment_table: one shared run per group (shared_ptr [G+1])");
+  auto index_of = [&](int64_t id) { return std::lower_bound(ids.begin(), ids.end(), id) - ids.begin(); };
+  int64_t workers = 1, max_rows = 0, rows = 0;
+  std::vector<std::vector<int64_t>> members(groups);
+  for (int64_t s = 0; s < seqs; ++s) {
+    members[index_of(sq[4 * s])].push_back(s);
+    workers = std::max(workers, sq[4 * s + 1] + 1);
+    max_rows = std::max(max_rows, sq[4 * s + 2]);
+    rows += sq[4 * s + 2];
+  }
+  TORCH_CHECK(view_pos.numel() == rows, "one view position per query row");
+  // Sources: (row, start, end) and each worker's offset (-1: unseen), by group.
+  std::vector<int64_t> src_row, src_start, src_end, src_offset, group_ptr(1, 0), group_shared;
+  auto add = [&](int64_t row, int64_t start, int64_t end, const std::vector<int64_t>& seen_at) {
+    src_row.push_back(row), src_start.push_back(start), src_end.push_back(end);
+    src_offset.insert(src_offset.end(), seen_at.begin(), seen_at.end());
+  };
+  for (int64_t g = 0; g < groups; ++g) {
+    const auto& m = members[g];
+    std::vector<int64_t> group_workers;
+    for (int64_t s : m) group_workers.push_back(sq[4 * s + 1]);
+    // Fragments every view holds (at the same offset): one source each, as they are.
+    std::map<Frag, int64_t> count;
+    for (int64_t s : m) {
+      std::set<Frag> once;
+      for (int64_t i = fp[s]; i < fp[s + 1]; ++i) once.insert(frag(i));
+      for (const auto& f : once) ++count[f];
+    }
+    std::vector<Frag> everywhere;
+    for (const auto& [f, n] : count)
+      if (n == static_cast<int64_t>(m.size())) everywhere.push_back(f);
+    std::stable_sort(everywhere.begin(), everywhere.end(), [](const Frag& a, const Frag& b) { return a[3] < b[3]; });
+    const std::set<Frag> is_everywhere(everywhere.begin(), everywhere.end());
+    std::vector<std::tuple<int64_t, int64_t, int64_t, std::vector<int64_t>>> sources;
+    for (const auto& f : everywhere) {
+      if (f[2] <= f[1]) continue;
+      std::vector<int64_t> seen_at(workers, -1);
+      for (int64_t w : group_workers) seen_at[w] = f[3];
+      sources.emplace_back(f[0], f[1], f[2], seen_at);
+    }
+    // The others: cut at every boundary of the group's other fragments on the same row.
+    std::map<int64_t, std::set<int64_t>> cut_sets;
+    for (int64_t s : m)
+      for (int64_t i = fp[s]; i < fp[s + 1]; ++i) {
+        const Frag f = frag(i);
+        if (!is_everywhere.count(f)) cut_sets[f[0]].insert(f[1]), cut_sets[f[0]].insert(f[2]);
+      }
+    std::map<std::array<int64_t, 4>, size_t> index;  // (row, a, b, occurrence) -> source
+    for (int64_t s : m) {
+      std::map<std::array<int64_t, 3>, int64_t> seen;
+      for (int64_t i = fp[s]; i < fp[s + 1]; ++i) {
+        const Frag f = frag(i);
+        if (is_everywhere.count(f)) continue;
+        const auto& cuts = cut_sets[f[0]];
+        std::vector<int64_t> points(cuts.lower_bound(f[1]), cuts.upper_bound(f[2]));
+        for (size_t k = 0; k + 1 < points.size(); ++k) {
+          const int64_t a = points[k], b = points[k + 1];
+          const int64_t occurrence = seen[{f[0], a, b}]++;
+          const std::array<int64_t, 4> key{f[0], a, b, occurrence};
+          auto it = index.find(key);
+          if (it == index.end()) {
+            it = index.emplace(key, sources.size()).first;
+            sources.emplace_back(f[0], a, b, std::vector<int64_t>(workers, -1));
+          }
+          std::get<3>(sources[it->second])[sq[4 * s + 1]] = f[3] + (a - f[1]);
+        }
+      }
+    }
+    // Pieces every view holds at one offset are shared too: those first.
+    std::vector<char> alike(sources.size());
+    int64_t found = 0;
+    for (size_t k = 0; k < sources.size(); ++k) {
+      const auto& seen_at = std::get<3>(sources[k]);
+      const int64_t first = seen_at[group_workers[0]];
+      bool same = first >= 0;
+      for (int64_t w : group_workers) same = same && seen_at[w] == first;
+      alike[k] = same, found += same;
+    }
+    for (size_t k = 0; k < sources.size(); ++k)
+      if (alike[k]) add(std::get<0>(sources[k]), std::get<1>(sources[k]), std::get<2>(sources[k]), std::get<3>(sources[k]));
+    for (int64_t k = shp[g]; k < shp[g + 1]; ++k) {  // the shared history, seen by every member at its offset
+      std::vector<int64_t> seen_at(workers, -1);
+      for (int64_t w : group_workers) seen_at[w] = sh[3 * shared_len + k];
+      add(sh[k], sh[shared_len + k], sh[2 * shared_len + k], seen_at);
+    }
+    for (size_t k = 0; k < sources.size(); ++k)
+      if (!alike[k]) add(std::get<0>(sources[k]), std::get<1>(sources[k]), std::get<2>(sources[k]), std::get<3>(sources[k]));
+    group_shared.push_back(found + shp[g + 1] - shp[g]);
+    group_ptr.push_back(static_cast<int64_t>(src_row.size()));
+  }
+  std::vector<int64_t> qsl(1, 0), seq_group, seq_worker, q_pos, q_view(vp, vp + rows);
+  for (int64_t s = 0; s < seqs; ++s) {
+    qsl.push_back(qsl.back() + sq[4 * s + 2]);
+    seq_group.push_back(index_of(sq[4 * s]));
+    seq_worker.push_back(sq[4 * s + 1]);
+    for (int64_t r = 0; r < sq[4 * s + 2]; ++r) q_pos.push_back(sq[4 * s + 3] + r);
+  }
+  auto int32s = [](const std::vector<int64_t>& v) {
+    auto t = torch::empty({static_cast<int64_t>(v.size())}, torch::kInt32);
+    std::copy(v.begin(), v.end(), t.data_ptr<int32_t>());
+    return t;
+  };
+  const int64_t num_sources = static_cast<int64_t>(src_row.size());
+  return {int32s(qsl), int32s(seq_group), int32s(seq_worker), int32s(q_pos), int32s(q_view), int32s(group_ptr),
+          int32s(group_shared), int32s(src_row), int32s(src_start), int32s(src_end),
+          int32s(src_offset).view({num_sources, workers}), torch::tensor(std::vector<int64_t>{workers, max_rows})};
+}
+
 // x rounded to `dtype` (as PyTorch's conversion from float64 does: to float, then to the
 // 16-bit type, each to nearest even), held in a double.
 double rounded_to(double x, torch::ScalarType dtype) {
@@ -876,6 +1019,7 @@ std::vector<torch::Tensor> turn_table(const torch::Tensor& theta, const torch::T
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fragment_attention", &fragment_attention, "Fragment attention over a prepared work list (CPU)");
   m.def("work_list", &work_list, "A step's work list from its fragment table (CPU)");
+  m.def("fragment_table", &fragment_table, "A batch's fragment table from its sequences' views (CPU)");
   m.def("turn_table", &turn_table, "The rotations of a step's turns, in the op's compute dtype (CPU)");
   m.def("pack", &pack, "Copy committed tokens into the packed store, keys turned to their history index (CPU)");
 }

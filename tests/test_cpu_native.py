@@ -138,6 +138,32 @@ def test_the_turn_table_equals_the_pytorch_one(dtype, neox):
             assert g.dtype == cpu_native.compute_dtype(dtype) and torch.equal(g, w.to(g.dtype))
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_the_native_fragment_table_equals_build(seed):
+    """``cpu_native.fragment_table`` (C++) makes ``table.build``'s table array by array: random
+    groups (several per batch, decode rows and prompt chunks, shared histories handed over as
+    arrays for odd seeds), the views of real text in every layout, and several groups of real
+    text in one batch with ordinary group ids."""
+    rng = random.Random(seed)
+    if seed < 6:
+        _, views = random_views(rng, 1 + seed % 3, rng.randint(1, 5), rng.choice([8, 16, 32]), 90, seed % 2 == 0,
+                                shared=seed % 2 == 1)
+    elif seed < 9:
+        _, views = layout_views(2 + seed % 3, 700, ("contiguous", "interleaved", "combined")[seed % 3])
+    else:
+        views = []
+        for g, layout in enumerate(("combined", "interleaved", "contiguous")[: seed - 8]):
+            _, group = layout_views(2 + g, 500, layout)
+            views += [SeqView(7 * g + 3, v.worker, v.num_rows, v.first_home, v.fragments, v.view_positions, v.shared)
+                      for v in group]
+    want, got = build(views), cpu_native.fragment_table(views)
+    assert (got.max_workers, got.max_rows) == (want.max_workers, want.max_rows)
+    for name, value in vars(want).items():
+        if isinstance(value, torch.Tensor):
+            other = getattr(got, name)
+            assert other.dtype == value.dtype and torch.equal(other, value), name
+
+
 @pytest.mark.parametrize("window", [0, 1, 7, 40])
 @pytest.mark.parametrize("seed", range(6))
 def test_the_work_list_equals_the_numpy_reference(seed, window):

@@ -132,8 +132,8 @@ def _rows(plan: StepPlan, common, block_size: int, head_dim: int, amx: bool, lay
                      common.num_reqs, common.num_actual_tokens)
     layers = runtime.layers()
     kinds = {layers.kinds[name] for name in layer_names}
-    table = build(step.views)
     op = fragment_op()
+    table = cpu_native.fragment_table(step.views) if op is cpu_native else build(step.views)
     prepared = {}
     for kind in kinds:
         rotary = layers.rotaries[kind.rotary]
