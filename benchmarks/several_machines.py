@@ -1,9 +1,11 @@
-"""Several machines, simulated on this one: multi-node data parallel on loopback, and its faults.
+"""Several machines, simulated on this one: multi-node data parallel on loopback and its faults,
+Ray, external load balancing; each with the plugin on and off.
 
-    python benchmarks/several_machines.py [--model PATH] [--plugin on|off ...] [--out benchmarks/results/nodes]
+    python benchmarks/several_machines.py [--model PATH] [--plugin on off] [--parts nodes ray external-lb]
+                                          [--out benchmarks/results/several_machines]
 
-Two "nodes" on 127.0.0.1, each a ``vllm-hogwild serve`` process with one data-parallel
-engine bound to a core of its own, started as vLLM's multi-node docs say:
+``nodes``: two "nodes" on 127.0.0.1, each a ``vllm-hogwild serve`` process with one
+data-parallel engine bound to a core of its own, started as vLLM's multi-node docs say:
 
     node 0 (head):  serve MODEL --data-parallel-size 2 --data-parallel-size-local 1
                           --data-parallel-address 127.0.0.1 --data-parallel-rpc-port P
@@ -11,23 +13,26 @@ engine bound to a core of its own, started as vLLM's multi-node docs say:
                           --data-parallel-start-rank 1 --data-parallel-address 127.0.0.1
                           --data-parallel-rpc-port P
 
-With the plugin on, four parts:
-
-1. **Traffic**: hogwild groups (W 2..4, every layout, the protocol) and plain requests at
-   once. Every answer must equal the one-engine offline run of the same request (computed
-   after the servers are gone, one engine at a time); every group's workers on one engine
-   (vLLM's per-engine metrics: the requests each engine finished are whole groups plus plain
-   requests); both engines served groups; ``GET /hogwild/state`` lists both engines, the
-   remote one included.
+1. **Traffic** (plugin on): hogwild groups (W 2..4, every layout, the protocol) and plain
+   requests at once. Every answer must equal the one-engine offline run of the same request
+   (computed after the servers are gone, in a process of its own); each group sent alone
+   grows one engine's finished count by W (vLLM's per-engine metrics); both engines serve
+   groups; ``GET /hogwild/state`` lists both engines, the remote one included.
 2. **SIGTERM of the head** (no request in flight): how long each node takes to exit.
-3. **A headless node killed mid-traffic** (SIGKILL of node 1's process group, every stream
-   running; on the embedded SmolLM2, whose streams last long enough): how every client's request ended and how long it took (none may hang), whether
-   the head goes on serving, and what the head's log says about the engine.
-4. The same fault with the plugin off (``--plugin off``; plain requests only, n = W for the
-   groups' places): what vLLM itself does, to compare part 3 with.
+3. **A headless node killed mid-traffic** (SIGKILL of node 1's process group once every
+   stream has a token; on the embedded SmolLM2, whose streams last long enough): how each
+   stream ended and when (none may hang), whether the head goes on serving plain requests
+   and groups, and what its log says about the engine. With the plugin off, W plain requests
+   take each group's place: what vLLM itself does, to compare with.
 
-Each engine gets one core (``VLLM_CPU_OMP_THREADS_BIND``: node 0 core 0, node 1 core 1).
-Writes ``OUT.json`` and ``OUT.md``. Takes 5-8 minutes on this project's 2-core machine.
+``ray``: a local Ray cluster (``ray start --head``) and ``--tensor-parallel-size 2
+--distributed-executor-backend ray``. ``external-lb``: two servers behind a round-robin
+client, independent ones (``MODEL``) and per-rank ones (``--data-parallel-rank``, the tiny
+gpt-oss: vLLM allows that mode for mixture-of-experts models only).
+
+Each engine or rank gets a core of its own (``VLLM_CPU_OMP_THREADS_BIND``). The tiny local
+Llama unless ``--model``. Writes ``OUT.json`` and ``OUT.md``; the nodes' logs go to
+``--logs``. About 15 minutes with every part on this project's 2-core machine.
 """
 
 from __future__ import annotations

@@ -71,7 +71,11 @@ class _Watch:
         self.gone: set = set()
         self.remote = [client.core_engines[r] for r in sorted(remote_ranks(client.vllm_config.parallel_config))
                        if r < len(client.core_engines)]
-        self.task = asyncio.get_running_loop().create_task(self.run(client)) if self.remote else None
+        try:
+            loop = asyncio.get_running_loop()  # the API server's: requests are placed inside it
+        except RuntimeError:
+            loop = None
+        self.task = loop.create_task(self.run(client)) if self.remote and loop is not None else None
 
     async def run(self, client) -> None:
         timeout = timeout_seconds()
