@@ -39,6 +39,7 @@
 #include <cstring>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -535,6 +536,7 @@ void walk(const Work<C>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile
 template <typename C, int D, typename T = Compute<C>>
 void attend(const Work<C>& w, int64_t groups, int64_t splits_asked) {
   const int64_t group = w.group, dim = w.dim, width = group * dim, kv_heads = w.kv_heads;
+  if (groups == 0) return;  // a step without hogwild rows: nothing to write
   const int64_t threads = at::get_num_threads();
   // Splits per group: enough tasks for every thread (x2, to even out unequal groups), but
   // never a split of fewer than 4 tiles (128 keys at block size 32).
@@ -625,15 +627,28 @@ void check_indices(std::initializer_list<const torch::Tensor*> tensors, torch::S
                 type == torch::kInt64 ? "int64" : "int32");
 }
 
+// A step's work list (cpu_native.Prepared says what each array means): a group's tiles, each
+// tile's entries. The distinct turns come ascending; entry_turn indexes them.
+struct WorkList {
+  std::vector<int64_t> group_rows, group_row_ptr, group_tile_ptr, tile_entry_ptr, tile_block;
+  std::vector<int32_t> tile_stored, entry_row, entry_lo, entry_hi, entry_turn;
+  std::vector<int64_t> turns;
+};
+
+// A step's work for one kind of layer (cpu_native.Prepared holds one): its work list, where
+// each query row sits in q and out, the turns' cos and sin (rounded to the op's dtype, held in
+// its compute type) and each dimension's rotation partner. Made once per step (step_work,
+// work_list), read by every layer of the kind, never changed: the arrays stay here, so a
+// layer's call hands over one object, not a dozen tensors.
+struct StepWork {
+  WorkList list;
+  std::vector<int64_t> row_at, perm;
+  torch::Tensor turn_cos, turn_sin;
+};
+
 void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, const torch::Tensor& value_cache,
                         const torch::Tensor& stored_keys, const torch::Tensor& stored_values, torch::Tensor& out,
-                        const torch::Tensor& row_at, const torch::Tensor& group_rows,
-                        const torch::Tensor& group_row_ptr, const torch::Tensor& group_tile_ptr,
-                        const torch::Tensor& tile_entry_ptr, const torch::Tensor& tile_block,
-                        const torch::Tensor& tile_stored, const torch::Tensor& entry_row,
-                        const torch::Tensor& entry_lo, const torch::Tensor& entry_hi, const torch::Tensor& entry_turn,
-                        const torch::Tensor& turn_cos, const torch::Tensor& turn_sin, const torch::Tensor& perm,
-                        double scale, int64_t splits, bool amx, double softcap,
+                        const StepWork& work, double scale, int64_t splits, bool amx, double softcap,
                         const c10::optional<torch::Tensor>& sinks) {
   TORCH_CHECK(q.dim() == 3 && out.sizes() == q.sizes() && q.stride(2) == 1 && out.stride(2) == 1,
               "q and out must be [tokens, heads, head_dim] with unit stride along head_dim");
@@ -641,19 +656,22 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
   check_caches(key_cache, value_cache, q.scalar_type(), "the caches");
   check_caches(stored_keys, stored_values, compute, "the packed store");
   TORCH_CHECK(out.scalar_type() == q.scalar_type(), "q and out must share one dtype");
-  TORCH_CHECK(turn_cos.scalar_type() == compute && turn_sin.scalar_type() == compute,
-              "the turns must be of the compute dtype (float64 for float64 q, float32 otherwise)");
   const int64_t kv_heads = key_cache.size(2), dim = q.size(2);
   TORCH_CHECK(key_cache.size(3) == dim && q.size(1) % kv_heads == 0, "head shapes of q and the caches differ");
   TORCH_CHECK(stored_keys.size(0) == 0 || stored_keys.sizes().slice(1) == key_cache.sizes().slice(1),
               "the packed store's blocks must be shaped like the cache's");
-  check_indices({&row_at, &group_rows, &group_row_ptr, &group_tile_ptr, &tile_entry_ptr, &tile_block, &perm},
-                torch::kInt64);
-  check_indices({&tile_stored, &entry_row, &entry_lo, &entry_hi, &entry_turn}, torch::kInt32);
-  TORCH_CHECK(turn_cos.is_contiguous() && turn_sin.is_contiguous() && turn_cos.size(-1) == dim,
-              "turns must be contiguous [turns, head_dim]");
-  TORCH_CHECK(group_row_ptr.numel() == group_tile_ptr.numel(), "one row range and one tile range per group");
-  const int64_t groups = group_row_ptr.numel() - 1;
+  // Turns tabled for another dtype than q's are widened (or narrowed) to q's compute dtype.
+  const torch::Tensor cos = work.turn_cos.scalar_type() == compute ? work.turn_cos : work.turn_cos.to(compute);
+  const torch::Tensor sin = work.turn_sin.scalar_type() == compute ? work.turn_sin : work.turn_sin.to(compute);
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.size(-1) == dim &&
+                  static_cast<int64_t>(work.perm.size()) == dim,
+              "the step's work was prepared for another head size");
+  const WorkList& list = work.list;
+  TORCH_CHECK(list.group_row_ptr.size() == list.group_tile_ptr.size() && !list.group_row_ptr.empty(),
+              "one row range and one tile range per group");
+  TORCH_CHECK(work.row_at.size() == list.group_rows.size(), "one batch row per query row");
+  for (int64_t r : work.row_at) TORCH_CHECK(r >= 0 && r < q.size(0), "a query row outside q");
+  const int64_t groups = static_cast<int64_t>(list.group_row_ptr.size()) - 1;
   check_amx(key_cache, amx);
   TORCH_CHECK(!sinks || (sinks->scalar_type() == compute && sinks->is_contiguous() && sinks->numel() == q.size(1)),
               "sinks must be one value per query head, contiguous, of the compute dtype");
@@ -663,12 +681,10 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
     using T = Compute<scalar_t>;
     const Work<scalar_t> w{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), cache_of(key_cache, amx),
                            cache_of(value_cache, amx), cache_of(stored_keys), cache_of(stored_values),
-                           row_at.data_ptr<int64_t>(), group_rows.data_ptr<int64_t>(),
-                           group_row_ptr.data_ptr<int64_t>(), group_tile_ptr.data_ptr<int64_t>(),
-                           tile_entry_ptr.data_ptr<int64_t>(), tile_block.data_ptr<int64_t>(),
-                           perm.data_ptr<int64_t>(), tile_stored.data_ptr<int32_t>(), entry_row.data_ptr<int32_t>(),
-                           entry_lo.data_ptr<int32_t>(), entry_hi.data_ptr<int32_t>(), entry_turn.data_ptr<int32_t>(),
-                           turn_cos.data_ptr<T>(), turn_sin.data_ptr<T>(),
+                           work.row_at.data(), list.group_rows.data(), list.group_row_ptr.data(),
+                           list.group_tile_ptr.data(), list.tile_entry_ptr.data(), list.tile_block.data(),
+                           work.perm.data(), list.tile_stored.data(), list.entry_row.data(), list.entry_lo.data(),
+                           list.entry_hi.data(), list.entry_turn.data(), cos.data_ptr<T>(), sin.data_ptr<T>(),
                            static_cast<T>(scale), static_cast<T>(softcap), sinks ? sinks->data_ptr<T>() : nullptr,
                            out.data_ptr<scalar_t>(), out.stride(0), out.stride(1),
                            kv_heads, q.size(1) / kv_heads, dim, key_cache.size(1)};
@@ -736,12 +752,15 @@ void pack(const torch::Tensor& key_cache, const torch::Tensor& value_cache, torc
   });
 }
 
-// The work list of a step from its fragment table (cpu_native.prepare says what each array
-// means): the same arrays, in the same order, as the vectorised NumPy reference in the tests
-// (tests/work_list.py), made in one pass instead of some sixty array operations, which cost
-// more than a small batch's attention. Returns group_rows, group_row_ptr, group_tile_ptr,
-// tile_entry_ptr, tile_block (int64), tile_stored, entry_row, entry_lo, entry_hi, entry_turn
-// (int32) and the distinct turns, ascending (int64; entry_turn indexes them).
+// ---- Host work, once per step: the fragment table, the work list, the turns ----
+//
+// Each is made by a function over plain arrays (make_table, make_work, make_turns), wrapped
+// for Python twice: one function each (fragment_table, work_list, turn_table: the tests hold
+// them to their Python and NumPy references), and step_work, which runs all three for a
+// step in one call (the CPU backend's): the tensors between them never cross into Python,
+// where each costs more than the loops that make it once the forward pass has left the
+// interpreter and the caches cold.
+
 template <typename I>
 torch::Tensor tensor_of(const std::vector<I>& v) {
   auto t = torch::empty({static_cast<int64_t>(v.size())}, std::is_same<I, int64_t>::value ? torch::kInt64 : torch::kInt32);
@@ -749,81 +768,10 @@ torch::Tensor tensor_of(const std::vector<I>& v) {
   return t;
 }
 
-std::vector<torch::Tensor> work_list(const torch::Tensor& query_start_loc, const torch::Tensor& seq_group,
-                                     const torch::Tensor& seq_worker, const torch::Tensor& q_pos,
-                                     const torch::Tensor& q_view, const torch::Tensor& group_src_ptr,
-                                     const torch::Tensor& src_row, const torch::Tensor& src_start,
-                                     const torch::Tensor& src_end, const torch::Tensor& src_offset,
-                                     const torch::Tensor& block_table, int64_t block_size, int64_t stored_from,
-                                     int64_t window) {
-  check_indices({&query_start_loc, &seq_group, &seq_worker, &q_pos, &q_view, &group_src_ptr, &src_row, &src_start,
-                 &src_end, &src_offset, &block_table}, torch::kInt32);
-  TORCH_CHECK(block_size > 0 && window >= 0 && src_offset.dim() == 2 && block_table.dim() == 2,
-              "work_list: a positive block size, a window of 0 or more, 2-D offsets and block table");
-  const int32_t *qsl = query_start_loc.data_ptr<int32_t>(), *sgroup = seq_group.data_ptr<int32_t>(),
-                *sworker = seq_worker.data_ptr<int32_t>(), *pos = q_pos.data_ptr<int32_t>(),
-                *view = q_view.data_ptr<int32_t>(), *gsrc = group_src_ptr.data_ptr<int32_t>(),
-                *srow = src_row.data_ptr<int32_t>(), *sstart = src_start.data_ptr<int32_t>(),
-                *send = src_end.data_ptr<int32_t>(), *soff = src_offset.data_ptr<int32_t>(),
-                *table = block_table.data_ptr<int32_t>();
-  const int64_t seqs = seq_group.numel(), groups = group_src_ptr.numel() - 1, workers = src_offset.size(1);
-  const int64_t rows = qsl[seqs], table_rows = block_table.size(0), width = block_table.size(1);
-  // Each query row's group and worker; rows by group, in row order within a group.
-  std::vector<int64_t> row_group(rows), row_worker(rows), group_row_ptr(groups + 1, 0), group_rows(rows);
-  for (int64_t s = 0; s < seqs; ++s)
-    for (int64_t r = qsl[s]; r < qsl[s + 1]; ++r) row_group[r] = sgroup[s], row_worker[r] = sworker[s];
-  for (int64_t r = 0; r < rows; ++r) ++group_row_ptr[row_group[r] + 1];
-  for (int64_t g = 0; g < groups; ++g) group_row_ptr[g + 1] += group_row_ptr[g];
-  {
-    std::vector<int64_t> at(group_row_ptr.begin(), group_row_ptr.end() - 1);
-    for (int64_t r = 0; r < rows; ++r) group_rows[at[row_group[r]]++] = r;
-  }
-  // Tiles (a cache block of a source, sources in group order) and their entries (rows that see a slot).
-  std::vector<int64_t> group_tile_ptr(groups + 1, 0), tile_entry_ptr(1, 0), tile_block;
-  std::vector<int32_t> tile_stored, entry_row, entry_lo, entry_hi;
-  std::vector<int64_t> angle;
-  const int64_t stored = stored_from < 0 ? table_rows : stored_from;
-  for (int64_t g = 0; g < groups; ++g) {
-    for (int64_t src = gsrc[g]; src < gsrc[g + 1]; ++src) {
-      const int64_t start = sstart[src], end = send[src], first = start / block_size;
-      const int64_t tiles = end > start ? (end - 1) / block_size - first + 1 : 0;
-      for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t block = first + k, base = block * block_size;
-        const size_t before = entry_row.size();
-        for (int64_t l = 0; l < group_row_ptr[g + 1] - group_row_ptr[g]; ++l) {
-          const int64_t r = group_rows[group_row_ptr[g] + l];
-          const int64_t offset = soff[src * workers + row_worker[r]];
-          const int64_t shift = offset - start;  // the source's place in the row's view, less its home
-          int64_t lo = std::max<int64_t>(start - base, 0);
-          if (window > 0) lo = std::max<int64_t>(lo, view[r] - window + 1 - shift - base);
-          const int64_t hi = std::min({end - base, block_size, view[r] - shift - base + 1});
-          if (offset < 0 || hi <= lo) continue;
-          entry_row.push_back(static_cast<int32_t>(l));
-          entry_lo.push_back(static_cast<int32_t>(lo));
-          entry_hi.push_back(static_cast<int32_t>(hi));
-          angle.push_back(view[r] - pos[r] - shift);
-        }
-        if (window > 0 && entry_row.size() == before) continue;  // a tile no row sees (past every window)
-        TORCH_CHECK(srow[src] >= 0 && srow[src] < table_rows && block >= 0 && block < width,
-                    "work_list: a source's tile is outside the block table");
-        tile_block.push_back(table[srow[src] * width + block]);
-        tile_stored.push_back(srow[src] >= stored ? 1 : 0);
-        tile_entry_ptr.push_back(static_cast<int64_t>(entry_row.size()));
-        ++group_tile_ptr[g + 1];
-      }
-    }
-    group_tile_ptr[g + 1] += group_tile_ptr[g];
-  }
-  // The distinct turns, ascending, and each entry's.
-  std::vector<int64_t> turns(angle);
-  std::sort(turns.begin(), turns.end());
-  turns.erase(std::unique(turns.begin(), turns.end()), turns.end());
-  std::vector<int32_t> entry_turn(angle.size());
-  for (size_t e = 0; e < angle.size(); ++e)
-    entry_turn[e] = static_cast<int32_t>(std::lower_bound(turns.begin(), turns.end(), angle[e]) - turns.begin());
-  return {tensor_of(group_rows), tensor_of(group_row_ptr), tensor_of(group_tile_ptr), tensor_of(tile_entry_ptr),
-          tensor_of(tile_block), tensor_of(tile_stored), tensor_of(entry_row), tensor_of(entry_lo),
-          tensor_of(entry_hi), tensor_of(entry_turn), tensor_of(turns)};
+torch::Tensor int32s_of(const std::vector<int64_t>& v) {
+  auto t = torch::empty({static_cast<int64_t>(v.size())}, torch::kInt32);
+  std::copy(v.begin(), v.end(), t.data_ptr<int32_t>());
+  return t;
 }
 
 // The fragment table of a batch (table.build, which the tests hold this to array by array):
@@ -832,21 +780,22 @@ std::vector<torch::Tensor> work_list(const torch::Tensor& query_start_loc, const
 // come as `seq` [S, 4] (group, worker, rows, first home position), their fragments as `frags`
 // [F, 4] (block-table row, home start, home end, view offset; sequence s's are
 // [frag_ptr[s], frag_ptr[s+1])), their rows' view positions flat; each group's shared history
-// (SeqView.shared, ascending group ids) as `shared` [4, K] with `shared_ptr` [G+1]. Made here,
-// not in Python: the cuts and merges cost a small group's step ~0.15 ms there (cold after the
-// forward pass), and Python per group at 32 groups.
-std::vector<torch::Tensor> fragment_table(const torch::Tensor& seq, const torch::Tensor& frag_ptr,
-                                          const torch::Tensor& frags, const torch::Tensor& view_pos,
-                                          const torch::Tensor& shared, const torch::Tensor& shared_ptr) {
-  check_indices({&seq, &frag_ptr, &frags, &view_pos, &shared, &shared_ptr}, torch::kInt64);
-  const int64_t seqs = seq.size(0);
-  TORCH_CHECK(seq.dim() == 2 && seq.size(1) == 4 && frag_ptr.numel() == seqs + 1 && frags.dim() == 2 &&
-                  frags.size(1) == 4 && shared.dim() == 2 && shared.size(0) == 4,
-              "fragment_table: seq [S, 4], frag_ptr [S+1], frags [F, 4], shared [4, K]");
-  const int64_t *sq = seq.data_ptr<int64_t>(), *fp = frag_ptr.data_ptr<int64_t>(),
-                *fr = frags.data_ptr<int64_t>(), *vp = view_pos.data_ptr<int64_t>(),
-                *sh = shared.data_ptr<int64_t>(), *shp = shared_ptr.data_ptr<int64_t>();
-  const int64_t shared_len = shared.size(1);
+// (SeqView.shared, ascending group ids) as `shared` [4, K] with `shared_ptr` [G+1]. The arrays
+// are those of FragmentTable, in its order; src_offset is [sources, workers], row-major.
+struct Table {
+  std::vector<int64_t> qsl, seq_group, seq_worker, q_pos, q_view, group_ptr, group_shared, src_row, src_start,
+      src_end, src_offset;
+  int64_t workers = 1, max_rows = 0;
+};
+
+Table make_table(const std::vector<int64_t>& seq, const std::vector<int64_t>& frag_ptr,
+                 const std::vector<int64_t>& frags, const std::vector<int64_t>& view_pos, const int64_t* sh,
+                 int64_t shared_len, const std::vector<int64_t>& shared_ptr) {
+  const int64_t seqs = static_cast<int64_t>(seq.size()) / 4;
+  TORCH_CHECK(seq.size() % 4 == 0 && static_cast<int64_t>(frag_ptr.size()) == seqs + 1 && frags.size() % 4 == 0 &&
+                  frag_ptr.back() * 4 == static_cast<int64_t>(frags.size()),
+              "fragment_table: seq [S, 4], frag_ptr [S+1], frags [F, 4]");
+  const int64_t *sq = seq.data(), *fp = frag_ptr.data(), *fr = frags.data(), *shp = shared_ptr.data();
   using Frag = std::array<int64_t, 4>;
   auto frag = [&](int64_t i) { return Frag{fr[4 * i], fr[4 * i + 1], fr[4 * i + 2], fr[4 * i + 3]}; };
   // Groups in ascending id; the sequences of each, in batch order.
@@ -855,23 +804,24 @@ std::vector<torch::Tensor> fragment_table(const torch::Tensor& seq, const torch:
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   const int64_t groups = static_cast<int64_t>(ids.size());
-  TORCH_CHECK(shared_ptr.numel() == groups + 1 && shp[groups] == shared_len,
+  TORCH_CHECK(static_cast<int64_t>(shared_ptr.size()) == groups + 1 && shp[groups] == shared_len,
               "fragment_table: one shared run per group (shared_ptr [G+1])");
   auto index_of = [&](int64_t id) { return std::lower_bound(ids.begin(), ids.end(), id) - ids.begin(); };
-  int64_t workers = 1, max_rows = 0, rows = 0;
+  Table t;
+  int64_t rows = 0;
   std::vector<std::vector<int64_t>> members(groups);
   for (int64_t s = 0; s < seqs; ++s) {
     members[index_of(sq[4 * s])].push_back(s);
-    workers = std::max(workers, sq[4 * s + 1] + 1);
-    max_rows = std::max(max_rows, sq[4 * s + 2]);
+    t.workers = std::max(t.workers, sq[4 * s + 1] + 1);
+    t.max_rows = std::max(t.max_rows, sq[4 * s + 2]);
     rows += sq[4 * s + 2];
   }
-  TORCH_CHECK(view_pos.numel() == rows, "one view position per query row");
-  // Sources: (row, start, end) and each worker's offset (-1: unseen), by group.
-  std::vector<int64_t> src_row, src_start, src_end, src_offset, group_ptr(1, 0), group_shared;
+  TORCH_CHECK(static_cast<int64_t>(view_pos.size()) == rows, "one view position per query row");
+  const int64_t workers = t.workers;
+  t.group_ptr.push_back(0);
   auto add = [&](int64_t row, int64_t start, int64_t end, const std::vector<int64_t>& seen_at) {
-    src_row.push_back(row), src_start.push_back(start), src_end.push_back(end);
-    src_offset.insert(src_offset.end(), seen_at.begin(), seen_at.end());
+    t.src_row.push_back(row), t.src_start.push_back(start), t.src_end.push_back(end);
+    t.src_offset.insert(t.src_offset.end(), seen_at.begin(), seen_at.end());
   };
   for (int64_t g = 0; g < groups; ++g) {
     const auto& m = members[g];
@@ -943,25 +893,103 @@ std::vector<torch::Tensor> fragment_table(const torch::Tensor& seq, const torch:
     }
     for (size_t k = 0; k < sources.size(); ++k)
       if (!alike[k]) add(std::get<0>(sources[k]), std::get<1>(sources[k]), std::get<2>(sources[k]), std::get<3>(sources[k]));
-    group_shared.push_back(found + shp[g + 1] - shp[g]);
-    group_ptr.push_back(static_cast<int64_t>(src_row.size()));
+    t.group_shared.push_back(found + shp[g + 1] - shp[g]);
+    t.group_ptr.push_back(static_cast<int64_t>(t.src_row.size()));
   }
-  std::vector<int64_t> qsl(1, 0), seq_group, seq_worker, q_pos, q_view(vp, vp + rows);
+  t.qsl.push_back(0);
+  t.q_view = view_pos;
   for (int64_t s = 0; s < seqs; ++s) {
-    qsl.push_back(qsl.back() + sq[4 * s + 2]);
-    seq_group.push_back(index_of(sq[4 * s]));
-    seq_worker.push_back(sq[4 * s + 1]);
-    for (int64_t r = 0; r < sq[4 * s + 2]; ++r) q_pos.push_back(sq[4 * s + 3] + r);
+    t.qsl.push_back(t.qsl.back() + sq[4 * s + 2]);
+    t.seq_group.push_back(index_of(sq[4 * s]));
+    t.seq_worker.push_back(sq[4 * s + 1]);
+    for (int64_t r = 0; r < sq[4 * s + 2]; ++r) t.q_pos.push_back(sq[4 * s + 3] + r);
   }
-  auto int32s = [](const std::vector<int64_t>& v) {
-    auto t = torch::empty({static_cast<int64_t>(v.size())}, torch::kInt32);
-    std::copy(v.begin(), v.end(), t.data_ptr<int32_t>());
-    return t;
-  };
-  const int64_t num_sources = static_cast<int64_t>(src_row.size());
-  return {int32s(qsl), int32s(seq_group), int32s(seq_worker), int32s(q_pos), int32s(q_view), int32s(group_ptr),
-          int32s(group_shared), int32s(src_row), int32s(src_start), int32s(src_end),
-          int32s(src_offset).view({num_sources, workers}), torch::tensor(std::vector<int64_t>{workers, max_rows})};
+  return t;
+}
+
+// The work list of a step from its fragment table (cpu_native.prepare says what each array
+// means): the same arrays, in the same order, as the vectorised NumPy reference in the tests
+// (tests/work_list.py), made in one pass instead of some sixty array operations, which cost
+// more than a small batch's attention (WorkList, above fragment_attention).
+
+// The table's arrays as make_work reads them (int32 from Python's FragmentTable, int64 from make_table).
+template <typename I>
+struct TableArrays {
+  const I *qsl, *seq_group, *seq_worker, *q_pos, *q_view, *group_src_ptr, *src_row, *src_start, *src_end, *src_offset;
+  int64_t seqs, groups, workers;
+};
+
+template <typename I>
+WorkList make_work(const TableArrays<I>& a, const int32_t* table, int64_t table_rows, int64_t width,
+                   int64_t block_size, int64_t stored_from, int64_t window) {
+  TORCH_CHECK(block_size > 0 && window >= 0, "work_list: a positive block size, a window of 0 or more");
+  const I *qsl = a.qsl, *sgroup = a.seq_group, *sworker = a.seq_worker, *pos = a.q_pos, *view = a.q_view,
+          *gsrc = a.group_src_ptr, *srow = a.src_row, *sstart = a.src_start, *send = a.src_end, *soff = a.src_offset;
+  const int64_t seqs = a.seqs, groups = a.groups, workers = a.workers, rows = qsl[seqs];
+  WorkList out;
+  // Each query row's group and worker; rows by group, in row order within a group.
+  std::vector<int64_t> row_group(rows), row_worker(rows);
+  out.group_row_ptr.assign(groups + 1, 0);
+  out.group_rows.resize(rows);
+  for (int64_t s = 0; s < seqs; ++s)
+    for (int64_t r = qsl[s]; r < qsl[s + 1]; ++r) row_group[r] = sgroup[s], row_worker[r] = sworker[s];
+  for (int64_t r = 0; r < rows; ++r) ++out.group_row_ptr[row_group[r] + 1];
+  for (int64_t g = 0; g < groups; ++g) out.group_row_ptr[g + 1] += out.group_row_ptr[g];
+  {
+    std::vector<int64_t> at(out.group_row_ptr.begin(), out.group_row_ptr.end() - 1);
+    for (int64_t r = 0; r < rows; ++r) out.group_rows[at[row_group[r]]++] = r;
+  }
+  // Tiles (a cache block of a source, sources in group order) and their entries (rows that see a slot).
+  out.group_tile_ptr.assign(groups + 1, 0);
+  out.tile_entry_ptr.assign(1, 0);
+  std::vector<int64_t> angle;
+  const int64_t stored = stored_from < 0 ? table_rows : stored_from;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t row_lo = out.group_row_ptr[g], row_hi = out.group_row_ptr[g + 1];
+    for (int64_t src = gsrc[g]; src < gsrc[g + 1]; ++src) {
+      const int64_t start = sstart[src], end = send[src], first = start / block_size;
+      const int64_t tiles = end > start ? (end - 1) / block_size - first + 1 : 0;
+      for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t block = first + k, base = block * block_size;
+        const size_t before = out.entry_row.size();
+        for (int64_t l = 0; l < row_hi - row_lo; ++l) {
+          const int64_t r = out.group_rows[row_lo + l];
+          const int64_t offset = soff[src * workers + row_worker[r]];
+          const int64_t shift = offset - start;  // the source's place in the row's view, less its home
+          int64_t lo = std::max<int64_t>(start - base, 0);
+          if (window > 0) lo = std::max<int64_t>(lo, view[r] - window + 1 - shift - base);
+          const int64_t hi = std::min<int64_t>({end - base, block_size, view[r] - shift - base + 1});
+          if (offset < 0 || hi <= lo) continue;
+          out.entry_row.push_back(static_cast<int32_t>(l));
+          out.entry_lo.push_back(static_cast<int32_t>(lo));
+          out.entry_hi.push_back(static_cast<int32_t>(hi));
+          angle.push_back(view[r] - pos[r] - shift);
+        }
+        if (window > 0 && out.entry_row.size() == before) continue;  // a tile no row sees (past every window)
+        TORCH_CHECK(srow[src] >= 0 && srow[src] < table_rows && block >= 0 && block < width,
+                    "work_list: a source's tile is outside the block table");
+        out.tile_block.push_back(table[srow[src] * width + block]);
+        out.tile_stored.push_back(srow[src] >= stored ? 1 : 0);
+        out.tile_entry_ptr.push_back(static_cast<int64_t>(out.entry_row.size()));
+        ++out.group_tile_ptr[g + 1];
+      }
+    }
+    out.group_tile_ptr[g + 1] += out.group_tile_ptr[g];
+  }
+  // The distinct turns, ascending, and each entry's.
+  out.turns = angle;
+  std::sort(out.turns.begin(), out.turns.end());
+  out.turns.erase(std::unique(out.turns.begin(), out.turns.end()), out.turns.end());
+  out.entry_turn.resize(angle.size());
+  for (size_t e = 0; e < angle.size(); ++e)
+    out.entry_turn[e] =
+        static_cast<int32_t>(std::lower_bound(out.turns.begin(), out.turns.end(), angle[e]) - out.turns.begin());
+  return out;
+}
+
+void check_block_table(const torch::Tensor& block_table) {
+  TORCH_CHECK(block_table.dim() == 2 && block_table.scalar_type() == torch::kInt32 && block_table.is_contiguous(),
+              "the block table must be a contiguous 2-D int32 tensor");
 }
 
 // x rounded to `dtype` (as PyTorch's conversion from float64 does: to float, then to the
@@ -981,23 +1009,25 @@ double rounded_to(double x, torch::ScalarType dtype) {
 // compute type, which is what fragment_attention reads. One loop, no tensor operations: made
 // by PyTorch from Python or by ATen from here, the dozen small operations cost a small group's
 // step more than its work list (76 us, cold after the forward pass, for 10 turns).
-std::vector<torch::Tensor> turn_table(const torch::Tensor& theta, const torch::Tensor& inv_freq, int64_t head_dim,
-                                      bool is_neox, torch::ScalarType dtype) {
-  const int64_t turns = theta.numel(), half = inv_freq.numel();
-  TORCH_CHECK(theta.dim() == 1 && theta.scalar_type() == torch::kInt64 && theta.is_contiguous() &&
-                  inv_freq.dim() == 1 && 2 * half <= head_dim,
-              "turn_table: contiguous int64 turns, 1-D inverse frequencies, a rotary part within the head");
+std::vector<double> frequencies_of(const torch::Tensor& inv_freq, int64_t head_dim) {
+  TORCH_CHECK(inv_freq.dim() == 1 && 2 * inv_freq.numel() <= head_dim,
+              "turn_table: 1-D inverse frequencies, a rotary part within the head");
   TORCH_CHECK(inv_freq.scalar_type() == torch::kFloat32 || inv_freq.scalar_type() == torch::kFloat64,
               "turn_table: float32 or float64 inverse frequencies");
-  std::vector<double> freq(half);
   const auto contiguous = inv_freq.contiguous();
-  for (int64_t i = 0; i < half; ++i)
+  std::vector<double> freq(contiguous.numel());
+  for (size_t i = 0; i < freq.size(); ++i)
     freq[i] = contiguous.scalar_type() == torch::kFloat32 ? contiguous.data_ptr<float>()[i]
                                                           : contiguous.data_ptr<double>()[i];
+  return freq;
+}
+
+std::vector<torch::Tensor> make_turns(const int64_t* angle_of, int64_t turns, const std::vector<double>& freq,
+                                      int64_t head_dim, bool is_neox, torch::ScalarType dtype) {
+  const int64_t half = static_cast<int64_t>(freq.size());
   const torch::ScalarType compute = compute_type(dtype);
   auto cos = torch::ones({turns, head_dim}, torch::TensorOptions().dtype(compute));
   auto sin = torch::zeros({turns, head_dim}, torch::TensorOptions().dtype(compute));
-  const int64_t* angle_of = theta.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(compute, "turn_table", [&] {
     scalar_t *co = cos.data_ptr<scalar_t>(), *so = sin.data_ptr<scalar_t>();
     for (int64_t n = 0; n < turns; ++n)
@@ -1014,12 +1044,137 @@ std::vector<torch::Tensor> turn_table(const torch::Tensor& theta, const torch::T
   return {cos, sin};
 }
 
+// Each dimension's rotation partner (rotary.partners): neox pairs i with i + half, GPT-J 2i
+// with 2i + 1; dimensions past the rotary part are their own.
+std::vector<int64_t> partners_of(int64_t head_dim, int64_t half, bool is_neox) {
+  std::vector<int64_t> perm(head_dim);
+  for (int64_t d = 0; d < head_dim; ++d) perm[d] = d;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t a = is_neox ? i : 2 * i, b = is_neox ? i + half : 2 * i + 1;
+    perm[a] = b, perm[b] = a;
+  }
+  return perm;
+}
+
+// A kind's StepWork from its work list: the rows' places in q, the turns, the partners.
+std::shared_ptr<StepWork> step_work_of(WorkList list, const torch::Tensor& row_at, const torch::Tensor& inv_freq,
+                                       bool is_neox, int64_t head_dim, torch::ScalarType dtype) {
+  auto work = std::make_shared<StepWork>();
+  const std::vector<double> freq = frequencies_of(inv_freq, head_dim);
+  auto turns = make_turns(list.turns.data(), static_cast<int64_t>(list.turns.size()), freq, head_dim, is_neox, dtype);
+  work->turn_cos = turns[0], work->turn_sin = turns[1];
+  work->perm = partners_of(head_dim, static_cast<int64_t>(freq.size()), is_neox);
+  const int64_t rows = static_cast<int64_t>(list.group_rows.size());
+  if (row_at.numel() == 0) {  // none given: query row i is row i of q
+    for (int64_t r = 0; r < rows; ++r) work->row_at.push_back(r);
+  } else {
+    TORCH_CHECK(row_at.dim() == 1 && row_at.numel() == rows && row_at.scalar_type() == torch::kInt64 &&
+                    row_at.is_contiguous(),
+                "row_index: one contiguous int64 batch row per query row");
+    work->row_at.assign(row_at.data_ptr<int64_t>(), row_at.data_ptr<int64_t>() + rows);
+  }
+  work->list = std::move(list);
+  return work;
+}
+
+// ---- The Python entry points ----
+
+std::vector<torch::Tensor> fragment_table(const std::vector<int64_t>& seq, const std::vector<int64_t>& frag_ptr,
+                                          const std::vector<int64_t>& frags, const std::vector<int64_t>& view_pos,
+                                          const torch::Tensor& shared, const std::vector<int64_t>& shared_ptr) {
+  check_indices({&shared}, torch::kInt64);
+  TORCH_CHECK(shared.dim() == 2 && shared.size(0) == 4, "fragment_table: shared [4, K]");
+  const Table t = make_table(seq, frag_ptr, frags, view_pos, shared.data_ptr<int64_t>(), shared.size(1), shared_ptr);
+  const int64_t sources = static_cast<int64_t>(t.src_row.size());
+  return {int32s_of(t.qsl), int32s_of(t.seq_group), int32s_of(t.seq_worker), int32s_of(t.q_pos), int32s_of(t.q_view),
+          int32s_of(t.group_ptr), int32s_of(t.group_shared), int32s_of(t.src_row), int32s_of(t.src_start),
+          int32s_of(t.src_end), int32s_of(t.src_offset).view({sources, t.workers}),
+          torch::tensor(std::vector<int64_t>{t.workers, t.max_rows})};
+}
+
+// A kind's StepWork from a FragmentTable's tensors (cpu_native.prepare). row_at: the query
+// rows' places in q (empty: row i at i).
+std::shared_ptr<StepWork> work_list(const torch::Tensor& query_start_loc, const torch::Tensor& seq_group,
+                                    const torch::Tensor& seq_worker, const torch::Tensor& q_pos,
+                                    const torch::Tensor& q_view, const torch::Tensor& group_src_ptr,
+                                    const torch::Tensor& src_row, const torch::Tensor& src_start,
+                                    const torch::Tensor& src_end, const torch::Tensor& src_offset,
+                                    const torch::Tensor& block_table, int64_t block_size, int64_t stored_from,
+                                    int64_t window, const torch::Tensor& row_at, const torch::Tensor& inv_freq,
+                                    bool is_neox, int64_t head_dim, torch::ScalarType dtype) {
+  check_indices({&query_start_loc, &seq_group, &seq_worker, &q_pos, &q_view, &group_src_ptr, &src_row, &src_start,
+                 &src_end, &src_offset}, torch::kInt32);
+  check_block_table(block_table);
+  TORCH_CHECK(src_offset.dim() == 2, "work_list: 2-D offsets");
+  const TableArrays<int32_t> a{query_start_loc.data_ptr<int32_t>(), seq_group.data_ptr<int32_t>(),
+                               seq_worker.data_ptr<int32_t>(), q_pos.data_ptr<int32_t>(), q_view.data_ptr<int32_t>(),
+                               group_src_ptr.data_ptr<int32_t>(), src_row.data_ptr<int32_t>(),
+                               src_start.data_ptr<int32_t>(), src_end.data_ptr<int32_t>(),
+                               src_offset.data_ptr<int32_t>(), seq_group.numel(), group_src_ptr.numel() - 1,
+                               src_offset.size(1)};
+  return step_work_of(make_work(a, block_table.data_ptr<int32_t>(), block_table.size(0), block_table.size(1),
+                                block_size, stored_from, window),
+                      row_at, inv_freq, is_neox, head_dim, dtype);
+}
+
+std::vector<torch::Tensor> turn_table(const torch::Tensor& theta, const torch::Tensor& inv_freq, int64_t head_dim,
+                                      bool is_neox, torch::ScalarType dtype) {
+  TORCH_CHECK(theta.dim() == 1 && theta.scalar_type() == torch::kInt64 && theta.is_contiguous(),
+              "turn_table: contiguous int64 turns");
+  return make_turns(theta.data_ptr<int64_t>(), theta.numel(), frequencies_of(inv_freq, head_dim), head_dim, is_neox,
+                    dtype);
+}
+
+// A step's work for each kind of layer k (its RoPE: inv_freqs[k], neox[k]; its window:
+// windows[k]) from its sequences' views as fragment_table takes them (cpu_native.prepare_step).
+std::vector<std::shared_ptr<StepWork>> step_work(
+    const std::vector<int64_t>& seq, const std::vector<int64_t>& frag_ptr, const std::vector<int64_t>& frags,
+    const std::vector<int64_t>& view_pos, const torch::Tensor& shared, const std::vector<int64_t>& shared_ptr,
+    const torch::Tensor& block_table, int64_t block_size, int64_t stored_from, const std::vector<int64_t>& windows,
+    const std::vector<torch::Tensor>& inv_freqs, const std::vector<bool>& neox, int64_t head_dim,
+    torch::ScalarType dtype, const torch::Tensor& row_at) {
+  check_indices({&shared}, torch::kInt64);
+  check_block_table(block_table);
+  TORCH_CHECK(shared.dim() == 2 && shared.size(0) == 4, "step_work: shared [4, K]");
+  TORCH_CHECK(inv_freqs.size() == windows.size() && neox.size() == windows.size(),
+              "step_work: one RoPE and window per kind");
+  const Table t = make_table(seq, frag_ptr, frags, view_pos, shared.data_ptr<int64_t>(), shared.size(1), shared_ptr);
+  const TableArrays<int64_t> a{t.qsl.data(), t.seq_group.data(), t.seq_worker.data(), t.q_pos.data(), t.q_view.data(),
+                               t.group_ptr.data(), t.src_row.data(), t.src_start.data(), t.src_end.data(),
+                               t.src_offset.data(), static_cast<int64_t>(t.seq_group.size()),
+                               static_cast<int64_t>(t.group_ptr.size()) - 1, t.workers};
+  std::vector<std::shared_ptr<StepWork>> kinds;
+  for (size_t k = 0; k < windows.size(); ++k)
+    kinds.push_back(step_work_of(make_work(a, block_table.data_ptr<int32_t>(), block_table.size(0),
+                                           block_table.size(1), block_size, stored_from, windows[k]),
+                                 row_at, inv_freqs[k], neox[k], head_dim, dtype));
+  return kinds;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // A step's work, read from Python only by the tests (each array a tensor copy).
+  pybind11::class_<StepWork, std::shared_ptr<StepWork>>(m, "StepWork")
+      .def_property_readonly("row_at", [](const StepWork& w) { return tensor_of(w.row_at); })
+      .def_property_readonly("group_rows", [](const StepWork& w) { return tensor_of(w.list.group_rows); })
+      .def_property_readonly("group_row_ptr", [](const StepWork& w) { return tensor_of(w.list.group_row_ptr); })
+      .def_property_readonly("group_tile_ptr", [](const StepWork& w) { return tensor_of(w.list.group_tile_ptr); })
+      .def_property_readonly("tile_entry_ptr", [](const StepWork& w) { return tensor_of(w.list.tile_entry_ptr); })
+      .def_property_readonly("tile_block", [](const StepWork& w) { return tensor_of(w.list.tile_block); })
+      .def_property_readonly("tile_stored", [](const StepWork& w) { return tensor_of(w.list.tile_stored); })
+      .def_property_readonly("entry_row", [](const StepWork& w) { return tensor_of(w.list.entry_row); })
+      .def_property_readonly("entry_lo", [](const StepWork& w) { return tensor_of(w.list.entry_lo); })
+      .def_property_readonly("entry_hi", [](const StepWork& w) { return tensor_of(w.list.entry_hi); })
+      .def_property_readonly("entry_turn", [](const StepWork& w) { return tensor_of(w.list.entry_turn); })
+      .def_property_readonly("turns", [](const StepWork& w) { return tensor_of(w.list.turns); })
+      .def_property_readonly("turn_cos", [](const StepWork& w) { return w.turn_cos; })
+      .def_property_readonly("turn_sin", [](const StepWork& w) { return w.turn_sin; })
+      .def_property_readonly("perm", [](const StepWork& w) { return tensor_of(w.perm); });
   m.def("fragment_attention", &fragment_attention, "Fragment attention over a prepared work list (CPU)");
   m.def("work_list", &work_list, "A step's work list from its fragment table (CPU)");
   m.def("fragment_table", &fragment_table, "A batch's fragment table from its sequences' views (CPU)");
   m.def("turn_table", &turn_table, "The rotations of a step's turns, in the op's compute dtype (CPU)");
+  m.def("step_work", &step_work, "A step's work lists and turns, per kind of layer, from its views (CPU)");
   m.def("pack", &pack, "Copy committed tokens into the packed store, keys turned to their history index (CPU)");
 }

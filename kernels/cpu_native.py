@@ -25,42 +25,60 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .rotary import partners
-from .table import FragmentTable, SeqView
+from .table import FragmentTable, SeqView, shared_of_groups
 
 log = logging.getLogger(__name__)
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_native.cpp")
 
 
-@dataclass
+# The arrays of a step's work, as Prepared shows them (tensor copies; the tests read them):
+ARRAYS = (
+    "row_at",  # [R] int64: batch row of each query row (of q and out)
+    "group_rows",  # [R] int64: query rows by group
+    "group_row_ptr",  # [G+1] int64: rows of group g are group_rows[ptr[g]:ptr[g+1]]
+    "group_tile_ptr",  # [G+1] int64: tiles of group g are [ptr[g], ptr[g+1])
+    "tile_entry_ptr",  # [T+1] int64: entries of tile t are [ptr[t], ptr[t+1])
+    "tile_block",  # [T] int64: the tile's block, in the cache or the packed store
+    "tile_stored",  # [T] int32: 1 where that block is the packed store's
+    "entry_row",  # [E] int32: the entry's row, as an index into its group's rows
+    "entry_lo",  # [E] int32: first visible slot of the block
+    "entry_hi",  # [E] int32: past the last visible slot
+    "entry_turn",  # [E] int32: row of turn_cos / turn_sin
+    "turns",  # [U] int64: the distinct turns (angles, in positions), ascending
+    "turn_cos",  # [U, D] rounded to the op's dtype, held in its compute_dtype
+    "turn_sin",
+    "perm",  # [D] int64: rotation partner of each dimension
+)
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """A step's work list, shared by every layer (CPU tensors).
+    """A step's work list for one kind of layer, shared by every layer of the kind.
 
     Query rows are listed by group; a group's *tiles* (one cache block of one of its
     sources each) in order; a tile's *entries* (one per row that sees a slot of it) in row
-    order. The op walks a group's tiles once, each tile taken by all its entries in turn."""
+    order. The op walks a group's tiles once, each tile taken by all its entries in turn.
 
-    row_at: torch.Tensor  # [R] int64: batch row of each query row (of q and out)
-    group_rows: torch.Tensor  # [R] int64: query rows by group
-    group_row_ptr: torch.Tensor  # [G+1] int64: rows of group g are group_rows[ptr[g]:ptr[g+1]]
-    group_tile_ptr: torch.Tensor  # [G+1] int64: tiles of group g are [ptr[g], ptr[g+1])
-    tile_entry_ptr: torch.Tensor  # [T+1] int64: entries of tile t are [ptr[t], ptr[t+1])
-    tile_block: torch.Tensor  # [T] int64: the tile's block, in the cache or the packed store
-    tile_stored: torch.Tensor  # [T] int32: 1 where that block is the packed store's
-    entry_row: torch.Tensor  # [E] int32: the entry's row, as an index into its group's rows
-    entry_lo: torch.Tensor  # [E] int32: first visible slot of the block
-    entry_hi: torch.Tensor  # [E] int32: past the last visible slot
-    entry_turn: torch.Tensor  # [E] int32: row of turn_cos / turn_sin
-    turn_cos: torch.Tensor  # [U, D] rounded to the op's dtype, held in its compute_dtype
-    turn_sin: torch.Tensor
-    perm: torch.Tensor  # [D] int64: rotation partner of each dimension
+    The arrays (``ARRAYS``) stay in C++ (``work``, a ``StepWork`` of ``cpu_native.cpp``),
+    where they are made and read: a layer's call hands over one object, not fifteen tensors.
+    Reading one here (``prepared.entry_lo``) copies it into a tensor."""
+
+    work: Any
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        if name in ARRAYS:
+            return getattr(self.work, name)
+        raise AttributeError(name)
 
 
 def _cpu_tag() -> str:
@@ -112,41 +130,70 @@ def prepare(table: FragmentTable, block_table: torch.Tensor, block_size: int, in
     NumPy reference), and so are the rotations (``turn_table`` there, held to ``rotary.turn_table``):
     a step of one small group spends less time there than in its attention."""
     t = table
-    (group_rows, group_row_ptr, group_tile_ptr, tile_entry_ptr, tile_block, tile_stored, entry_row, entry_lo,
-     entry_hi, entry_turn, turns) = _extension().work_list(
+    return Prepared(_extension().work_list(
         t.query_start_loc, t.seq_group, t.seq_worker, t.q_pos, t.q_view, t.group_src_ptr, t.src_row, t.src_start,
-        t.src_end, t.src_offset, _int32s(block_table), block_size, -1 if stored_from is None else stored_from, window)
-    cos, sin = _extension().turn_table(turns, inv_freq, head_dim, is_neox, dtype)
-    rows = int(t.query_start_loc[-1])
-    row_at = torch.arange(rows) if row_index is None else row_index.long()
-    return Prepared(row_at, group_rows, group_row_ptr, group_tile_ptr, tile_entry_ptr, tile_block, tile_stored,
-                    entry_row, entry_lo, entry_hi, entry_turn, cos, sin, partners(head_dim, inv_freq.numel(), is_neox))
+        t.src_end, t.src_offset, _int32s(block_table), block_size, -1 if stored_from is None else stored_from, window,
+        _rows_at(row_index), inv_freq, is_neox, head_dim, dtype))
 
 
-def fragment_table(views: list[SeqView]) -> FragmentTable:
+def _rows_at(row_index: torch.Tensor | None) -> torch.Tensor:
+    """``row_index`` as the C++ side takes it (empty: query row ``i`` at row ``i`` of q)."""
+    return _NO_ROWS if row_index is None else row_index.to(torch.int64).contiguous()
+
+
+_NO_ROWS = torch.zeros(0, dtype=torch.int64)
+
+
+def _laid_out(views: Sequence[SeqView]) -> tuple:
+    """The views as ``fragment_table`` and ``step_work`` in ``cpu_native.cpp`` take them: flat
+    lists (pybind11 reads a list of ints into a vector faster than NumPy builds an array) and
+    the groups' shared histories as one int64 array ``[4, K]`` with its run pointers."""
+    seq = [x for v in views for x in (v.group, v.worker, v.num_rows, v.first_home)]
+    frag_ptr = list(itertools.accumulate((len(v.fragments) for v in views), initial=0))
+    frags = [x for v in views for f in v.fragments for x in f]
+    positions = [p for v in views for p in v.view_positions]
+    by_group = shared_of_groups(views)
+    given = [by_group[g] for g in sorted(by_group)]
+    runs = [np.asarray(s, dtype=np.int64) for s in given if s is not None]
+    shared = np.concatenate(runs, axis=1) if len(runs) > 1 else runs[0] if runs else np.zeros((4, 0), dtype=np.int64)
+    shared_ptr = list(itertools.accumulate((0 if s is None else s[0].size for s in given), initial=0))
+    return seq, frag_ptr, frags, positions, _ints(shared), shared_ptr
+
+
+def fragment_table(views: Sequence[SeqView]) -> FragmentTable:
     """``table.build(views)``, made in C++ (``fragment_table`` in ``cpu_native.cpp``; the tests
     hold it to ``table.build`` array by array): the cuts and merges of a group's fragments are
     Python per fragment there, ~0.15 ms of a small group's step once the forward pass has left
-    the interpreter cold. Here Python only lays the views out as arrays."""
-    seq = np.array([(v.group, v.worker, v.num_rows, v.first_home) for v in views], dtype=np.int64).reshape(-1, 4)
-    counts = [len(v.fragments) for v in views]
-    frags = np.array([f for v in views for f in v.fragments], dtype=np.int64).reshape(-1, 4)
-    positions = np.array([p for v in views for p in v.view_positions], dtype=np.int64)
-    groups: dict[int, SeqView] = {}
-    for v in views:
-        first = groups.setdefault(v.group, v)
-        if first.shared is not v.shared:
-            raise ValueError(f"the sequences of group {v.group} must hand over one and the same `shared` object")
-    given = [groups[g].shared for g in sorted(groups)]
-    runs = [np.stack(s).astype(np.int64, copy=False) for s in given if s is not None]
-    shared = np.concatenate(runs, axis=1) if runs else np.zeros((4, 0), dtype=np.int64)
-    shared_ptr = np.cumsum([0] + [0 if s is None else s[0].size for s in given])
+    the interpreter cold. ``prepare_step`` makes it and the work lists in one call."""
     (qsl, seq_group, seq_worker, q_pos, q_view, group_src_ptr, group_shared, src_row, src_start, src_end, src_offset,
-     sizes) = _extension().fragment_table(_ints(seq), _ints(np.cumsum([0] + counts)), _ints(frags), _ints(positions),
-                                          _ints(shared), _ints(shared_ptr))
+     sizes) = _extension().fragment_table(*_laid_out(views))
     max_workers, max_rows = sizes.tolist()
     return FragmentTable(qsl, seq_group, seq_worker, q_pos, q_view, group_src_ptr, group_shared, src_row, src_start,
                          src_end, src_offset, max_workers, max_rows)
+
+
+@dataclass(frozen=True)
+class WorkKind:
+    """What a step's work list depends on, per kind of layer: its RoPE and its sliding window
+    (0: none)."""
+
+    inv_freq: torch.Tensor
+    is_neox: bool
+    window: int = 0
+
+
+def prepare_step(views: Sequence[SeqView], block_table: torch.Tensor, block_size: int, kinds: Sequence[WorkKind],
+                 head_dim: int, row_index: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
+                 stored_from: int | None = None) -> list[Prepared]:
+    """``prepare(fragment_table(views), ...)`` for each of ``kinds``, in one call into
+    ``cpu_native.cpp`` (``step_work``): the table and the lists between never come back to
+    Python, where laying them out as tensors and reading them again cost a small group's step
+    more than making them."""
+    kinds = list(kinds)
+    return [Prepared(work) for work in _extension().step_work(
+        *_laid_out(views), _int32s(block_table), block_size, -1 if stored_from is None else stored_from,
+        [k.window for k in kinds], [k.inv_freq for k in kinds], [k.is_neox for k in kinds], head_dim, dtype,
+        _rows_at(row_index))]
 
 
 def _int32s(x: torch.Tensor) -> torch.Tensor:
@@ -175,17 +222,13 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     ``softcap * tanh(score / softcap)`` (Gemma 2; 0: none). ``sinks [Hq]``: a learned logit
     per query head in every row's softmax denominator, with no value (gpt-oss)."""
     out = torch.empty_like(q) if out is None else out
-    compute = compute_dtype(q.dtype)
     if store is None:
-        empty = key_cache.new_empty((0, *key_cache.shape[1:]), dtype=compute)
+        empty = key_cache.new_empty((0, *key_cache.shape[1:]), dtype=compute_dtype(q.dtype))
         store = (empty, empty)
-    p = prepared
-    cos, sin = (p.turn_cos, p.turn_sin) if p.turn_cos.dtype == compute else (p.turn_cos.to(compute),
-                                                                              p.turn_sin.to(compute))
-    _extension().fragment_attention(q, key_cache, value_cache, store[0], store[1], out, p.row_at, p.group_rows,
-                                    p.group_row_ptr, p.group_tile_ptr, p.tile_entry_ptr, p.tile_block, p.tile_stored,
-                                    p.entry_row, p.entry_lo, p.entry_hi, p.entry_turn, cos, sin, p.perm, scale, splits, amx, softcap,
-                                    None if sinks is None else sinks.to(compute).contiguous())
+    if sinks is not None:
+        sinks = sinks.to(compute_dtype(q.dtype)).contiguous()
+    _extension().fragment_attention(q, key_cache, value_cache, store[0], store[1], out, prepared.work, scale, splits,
+                                    amx, softcap, sinks)
     return out
 
 

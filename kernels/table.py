@@ -149,6 +149,17 @@ def _group_sources(views: list[SeqView], num_workers: int) -> tuple[list[tuple[i
     return [x for x, a in zip(sources, alike) if a] + [x for x, a in zip(sources, alike) if not a], sum(alike)
 
 
+def shared_of_groups(views: Sequence[SeqView]) -> dict[int, Shared | None]:
+    """Each group's ``shared`` (by group id, in order of first appearance), checking that its
+    sequences hand over one and the same object (the table takes it once per group)."""
+    given: dict[int, SeqView] = {}
+    for v in views:
+        first = given.setdefault(v.group, v)
+        if first.shared is not v.shared:
+            raise ValueError(f"the sequences of group {v.group} must hand over one and the same `shared` object")
+    return {g: v.shared for g, v in given.items()}
+
+
 def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> FragmentTable:
     """The table for a batch whose sequences are ``views``, in batch order."""
     groups = sorted({v.group for v in views})
@@ -157,12 +168,11 @@ def build(views: Sequence[SeqView], device: torch.device | str = "cpu") -> Fragm
     by_group: dict[int, list[SeqView]] = {g: [] for g in groups}
     for v in views:
         by_group[v.group].append(v)
+    shared = shared_of_groups(views)
     ptr, num_shared, parts = [0], [], []  # parts: [3 + max_workers, n] int arrays
     for g in groups:
         members = by_group[g]
-        given = members[0].shared
-        if any(v.shared is not given for v in members):
-            raise ValueError(f"the sequences of group {g} must hand over one and the same `shared` object")
+        given = shared[g]
         sources, found = _group_sources(members, max_workers)
         cols = np.array([(row, start, end, *offs) for row, start, end, offs in sources],
                         dtype=np.int64).reshape(-1, 3 + max_workers).T

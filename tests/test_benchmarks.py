@@ -180,7 +180,7 @@ def test_step_breakdown_smoke(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     found = json.loads((tmp_path / "sb.json").read_text())["results"]
     assert set(found) == {"independent", "combined", "interleaved"}
-    plugin = ["builder: planner", "builder: fragment table", "builder: work list (op prepare)", "layer: hogwild op"]
+    plugin = ["builder: planner", "builder: table, work lists and turns (one call)", "layer: hogwild op"]
     for name, result in found.items():
         assert result["steps"] == 12 - 2 and result["step_ms"] > 0  # the prompt's step and the last left out
         for label in plugin:

@@ -201,6 +201,45 @@ def test_the_work_list_equals_the_numpy_reference(seed, window):
         assert got.numpy().tolist() == np.asarray(want).astype(got.numpy().dtype).tolist(), name
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_steps_work_in_one_call_equals_the_table_then_each_kinds_list(seed):
+    """``prepare_step`` (the table, then each kind's work list and turns, in one C++ call) makes,
+    kind by kind and array by array, what ``prepare`` makes from ``fragment_table``: kinds of
+    two RoPEs (one GPT-J style, one with a shorter rotary part) and windows from none to a few
+    tokens, random groups and real-text views, a packed-store row, rows anywhere in the batch,
+    float32 and bfloat16 turns."""
+    from hogwild_kernels.rotary import partners
+
+    rng = random.Random(seed)
+    block_size = rng.choice([8, 16, 32])
+    if seed < 3:
+        _, views = random_views(rng, 1 + seed, rng.randint(2, 5), block_size, 70, seed % 2 == 0, shared=seed % 2 == 1)
+    else:
+        _, views = layout_views(2 + seed % 3, 600, ("contiguous", "interleaved", "combined")[seed % 3])
+        block_size = 32
+    table = build(views)
+    rows = int(table.src_row.max()) + 1 if table.src_row.numel() else 1
+    width = max(int(table.src_end.max()) // block_size + 2, 2)
+    block_table = torch.randperm(rows * width, generator=torch.Generator().manual_seed(seed)).view(rows, width)
+    block_table = block_table.to(torch.int32)
+    stored_from = rows - 1 if seed % 2 == 0 else None
+    row_index = torch.randperm(int(table.query_start_loc[-1]) + 3)[: int(table.query_start_loc[-1])]
+    dtype = (torch.float32, torch.bfloat16)[seed % 2]
+    kinds = [cpu_native.WorkKind(inv_freq_for(64), True, 0), cpu_native.WorkKind(inv_freq_for(32, 500.0), False, 9),
+             cpu_native.WorkKind(inv_freq_for(64), True, 3)]
+    made = cpu_native.prepare_step(views, block_table, block_size, kinds, 64, row_index=row_index, dtype=dtype,
+                                   stored_from=stored_from)
+    assert len(made) == len(kinds)
+    one_by_one = cpu_native.fragment_table(views)
+    for kind, got in zip(kinds, made):
+        want = cpu_native.prepare(one_by_one, block_table, block_size, kind.inv_freq, kind.is_neox, 64,
+                                  row_index=row_index, dtype=dtype, stored_from=stored_from, window=kind.window)
+        for name in cpu_native.ARRAYS:
+            value, other = getattr(want, name), getattr(got, name)
+            assert other.dtype == value.dtype and torch.equal(other, value), (kind.window, name)
+        assert torch.equal(got.perm, partners(64, kind.inv_freq.numel(), kind.is_neox))
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])
 @pytest.mark.parametrize("workers", [2, 8])
 def test_views_of_real_text(layout, workers):

@@ -131,17 +131,18 @@ def _rows(plan: StepPlan, common, block_size: int, head_dim: int, amx: bool, lay
     step = step_rows(plan, common.query_start_loc_cpu.tolist(), common.block_table_tensor,
                      common.num_reqs, common.num_actual_tokens)
     layers = runtime.layers()
-    kinds = {layers.kinds[name] for name in layer_names}
-    op = fragment_op()
-    table = cpu_native.fragment_table(step.views) if op is cpu_native else build(step.views)
-    prepared = {}
-    for kind in kinds:
-        rotary = layers.rotaries[kind.rotary]
-        args = (table, step.block_table, block_size, rotary.inv_freq, rotary.is_neox, head_dim)
-        prepared[kind] = op.prepare(*args, row_index=step.rows, window=kind.window) if op is not cpu_native else \
-            cpu_native.prepare(*args, row_index=step.rows, stored_from=step.first_packed_row, window=kind.window)
-    if op is not cpu_native:
+    kinds = sorted({layers.kinds[name] for name in layer_names}, key=lambda k: (k.rotary, k.window))
+    if fragment_op() is not cpu_native:
+        table = build(step.views)
+        prepared = {kind: cpu_op.prepare(table, step.block_table, block_size, layers.rotaries[kind.rotary].inv_freq,
+                                         layers.rotaries[kind.rotary].is_neox, head_dim, row_index=step.rows,
+                                         window=kind.window) for kind in kinds}
         return HogwildRows(prepared, step.all_rows, amx)
+    work_kinds = [cpu_native.WorkKind(layers.rotaries[k.rotary].inv_freq, layers.rotaries[k.rotary].is_neox,
+                                      k.window) for k in kinds]
+    made = cpu_native.prepare_step(step.views, step.block_table, block_size, work_kinds, head_dim,
+                                   row_index=step.rows, stored_from=step.first_packed_row)
+    prepared = dict(zip(kinds, made))
     copies = None if step.copies is None else {
         r: cpu_native.prepare_copies(*step.copies, step.block_table, block_size, layers.rotaries[r].inv_freq,
                                      layers.rotaries[r].is_neox, head_dim) for r in {k.rotary for k in kinds}}
@@ -151,11 +152,8 @@ def _rows(plan: StepPlan, common, block_size: int, head_dim: int, amx: bool, lay
 
 class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
     def _hogwild(self, layer, query, kv_cache, hogwild, output_scale, output) -> None:
-        kind = runtime.layers().kinds[layer.layer_name]
         amx = hogwild.amx
-        keys, values = self._cache_views(kv_cache, amx)
-        # The layer's soft cap and sinks, as vLLM's own attention takes them (0, None: none).
-        variant = dict(softcap=self.logits_soft_cap or 0.0, sinks=self.sinks)
+        kind, (keys, values), variant = self._layer(layer, kv_cache, amx)
         op = fragment_op()
         if op is not cpu_native:
             op.fragment_attention(query, keys, values, hogwild.prepared[kind], self.scale, out=output, amx=amx,
@@ -167,13 +165,16 @@ class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
         cpu_native.fragment_attention(query, keys, values, hogwild.prepared[kind], self.scale, out=output,
                                       store=store, amx=amx, **variant)
 
-    def _cache_views(self, kv_cache: torch.Tensor, amx: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cpu_caches`` of this layer's cache, made once: the cache tensor lives as long as
-        the engine, and the half-dozen view ops cost more per layer and step than the op's
-        launch."""
-        made = self.__dict__.get("_hogwild_views")
+    def _layer(self, layer, kv_cache: torch.Tensor, amx: bool) -> tuple[LayerKind, tuple, dict]:
+        """This layer's kind, ``cpu_caches`` of its cache and its soft cap and sinks (as vLLM's
+        own attention takes them; 0, None: none), made once: the cache tensor lives as long
+        as the engine, and the lookups and half-dozen view ops cost more per layer and step
+        than the op's launch."""
+        made = self.__dict__.get("_hogwild_layer")
         if made is None or made[0] is not kv_cache or made[1] != amx:
-            made = self._hogwild_views = (kv_cache, amx, cpu_caches(kv_cache, "amx" if amx else "vec"))
+            made = self._hogwild_layer = (kv_cache, amx, (
+                runtime.layers().kinds[layer.layer_name], cpu_caches(kv_cache, "amx" if amx else "vec"),
+                dict(softcap=self.logits_soft_cap or 0.0, sinks=self.sinks)))
         return made[2]
 
     def _store(self, kv_cache: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,6 +59,10 @@ class PackOrder:
     def __len__(self) -> int:
         return int(self.index.size)
 
+    @staticmethod
+    def empty() -> PackOrder:
+        return PackOrder(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
+
 
 @dataclass
 class PackedHistory:
@@ -76,6 +80,8 @@ class PackedHistory:
         if want > 0:
             self.blocks += pool.take(want)
         end = min(total, len(self.blocks) * self.block_size)
+        if end == self.packed:  # most steps commit nothing
+            return PackOrder.empty()
         order = tokens_between(history, prompt_len, self.packed, end)
         self.packed = end  # the history and the blocks only grow
         return order
@@ -87,6 +93,8 @@ class PackedHistory:
     def rest(self, history: np.ndarray, prompt_len: int) -> np.ndarray:
         """The history's columns past the packed run (the fragment it cuts, trimmed)."""
         cut = prompt_len + self.packed
+        if not history.size or int(history[3, -1] + history[2, -1] - history[1, -1]) <= cut:
+            return history[:, :0].copy()  # all packed (most steps)
         start, end, offset = history[1], history[2], history[3]
         keep = offset + (end - start) > cut
         rest = history[:, keep].copy()

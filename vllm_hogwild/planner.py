@@ -79,13 +79,17 @@ class _HistoryArrays:
     def __init__(self) -> None:
         self._source: list[Fragment] | None = None
         self._seen = 0
+        self._last: Fragment | None = None  # the last fragment seen (replaced when it grows)
         self.columns = np.zeros((4, 0), dtype=np.int64)  # worker, start, end, offset
 
     def sync(self, history: list[Fragment]) -> np.ndarray:
+        if history is self._source and len(history) == self._seen and (not history or history[-1] is self._last):
+            return self.columns  # nothing committed since the last step (most steps)
         keep = max(0, self._seen - 1) if history is self._source and self._seen <= len(history) else 0
         new = np.array([(f.source, f.start, f.end, f.offset) for f in history[keep:]], dtype=np.int64)
         self.columns = np.concatenate([self.columns[:, :keep], new.reshape(-1, 4).T], axis=1)
         self._source, self._seen = history, len(history)  # the last fragment may still grow
+        self._last = history[-1] if history else None
         return self.columns
 
 
@@ -247,8 +251,10 @@ class Planner:
         if len(order):
             plan.copies.append((rows_of[order.worker], order.home, np.full(len(order), row), order.index,
                                 order.turn))
-        run = [np.array([x], dtype=np.int64) for x in (row, 0, packed.packed, prompt_len)]
-        return tuple(np.concatenate([r, s]) for r, s in zip(run, shared))
+        columns = np.empty((4, 1 + worker.size), dtype=np.int64)  # the run, then the rest
+        columns[:, 0] = (row, 0, packed.packed, prompt_len)
+        columns[0, 1:], columns[1, 1:], columns[2, 1:], columns[3, 1:] = shared
+        return tuple(columns)
 
     def _advance(self, group: _Group, rows: Sequence[tuple[str, int, int]], batch: dict[str, int]) -> None:
         """Commit steps written before this step, then count this step's tokens."""

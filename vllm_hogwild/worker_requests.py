@@ -89,12 +89,27 @@ def group_of(params: Any) -> str | None:
     return None if plain is None else plain["group"]
 
 
+# Stamps read back, by the identity of their plain data (held, so the identity stays its own
+# while cached): the scheduler's and cache manager's hooks read every worker's stamp at every
+# step, and building one from its plain data costs ~3 us. The plain data is never changed once
+# stamped; the cache is emptied when it grows past STAMPS_CACHED (finished requests' stamps).
+_read: dict[int, tuple[Mapping[str, Any], WorkerStamp]] = {}
+STAMPS_CACHED = 4096
+
+
 def stamp_of(params: Any) -> WorkerStamp | None:
     """The stamp of a request's sampling params (``extra_args``), or None: not a worker."""
     extra = getattr(params, "extra_args", None)
     plain = extra.get(STAMP_KEY) if extra else None
     if plain is None:
         return None
-    return WorkerStamp(str(plain["group"]), int(plain["worker"]), from_plain(plain["flag"]), int(plain["prompt_len"]),
-                       tuple(tuple(p) for p in plain["prefix_ids"]),
-                       tuple((n, tuple(ids)) for n, ids in plain["framing"]))
+    known = _read.get(id(plain))
+    if known is not None and known[0] is plain:
+        return known[1]
+    stamp = WorkerStamp(str(plain["group"]), int(plain["worker"]), from_plain(plain["flag"]), int(plain["prompt_len"]),
+                        tuple(tuple(p) for p in plain["prefix_ids"]),
+                        tuple((n, tuple(ids)) for n, ids in plain["framing"]))
+    if len(_read) >= STAMPS_CACHED:
+        _read.clear()
+    _read[id(plain)] = (plain, stamp)
+    return stamp

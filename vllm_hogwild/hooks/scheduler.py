@@ -59,8 +59,9 @@ def _schedule(original):
         # Workers first: under KV pressure vLLM preempts from the back of `running`.
         self.running.sort(key=lambda r: group_of(r) is None)
         plan = _admit(self, groups, RequestStatus.WAITING)
-        self.waiting.remove_requests(plan.held + plan.starting)
-        self.waiting.prepend_requests(reversed(plan.starting))
+        if plan.held or plan.starting:  # (vLLM's remove rebuilds the waiting queue)
+            self.waiting.remove_requests(plan.held + plan.starting)
+            self.waiting.prepend_requests(reversed(plan.starting))
         self._hogwild_hold = plan.hold
         try:
             output = original(self, *args, **kwargs)
@@ -166,6 +167,18 @@ def _leading(reqs: list[Any], waiting_status: Any) -> bool:
 
 def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> _Admission:
     """Which waiting groups start now, lead or join (in arrival order), and which requests wait."""
+    # Groups not yet started (a waiting worker, or a prompt not done), in worker order.
+    for key, reqs in groups.items():
+        if any(r.status == waiting_status or r.num_computed_tokens < r.num_prompt_tokens for r in reqs):
+            reqs.sort(key=lambda r: stamp_of(r.sampling_params).worker)
+    candidates = sorted(
+        (key for key, reqs in groups.items()
+         if all(r.status == waiting_status for r in reqs) or _leading(reqs, waiting_status)),
+        key=lambda key: min(r.arrival_time for r in groups[key]),
+    )
+    plan, blocked = _Admission(), False
+    if not candidates:  # every group running (a decode step): nothing to decide
+        return plan
     bs = sched.block_size
     pool = sched.kv_cache_manager.block_pool
     running_need = sum(max(0, r.num_tokens_with_spec - r.num_computed_tokens) for r in sched.running)
@@ -178,16 +191,6 @@ def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> _Ad
         unreserved_blocks=pool.num_gpu_blocks - 1 - reserved,
         block_size=bs,
     )
-    # Groups not yet started (a waiting worker, or a prompt not done), in worker order.
-    for key, reqs in groups.items():
-        if any(r.status == waiting_status or r.num_computed_tokens < r.num_prompt_tokens for r in reqs):
-            reqs.sort(key=lambda r: stamp_of(r.sampling_params).worker)
-    candidates = sorted(
-        (key for key, reqs in groups.items()
-         if all(r.status == waiting_status for r in reqs) or _leading(reqs, waiting_status)),
-        key=lambda key: min(r.arrival_time for r in groups[key]),
-    )
-    plan, blocked = _Admission(), False
     for key in candidates:
         reqs = groups[key]
         stamp = stamp_of(reqs[0].sampling_params)
