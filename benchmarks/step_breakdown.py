@@ -63,7 +63,7 @@ REGIONS = [
     ("builder: step plan (the planner and its inputs)", "vllm_hogwild.runtime:step_plan", False),
     ("builder: planner", "vllm_hogwild.planner:Planner.plan", False),
     ("builder: planner: commits (step scan)", "vllm_hogwild.planner:Planner._advance", False),
-    ("builder: planner: views", "vllm_hogwild.group:GroupTracker.views", False),
+    ("builder: planner: views", "vllm_hogwild.group:GroupTracker.split_views", False),
     ("builder: planner: packing", "vllm_hogwild.planner:Planner._pack", False),
     ("builder: step rows", "vllm_hogwild.cpu_backend:step_rows", False),
     ("builder: fragment table (the PyTorch op's)", "vllm_hogwild.cpu_backend:build", False),

@@ -6,7 +6,7 @@ import pytest
 
 from vllm_hogwild.group import GroupTracker
 from vllm_hogwild.layouts import Fragment as F
-from vllm_hogwild.layouts import Span, split_view, view_length, view_position, views
+from vllm_hogwild.layouts import Span, split_views, view_length, view_position, views
 from vllm_hogwild.steps import BoundaryRule, StepScanner
 
 
@@ -37,7 +37,7 @@ def test_interleaved_sees_history_and_own_step_only():
     assert v[1] == [F(0, 0, 4, 0), F(1, 0, 1, 4), F(0, 5, 7, 5), F(1, 1, 3, 7), F(1, 3, 5, 9)]
     history = t.shared_history()
     assert history == [F(0, 5, 7, 5), F(1, 1, 3, 7)]
-    assert split_view(v[1], history) == ([F(0, 0, 4, 0), F(1, 0, 1, 4)], [F(1, 3, 5, 9)])
+    assert t.split_views([9, 5])[1] == ([F(0, 0, 4, 0), F(1, 0, 1, 4)], [F(1, 3, 5, 9)])
 
 
 def test_combined_adds_others_current_steps_before_own():
@@ -105,4 +105,6 @@ def test_history_kept_across_steps_equals_views_built_afresh(layout):
         fresh.history = list(t.state.history)
         fresh._history_view = None
         assert kept == views(layout, fresh)
+        history = t.shared_history()
+        assert [before + history + after for before, after in split_views(layout, t.state)] == kept
     assert len(t.state.history) > 20

@@ -8,7 +8,8 @@ way, once per engine step:
    step order, then worker order within a step). A step committed now is seen as
    history from this step on; while being written it was the worker's current step.
 2. ``views(lengths)``: each worker's view for this step, where ``lengths`` counts the
-   tokens of each request with keys in the cache once this step has written its own.
+   tokens of each request with keys in the cache once this step has written its own
+   (``split_views``: the same without the shared history, which the planner takes once).
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ class GroupTracker:
 
     def views(self, lengths: list[int]) -> list[list[Fragment]]:
         """Every worker's view once this step's tokens are written."""
+        self._written(lengths)
+        return layouts.views(self.layout, self.state)
+
+    def split_views(self, lengths: list[int]) -> list[tuple[list[Fragment], list[Fragment]]]:
+        """``views`` without the shared history: each view's fragments before it and after it
+        (``layouts.split_views``)."""
+        self._written(lengths)
+        return layouts.split_views(self.layout, self.state)
+
+    def _written(self, lengths: list[int]) -> None:
         for worker, length in zip(self.state.workers, lengths):
             worker.length = max(length, worker.committed)
-        return layouts.views(self.layout, self.state)

@@ -89,6 +89,7 @@ class _ViewBuilder:
         self.fragments: list[Fragment] = []
         self.offset = offset
         self.sealed = 0  # fragments before this index are never merged into
+        self.history_at: int | None = None  # where the shared history sits (not copied in)
 
     def add(self, worker: int, start: int, end: int) -> None:
         if end <= start:
@@ -122,7 +123,7 @@ def _prompt(state: GroupState, viewer: int, view: _ViewBuilder) -> None:
     view.add(viewer, tail, tail + 1)
 
 
-def contiguous(state: GroupState, viewer: int) -> list[Fragment]:
+def _contiguous(state: GroupState, viewer: int) -> _ViewBuilder:
     """``[prompt][every other worker's whole stream][own stream]``."""
     view = _ViewBuilder()
     _prompt(state, viewer, view)
@@ -131,7 +132,7 @@ def contiguous(state: GroupState, viewer: int) -> list[Fragment]:
         worker = state.workers[w]
         view.add_span(state.framing.get(f"workspace:{w}"))
         view.add(w, worker.stream_start, worker.length)
-    return view.fragments
+    return view
 
 
 def shared_history(state: GroupState) -> list[Fragment]:
@@ -139,9 +140,8 @@ def shared_history(state: GroupState) -> list[Fragment]:
     the interleaved and combined views that every worker sees alike.
 
     The list is kept across steps and extended as steps commit (its last fragment may
-    grow); every view holds these very Fragment objects, never merged with the fragments
-    around them, so that the planner can take them once for the whole group
-    (``split_view``)."""
+    grow); no fragment of a view merges with them, so that the planner can take them once
+    for the whole group (``split_views``)."""
     cache = state._history_view
     if cache is None or cache.history is not state.history or cache.spans > len(state.history):
         cache = state._history_view = _HistoryView(_ViewBuilder(state.prompt_len), state.history)
@@ -152,15 +152,18 @@ def shared_history(state: GroupState) -> list[Fragment]:
 
 
 def _history(state: GroupState, view: _ViewBuilder) -> None:
+    """Places the shared history after the prompt: its place is recorded, its fragments are
+    not copied (a long run's history holds thousands); nothing after it merges into the
+    fragments before it."""
     assert view.offset == state.prompt_len, "history follows the prompt"
     history = shared_history(state)
     if history:
-        view.fragments.extend(history)
+        view.history_at = len(view.fragments)
         view.offset = history[-1].offset + history[-1].end - history[-1].start
         view.sealed = len(view.fragments)
 
 
-def interleaved(state: GroupState, viewer: int) -> list[Fragment]:
+def _interleaved(state: GroupState, viewer: int) -> _ViewBuilder:
     """``[prompt][committed steps, in commit order][own current step]``."""
     view = _ViewBuilder()
     _prompt(state, viewer, view)
@@ -168,10 +171,10 @@ def interleaved(state: GroupState, viewer: int) -> list[Fragment]:
     view.add_span(state.framing.get("own"))
     own = state.workers[viewer]
     view.add(viewer, own.committed, own.length)
-    return view.fragments
+    return view
 
 
-def combined(state: GroupState, viewer: int) -> list[Fragment]:
+def _combined(state: GroupState, viewer: int) -> _ViewBuilder:
     """``[prompt][history][other workers' current steps][own current step]``."""
     view = _ViewBuilder()
     _prompt(state, viewer, view)
@@ -184,14 +187,35 @@ def combined(state: GroupState, viewer: int) -> list[Fragment]:
     view.add_span(state.framing.get("own"))
     own = state.workers[viewer]
     view.add(viewer, own.committed, own.length)
-    return view.fragments
+    return view
 
 
-_BY_NAME = {"contiguous": contiguous, "interleaved": interleaved, "combined": combined}
+def _whole(state: GroupState, view: _ViewBuilder) -> list[Fragment]:
+    if view.history_at is None:
+        return view.fragments
+    at = view.history_at
+    return view.fragments[:at] + shared_history(state) + view.fragments[at:]
 
 
-def views(layout: str, state: GroupState) -> list[list[Fragment]]:
-    """Every worker's view under ``layout``, in worker order."""
+def contiguous(state: GroupState, viewer: int) -> list[Fragment]:
+    """``[prompt][every other worker's whole stream][own stream]``."""
+    return _contiguous(state, viewer).fragments
+
+
+def interleaved(state: GroupState, viewer: int) -> list[Fragment]:
+    """``[prompt][committed steps, in commit order][own current step]``."""
+    return _whole(state, _interleaved(state, viewer))
+
+
+def combined(state: GroupState, viewer: int) -> list[Fragment]:
+    """``[prompt][history][other workers' current steps][own current step]``."""
+    return _whole(state, _combined(state, viewer))
+
+
+_BY_NAME = {"contiguous": _contiguous, "interleaved": _interleaved, "combined": _combined}
+
+
+def _builders(layout: str, state: GroupState) -> list[_ViewBuilder]:
     try:
         build = _BY_NAME[layout]
     except KeyError:
@@ -201,17 +225,21 @@ def views(layout: str, state: GroupState) -> list[list[Fragment]]:
     return [build(state, w) for w in range(len(state.workers))]
 
 
-def split_view(fragments: list[Fragment], history: list[Fragment]) -> tuple[list[Fragment], list[Fragment]]:
-    """A view without its shared history: the fragments before it and after it."""
-    if not history:
-        return fragments, []
-    for i, f in enumerate(fragments[:3]):  # after the prompt and the viewer's copy of its last token
-        if f is history[0]:
-            end = i + len(history)
-            if fragments[end - 1] is not history[-1]:
-                break
-            return fragments[:i], fragments[end:]
-    raise ValueError("this view does not hold the group's shared history")
+def views(layout: str, state: GroupState) -> list[list[Fragment]]:
+    """Every worker's view under ``layout``, in worker order."""
+    return [_whole(state, view) for view in _builders(layout, state)]
+
+
+def split_views(layout: str, state: GroupState) -> list[tuple[list[Fragment], list[Fragment]]]:
+    """Every worker's view without the shared history (``shared_history``, which sits between
+    the two parts): the fragments before it and after it (all of them before it, where the
+    view holds no history). What the planner hands over each step: the history goes once per
+    group, so a step's views cost the same however long it has grown."""
+    out = []
+    for view in _builders(layout, state):
+        at = len(view.fragments) if view.history_at is None else view.history_at
+        out.append((view.fragments[:at], view.fragments[at:]))
+    return out
 
 
 def view_position(fragments: list[Fragment], worker: int, home: int) -> int:

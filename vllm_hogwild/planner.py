@@ -18,7 +18,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from vllm_hogwild.group import GroupTracker
-from vllm_hogwild.layouts import Fragment, Span, split_view, view_position
+from vllm_hogwild.layouts import Fragment, Span, view_position
 from vllm_hogwild.packing import BlockPool, PackedHistory
 from vllm_hogwild.worker_requests import WorkerStamp, stream_starts
 
@@ -209,7 +209,7 @@ class Planner:
         for gi, (group, source_row) in enumerate(zip(live, source_rows)):
             by_worker = {m.worker: (rid, m) for rid, m in group.members.items()}
             lengths = [by_worker[w][1].written for w in range(len(by_worker))]
-            views = group.tracker.views(lengths)
+            views = group.tracker.split_views(lengths)
             history = group.tracker.shared_history()
             shared = None
             if history:
@@ -225,10 +225,10 @@ class Planner:
                     continue
                 _, num_rows, total = rows[batch[rid]]
                 first = total - num_rows
-                before, after = split_view(views[w], history)
-                frags = [(source_row[f.source], f.start, f.end, f.offset) for f in before + after]
+                rest = views[w][0] + views[w][1]
+                frags = [(source_row[f.source], f.start, f.end, f.offset) for f in rest]
                 # Query rows are this step's tokens: never in the committed history.
-                positions = [view_position(before + after, w, first + i) for i in range(num_rows)]
+                positions = [view_position(rest, w, first + i) for i in range(num_rows)]
                 plan.seqs.append(SeqPlan(gi, w, num_rows, first, frags, positions, shared))
                 plan.batch_rows.append(batch[rid])
         return plan if plan.seqs else None
