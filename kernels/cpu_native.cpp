@@ -640,10 +640,29 @@ struct WorkList {
 // its compute type) and each dimension's rotation partner. Made once per step (step_work,
 // work_list), read by every layer of the kind, never changed: the arrays stay here, so a
 // layer's call hands over one object, not a dozen tensors.
+// The rotations of a step's turns, [turns, head_dim] each, rounded to the op's dtype and held
+// at both widths (the op reads the one of its compute type): plain arrays, not tensors, since
+// making a tensor costs more than the loop that fills it once the forward pass has left the
+// caches cold.
+struct Turns {
+  std::vector<double> cos64, sin64;
+  std::vector<float> cos32, sin32;
+  torch::ScalarType compute = torch::kFloat32;  // the compute type of the dtype they were rounded to
+
+  template <typename T>
+  const T* cos() const {
+    if constexpr (std::is_same_v<T, double>) return cos64.data(); else return cos32.data();
+  }
+  template <typename T>
+  const T* sin() const {
+    if constexpr (std::is_same_v<T, double>) return sin64.data(); else return sin32.data();
+  }
+};
+
 struct StepWork {
   WorkList list;
   std::vector<int64_t> row_at, perm;
-  torch::Tensor turn_cos, turn_sin;
+  Turns rotation;
 };
 
 void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, const torch::Tensor& value_cache,
@@ -660,13 +679,10 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
   TORCH_CHECK(key_cache.size(3) == dim && q.size(1) % kv_heads == 0, "head shapes of q and the caches differ");
   TORCH_CHECK(stored_keys.size(0) == 0 || stored_keys.sizes().slice(1) == key_cache.sizes().slice(1),
               "the packed store's blocks must be shaped like the cache's");
-  // Turns tabled for another dtype than q's are widened (or narrowed) to q's compute dtype.
-  const torch::Tensor cos = work.turn_cos.scalar_type() == compute ? work.turn_cos : work.turn_cos.to(compute);
-  const torch::Tensor sin = work.turn_sin.scalar_type() == compute ? work.turn_sin : work.turn_sin.to(compute);
-  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.size(-1) == dim &&
-                  static_cast<int64_t>(work.perm.size()) == dim,
-              "the step's work was prepared for another head size");
   const WorkList& list = work.list;
+  TORCH_CHECK(static_cast<int64_t>(work.perm.size()) == dim &&
+                  work.rotation.cos64.size() == list.turns.size() * static_cast<size_t>(dim),
+              "the step's work was prepared for another head size");
   TORCH_CHECK(list.group_row_ptr.size() == list.group_tile_ptr.size() && !list.group_row_ptr.empty(),
               "one row range and one tile range per group");
   TORCH_CHECK(work.row_at.size() == list.group_rows.size(), "one batch row per query row");
@@ -684,7 +700,8 @@ void fragment_attention(const torch::Tensor& q, const torch::Tensor& key_cache, 
                            work.row_at.data(), list.group_rows.data(), list.group_row_ptr.data(),
                            list.group_tile_ptr.data(), list.tile_entry_ptr.data(), list.tile_block.data(),
                            work.perm.data(), list.tile_stored.data(), list.entry_row.data(), list.entry_lo.data(),
-                           list.entry_hi.data(), list.entry_turn.data(), cos.data_ptr<T>(), sin.data_ptr<T>(),
+                           list.entry_hi.data(), list.entry_turn.data(), work.rotation.cos<T>(),
+                           work.rotation.sin<T>(),
                            static_cast<T>(scale), static_cast<T>(softcap), sinks ? sinks->data_ptr<T>() : nullptr,
                            out.data_ptr<scalar_t>(), out.stride(0), out.stride(1),
                            kv_heads, q.size(1) / kv_heads, dim, key_cache.size(1)};
@@ -1022,26 +1039,35 @@ std::vector<double> frequencies_of(const torch::Tensor& inv_freq, int64_t head_d
   return freq;
 }
 
-std::vector<torch::Tensor> make_turns(const int64_t* angle_of, int64_t turns, const std::vector<double>& freq,
-                                      int64_t head_dim, bool is_neox, torch::ScalarType dtype) {
+Turns make_turns(const int64_t* angle_of, int64_t turns, const std::vector<double>& freq, int64_t head_dim,
+                 bool is_neox, torch::ScalarType dtype) {
   const int64_t half = static_cast<int64_t>(freq.size());
-  const torch::ScalarType compute = compute_type(dtype);
-  auto cos = torch::ones({turns, head_dim}, torch::TensorOptions().dtype(compute));
-  auto sin = torch::zeros({turns, head_dim}, torch::TensorOptions().dtype(compute));
-  AT_DISPATCH_FLOATING_TYPES(compute, "turn_table", [&] {
-    scalar_t *co = cos.data_ptr<scalar_t>(), *so = sin.data_ptr<scalar_t>();
-    for (int64_t n = 0; n < turns; ++n)
-      for (int64_t i = 0; i < half; ++i) {
-        const double angle = static_cast<double>(angle_of[n]) * freq[i];
-        const auto c = static_cast<scalar_t>(rounded_to(std::cos(angle), dtype));
-        const auto s = static_cast<scalar_t>(rounded_to(std::sin(angle), dtype));
-        // neox pairs i with i + half; GPT-J pairs 2i with 2i + 1
-        const int64_t a = is_neox ? i : 2 * i, b = is_neox ? i + half : 2 * i + 1;
-        co[n * head_dim + a] = c, co[n * head_dim + b] = c;
-        so[n * head_dim + a] = -s, so[n * head_dim + b] = s;
-      }
-  });
-  return {cos, sin};
+  const size_t size = static_cast<size_t>(turns * head_dim);
+  Turns t;
+  t.compute = compute_type(dtype);
+  t.cos64.assign(size, 1.0), t.sin64.assign(size, 0.0);
+  for (int64_t n = 0; n < turns; ++n)
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = static_cast<double>(angle_of[n]) * freq[i];
+      const double c = rounded_to(std::cos(angle), dtype), s = rounded_to(std::sin(angle), dtype);
+      // neox pairs i with i + half; GPT-J pairs 2i with 2i + 1
+      const int64_t a = is_neox ? i : 2 * i, b = is_neox ? i + half : 2 * i + 1;
+      t.cos64[n * head_dim + a] = c, t.cos64[n * head_dim + b] = c;
+      t.sin64[n * head_dim + a] = -s, t.sin64[n * head_dim + b] = s;
+    }
+  t.cos32.assign(t.cos64.begin(), t.cos64.end()), t.sin32.assign(t.sin64.begin(), t.sin64.end());
+  return t;
+}
+
+// cos or sin [turns, head_dim] as a tensor of their compute type (turn_table, the tests).
+torch::Tensor tensor_of_turns(const Turns& t, bool sin, int64_t head_dim) {
+  const auto& wide = sin ? t.sin64 : t.cos64;
+  auto out = torch::empty({static_cast<int64_t>(wide.size()) / head_dim, head_dim}, torch::TensorOptions().dtype(t.compute));
+  if (t.compute == torch::kFloat64)
+    std::copy(wide.begin(), wide.end(), out.data_ptr<double>());
+  else
+    std::copy((sin ? t.sin32 : t.cos32).begin(), (sin ? t.sin32 : t.cos32).end(), out.data_ptr<float>());
+  return out;
 }
 
 // Each dimension's rotation partner (rotary.partners): neox pairs i with i + half, GPT-J 2i
@@ -1061,8 +1087,8 @@ std::shared_ptr<StepWork> step_work_of(WorkList list, const torch::Tensor& row_a
                                        bool is_neox, int64_t head_dim, torch::ScalarType dtype) {
   auto work = std::make_shared<StepWork>();
   const std::vector<double> freq = frequencies_of(inv_freq, head_dim);
-  auto turns = make_turns(list.turns.data(), static_cast<int64_t>(list.turns.size()), freq, head_dim, is_neox, dtype);
-  work->turn_cos = turns[0], work->turn_sin = turns[1];
+  work->rotation = make_turns(list.turns.data(), static_cast<int64_t>(list.turns.size()), freq, head_dim, is_neox,
+                              dtype);
   work->perm = partners_of(head_dim, static_cast<int64_t>(freq.size()), is_neox);
   const int64_t rows = static_cast<int64_t>(list.group_rows.size());
   if (row_at.numel() == 0) {  // none given: query row i is row i of q
@@ -1121,8 +1147,9 @@ std::vector<torch::Tensor> turn_table(const torch::Tensor& theta, const torch::T
                                       bool is_neox, torch::ScalarType dtype) {
   TORCH_CHECK(theta.dim() == 1 && theta.scalar_type() == torch::kInt64 && theta.is_contiguous(),
               "turn_table: contiguous int64 turns");
-  return make_turns(theta.data_ptr<int64_t>(), theta.numel(), frequencies_of(inv_freq, head_dim), head_dim, is_neox,
-                    dtype);
+  const Turns t = make_turns(theta.data_ptr<int64_t>(), theta.numel(), frequencies_of(inv_freq, head_dim), head_dim,
+                             is_neox, dtype);
+  return {tensor_of_turns(t, false, head_dim), tensor_of_turns(t, true, head_dim)};
 }
 
 // A step's work for each kind of layer k (its RoPE: inv_freqs[k], neox[k]; its window:
@@ -1168,8 +1195,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("entry_hi", [](const StepWork& w) { return tensor_of(w.list.entry_hi); })
       .def_property_readonly("entry_turn", [](const StepWork& w) { return tensor_of(w.list.entry_turn); })
       .def_property_readonly("turns", [](const StepWork& w) { return tensor_of(w.list.turns); })
-      .def_property_readonly("turn_cos", [](const StepWork& w) { return w.turn_cos; })
-      .def_property_readonly("turn_sin", [](const StepWork& w) { return w.turn_sin; })
+      .def_property_readonly("turn_cos", [](const StepWork& w) { return tensor_of_turns(w.rotation, false, w.perm.size()); })
+      .def_property_readonly("turn_sin", [](const StepWork& w) { return tensor_of_turns(w.rotation, true, w.perm.size()); })
       .def_property_readonly("perm", [](const StepWork& w) { return tensor_of(w.perm); });
   m.def("fragment_attention", &fragment_attention, "Fragment attention over a prepared work list (CPU)");
   m.def("work_list", &work_list, "A step's work list from its fragment table (CPU)");
