@@ -63,12 +63,27 @@ void turn(const T* __restrict__ q, const T* __restrict__ q_partner, const T* __r
     for (int64_t d = 0; d < dim; ++d) out[g * dim + d] = q[g * dim + d] * cos[d] + q_partner[g * dim + d] * sin[d];
 }
 
-// A register of LANES values (GCC/Clang vector extension: 64 bytes, one AVX-512 register or
-// two AVX2 ones), so that the loops below keep their accumulators in registers.
+// The machine's vector registers, as the build targets them (VLLM_HOGWILD_CPU_ISA, see
+// cpu_native.py): 32 registers of 64 bytes with AVX-512, 16 of 32 bytes with AVX2. The loops
+// below size their blocks of accumulators to these, so that every accumulator stays in a
+// register: a GCC vector wider than the machine's registers is split, passed through memory
+// and spilled (AVX2 ran this op ~12x slower than AVX-512 when its vectors were 64 bytes).
+#ifdef __AVX512F__
+constexpr int VECTOR_BYTES = 64;
+constexpr int REGISTERS = 32;
+#else
+constexpr int VECTOR_BYTES = 32;
+constexpr int REGISTERS = 16;
+#endif
+// Registers a block of accumulators may take: the rest hold the operands (a register or two
+// of keys or values, a broadcast query or weight).
+constexpr int ACCUMULATORS = REGISTERS - 4;
+
+// One register of LANES values of T (GCC/Clang vector extension, the machine's width).
 template <typename T>
 struct Lanes {
-  typedef T V __attribute__((vector_size(64)));
-  static constexpr int64_t N = 64 / sizeof(T);
+  typedef T V __attribute__((vector_size(VECTOR_BYTES)));
+  static constexpr int64_t N = VECTOR_BYTES / sizeof(T);
   static V load(const T* p) {
     V v;
     __builtin_memcpy(&v, p, sizeof(V));
@@ -88,8 +103,8 @@ typename Lanes<T>::V widen(const C* p) {
   if constexpr (std::is_same_v<C, T>) {
     return Lanes<T>::load(p);
   } else if constexpr (std::is_same_v<C, c10::BFloat16>) {  // bf16 is the top half of a float
-    typedef uint16_t H __attribute__((vector_size(32)));
-    typedef uint32_t W __attribute__((vector_size(64)));
+    typedef uint16_t H __attribute__((vector_size(VECTOR_BYTES / 2)));
+    typedef uint32_t W __attribute__((vector_size(VECTOR_BYTES)));
     H h;
     __builtin_memcpy(&h, p, sizeof(H));
     const W bits = __builtin_convertvector(h, W) << 16;
@@ -98,17 +113,19 @@ typename Lanes<T>::V widen(const C* p) {
     return v;
   } else {
     static_assert(std::is_same_v<C, c10::Half> && std::is_same_v<T, float>);
-#ifdef __AVX512F__
     V v;
+#if defined(__AVX512F__)
     const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    __builtin_memcpy(&v, &x, sizeof(V));
-    return v;
+#elif defined(__F16C__)
+    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #else
-    typedef _Float16 H __attribute__((vector_size(32)));
+    typedef _Float16 H __attribute__((vector_size(VECTOR_BYTES / 2)));
     H h;
     __builtin_memcpy(&h, p, sizeof(H));
-    return __builtin_convertvector(h, V);
+    const V x = __builtin_convertvector(h, V);
 #endif
+    __builtin_memcpy(&v, &x, sizeof(V));
+    return v;
   }
 }
 
@@ -123,10 +140,10 @@ inline int64_t amx_value_at(int64_t slot, int64_t d, int64_t block_size) {
   return (d / 16) * block_size * 16 + (slot / 2) * 32 + (d % 16) * 2 + slot % 2;
 }
 
-// 16 pairs of bfloat16 (64 bytes) as two registers of 16 floats: the first and the second of
-// each pair (a bfloat16 is the top half of a float).
+// Lanes<float>::N pairs of bfloat16 (one register's bytes) as two registers of floats: the
+// first and the second of each pair (a bfloat16 is the top half of a float).
 inline void split_pairs(const c10::BFloat16* p, Lanes<float>::V& first, Lanes<float>::V& second) {
-  typedef uint32_t W __attribute__((vector_size(64)));
+  typedef uint32_t W __attribute__((vector_size(VECTOR_BYTES)));
   W bits;
   __builtin_memcpy(&bits, p, sizeof(W));
   const W lo = bits << 16, hi = bits & 0xffff0000u;
@@ -134,18 +151,16 @@ inline void split_pairs(const c10::BFloat16* p, Lanes<float>::V& first, Lanes<fl
   __builtin_memcpy(&second, &hi, sizeof(W));
 }
 
+// An amx tile is 16 slots (keys) or 16 dimensions (values) wide: this many registers of floats.
+constexpr int64_t AMX_REGISTERS = 16 / Lanes<float>::N;
+
 // Up to HEADS query heads of one KV head go through a block's values together: each register
 // of values loaded once serves all of them.
 constexpr int64_t HEADS = 4;
 
 // Queries whose scores one register of keys serves at once: QUERIES x 2 sums in flight,
-// enough to hide the latency of a fused multiply-add, and all of them in registers (32
-// registers with AVX-512, 16 of half the width without).
-#ifdef __AVX512F__
-constexpr int QUERIES = 8;
-#else
-constexpr int QUERIES = 2;
-#endif
+// enough to hide the latency of a fused multiply-add, and all of them in registers.
+constexpr int QUERIES = REGISTERS == 32 ? 8 : 4;
 
 // scores[i][j] = q[i] . key[j]  for Q queries and the R registers of slots from j0 of one
 // block of dimension-major keys (vLLM's CPU layout).
@@ -213,19 +228,21 @@ void scores_of(const T* const* q, int64_t queries, const K* __restrict__ keys, c
 }
 
 // scores[i][j] = q[i] . key[j] over the amx layout: Q queries, the 16 slots of one key tile
-// from s0; a dimension pair's keys of the 16 slots are one 64-byte load.
+// from s0; a dimension pair's keys of the 16 slots are 64 bytes, AMX_REGISTERS loads.
 template <int Q>
 void scores_amx_tile(const float* const* q, const c10::BFloat16* keys, int64_t dims, int64_t s0,
                      float* const* scores) {
   using L = Lanes<float>;
-  typename L::V acc[Q] = {};
+  typename L::V acc[Q][AMX_REGISTERS] = {};
   const c10::BFloat16* tile = keys + (s0 / 16) * dims * 16;
-  for (int64_t i = 0; i < dims / 2; ++i) {
-    typename L::V first, second;
-    split_pairs(tile + i * 32, first, second);
-    for (int k = 0; k < Q; ++k) acc[k] += q[k][2 * i] * first + q[k][2 * i + 1] * second;
-  }
-  for (int k = 0; k < Q; ++k) L::store(scores[k] + s0, acc[k]);
+  for (int64_t i = 0; i < dims / 2; ++i)
+    for (int64_t r = 0; r < AMX_REGISTERS; ++r) {
+      typename L::V first, second;
+      split_pairs(tile + i * 32 + r * 2 * L::N, first, second);
+      for (int k = 0; k < Q; ++k) acc[k][r] += q[k][2 * i] * first + q[k][2 * i + 1] * second;
+    }
+  for (int k = 0; k < Q; ++k)
+    for (int64_t r = 0; r < AMX_REGISTERS; ++r) L::store(scores[k] + s0 + r * L::N, acc[k][r]);
 }
 
 template <int Q>
@@ -252,7 +269,8 @@ void scores_amx(const float* const* q, int64_t queries, const c10::BFloat16* key
 }
 
 // out[g] += sum_j weights[g][j - lo] * value[j]  over the amx layout: a pair of slots' values
-// of 16 dimensions are one 64-byte load; a slot of the pair outside [lo, hi) weighs 0.
+// of 16 dimensions are 64 bytes, AMX_REGISTERS loads; a slot of the pair outside [lo, hi)
+// weighs 0.
 void add_values_amx(const float* weights, int64_t weights_stride, const c10::BFloat16* values, int64_t block_size,
                     int64_t lo, int64_t hi, int64_t group, int64_t dims, float* out) {
   using L = Lanes<float>;
@@ -260,36 +278,58 @@ void add_values_amx(const float* weights, int64_t weights_stride, const c10::BFl
     const float* w = weights + g * weights_stride - lo;  // w[j]: slot j's weight
     float* o = out + g * dims;
     for (int64_t t = 0; t < dims / 16; ++t) {
-      typename L::V acc = L::load(o + t * 16);
+      typename L::V acc[AMX_REGISTERS];
+      for (int64_t r = 0; r < AMX_REGISTERS; ++r) acc[r] = L::load(o + t * 16 + r * L::N);
       for (int64_t p = lo / 2; p <= (hi - 1) / 2; ++p) {
         const float w0 = 2 * p >= lo ? w[2 * p] : 0.0f, w1 = 2 * p + 1 < hi ? w[2 * p + 1] : 0.0f;
-        typename L::V first, second;
-        split_pairs(values + t * block_size * 16 + p * 32, first, second);
-        acc += w0 * first + w1 * second;
+        for (int64_t r = 0; r < AMX_REGISTERS; ++r) {
+          typename L::V first, second;
+          split_pairs(values + t * block_size * 16 + p * 32 + r * 2 * L::N, first, second);
+          acc[r] += w0 * first + w1 * second;
+        }
       }
-      L::store(o + t * 16, acc);
+      for (int64_t r = 0; r < AMX_REGISTERS; ++r) L::store(o + t * 16 + r * L::N, acc[r]);
     }
   }
 }
 
-// out[g] += sum_j weights[g][j - lo] * value[j]  for G heads, out held in registers (D known)
-template <typename T, typename K, int D, int G>
-void add_values_of_heads(const T* __restrict__ weights, int64_t weights_stride, const K* __restrict__ values,
-                         int64_t value_slot, int64_t lo, int64_t hi, T* __restrict__ out) {
+// out[g][d] += sum_j weights[g][j - lo] * value[j][d]  for G heads and the dimensions of the
+// R registers from d0, out held in registers: each register of values loaded serves G heads.
+template <typename T, typename K, int G, int R>
+void add_values_block(const T* __restrict__ weights, int64_t weights_stride, const K* __restrict__ values,
+                      int64_t value_slot, int64_t lo, int64_t hi, int64_t dims, int64_t d0, T* __restrict__ out) {
   using L = Lanes<T>;
-  constexpr int64_t R = D / L::N;  // registers per head
   typename L::V acc[G][R];
   for (int g = 0; g < G; ++g)
-    for (int64_t r = 0; r < R; ++r) acc[g][r] = L::load(out + g * D + r * L::N);
+    for (int r = 0; r < R; ++r) acc[g][r] = L::load(out + g * dims + d0 + r * L::N);
   for (int64_t j = lo; j < hi; ++j) {
-    const K* __restrict__ v = values + j * value_slot;
-    for (int64_t r = 0; r < R; ++r) {
+    const K* __restrict__ v = values + j * value_slot + d0;
+    for (int r = 0; r < R; ++r) {
       const typename L::V x = widen<T>(v + r * L::N);
       for (int g = 0; g < G; ++g) acc[g][r] += weights[g * weights_stride + (j - lo)] * x;
     }
   }
   for (int g = 0; g < G; ++g)
-    for (int64_t r = 0; r < R; ++r) L::store(out + g * D + r * L::N, acc[g][r]);
+    for (int r = 0; r < R; ++r) L::store(out + g * dims + d0 + r * L::N, acc[g][r]);
+}
+
+// The largest power of two that divides n and is at most most (1 at least).
+constexpr int64_t power_of_two_dividing(int64_t n, int64_t most) {
+  int64_t p = 1;
+  while (n % (2 * p) == 0 && 2 * p <= most) p *= 2;
+  return p;
+}
+
+// The same for G heads and all D dimensions, in runs of registers that leave G x R
+// accumulators in registers (D = 128 is 16 registers of floats a head on AVX2: a run of 4
+// registers for 3 heads there, of 8 for 3 heads on AVX-512).
+template <typename T, typename K, int D, int G>
+void add_values_of_heads(const T* __restrict__ weights, int64_t weights_stride, const K* __restrict__ values,
+                         int64_t value_slot, int64_t lo, int64_t hi, T* __restrict__ out) {
+  constexpr int64_t registers = D / Lanes<T>::N;
+  constexpr int R = power_of_two_dividing(registers, ACCUMULATORS / G);
+  for (int64_t d0 = 0; d0 < D; d0 += R * Lanes<T>::N)
+    add_values_block<T, K, G, R>(weights, weights_stride, values, value_slot, lo, hi, D, d0, out);
 }
 
 template <typename T, int D, typename K>
@@ -333,7 +373,7 @@ typename Lanes<T>::V exp_lanes(typename Lanes<T>::V x) {
   using L = Lanes<T>;
   using V = typename L::V;
   using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  typedef I IV __attribute__((vector_size(64)));
+  typedef I IV __attribute__((vector_size(VECTOR_BYTES)));
   constexpr int terms = sizeof(T) == 4 ? 7 : 13;
   constexpr int mantissa = sizeof(T) == 4 ? 23 : 52;
   constexpr I bias = sizeof(T) == 4 ? 127 : 1023;

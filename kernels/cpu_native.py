@@ -15,10 +15,13 @@ that list store blocks): a copy of a group's committed history, each key turned 
 index in the history, that ``pack`` fills as steps commit (``vllm_hogwild/packing.py``
 says why). A history of hundreds of fragments is then one, read in whole tiles.
 
-The extension is compiled on first use (``torch.utils.cpp_extension``, with
-``-march=native``: it is built on the machine that runs it) into PyTorch's extension cache
-(``TORCH_EXTENSIONS_DIR``); ``scripts/setup.sh`` builds it ahead. ``available()`` says
-whether it could be built; the CPU backend falls back to ``cpu_op`` if not.
+The extension is compiled on first use (``torch.utils.cpp_extension``) into PyTorch's
+extension cache (``TORCH_EXTENSIONS_DIR``), for the x86 level ``VLLM_HOGWILD_CPU_ISA`` names
+(``isa.LEVELS``): ``native`` by default (``-march=native``: built on the machine that runs
+it), or ``x86-64-v3`` (AVX2 + FMA) or ``x86-64-v4`` (AVX-512) on purpose, to test and time
+another kind of CPU's build on this one. The C++ sizes its blocks of accumulators to the
+level's registers (16 of 256 bits, or 32 of 512). ``scripts/setup.sh`` builds it ahead.
+``available()`` says whether it runs here; the CPU backend falls back to ``cpu_op`` if not.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import isa
 from .rotary import partners
 from .table import FragmentTable, SeqView, shared_of_groups
 
@@ -81,34 +85,60 @@ class Prepared:
         raise AttributeError(name)
 
 
+ISA_ENV = "VLLM_HOGWILD_CPU_ISA"
+
+
+def level() -> str:
+    """The x86 level the op is built for: ``VLLM_HOGWILD_CPU_ISA`` (``isa.LEVELS``: native,
+    the default, x86-64-v3 or x86-64-v4), so that one machine can build, test and time the op
+    of another kind of CPU it can run."""
+    asked = os.environ.get(ISA_ENV, "native")
+    if asked not in isa.LEVELS:
+        raise ValueError(f"{ISA_ENV}={asked!r}: expected one of {', '.join(isa.LEVELS)}")
+    return asked
+
+
 def _cpu_tag() -> str:
-    """A digest of this CPU's model and flags: a build for another CPU is never reused."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            lines = [l for l in f if l.startswith(("flags", "model name"))][:2]
-    except OSError:
-        lines = []
-    return hashlib.sha1("".join(lines).encode()).hexdigest()[:10]
+    """A digest of this CPU's model and flags: a native build for another CPU is never reused."""
+    cpu = isa.this_cpu()
+    return hashlib.sha1(f"{cpu.model}{sorted(cpu.flags)}".encode()).hexdigest()[:10]
 
 
 @functools.cache
-def _extension():
+def _build(at: str):
     from torch.utils import cpp_extension
 
+    name = f"hogwild_cpu_{_cpu_tag()}" if at == "native" else f"hogwild_cpu_{at.replace('-', '_')}"
     return cpp_extension.load(
-        name=f"hogwild_cpu_{_cpu_tag()}", sources=[SOURCE],
-        extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+        name=name, sources=[SOURCE], extra_cflags=["-O3", isa.LEVELS[at][1], "-ffast-math", "-fopenmp"],
+        extra_ldflags=["-fopenmp"], verbose=False)
+
+
+def _extension():
+    return _build(level())
 
 
 @functools.cache
-def available() -> bool:
-    """Whether the extension is built (building it now if it is not: ~30 s, once)."""
-    try:
-        _extension()
-        return True
-    except Exception as e:  # no compiler, no ninja, or a build error: the caller falls back
-        log.warning("hogwild: the compiled CPU op could not be built (%s); using the PyTorch op", e)
+def _available(at: str) -> bool:
+    cpu = isa.this_cpu()
+    if not isa.runs_level(cpu, at):
+        needs = [f for f in isa.LEVELS[at][0] if f not in cpu.flags] or ["an x86-64 CPU"]
+        log.warning("hogwild: this CPU (%s, %s) cannot run the compiled CPU op built for %s (it lacks %s); "
+                    "using the PyTorch op", cpu.model, cpu.machine, at, ", ".join(needs))
         return False
+    try:
+        _build(at)
+        return True
+    except Exception as e:  # no compiler, no ninja, a compiler without that target, a build error
+        log.warning("hogwild: the compiled CPU op could not be built for %s (%s); using the PyTorch op", at, e)
+        return False
+
+
+def available() -> bool:
+    """Whether the extension for ``level()`` runs here (building it now if it is not: ~30 s,
+    once per level). False, after one log line, where this CPU lacks the level's instructions
+    (AVX2 and FMA at least) or the build fails: the caller falls back to the PyTorch op."""
+    return _available(level())
 
 
 def _ints(x, dtype=np.int64) -> torch.Tensor:

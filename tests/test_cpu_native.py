@@ -9,11 +9,23 @@ import random
 import pytest
 import torch
 
-from hogwild_kernels import SeqView, build, cpu_native, cpu_op
+from hogwild_kernels import SeqView, build, cpu_native, cpu_op, isa
 from paged import PagedCache, inv_freq_for, layout_views, naive_attention, random_cache, random_views
 
 if not cpu_native.available():  # the suite's setup builds it; without a compiler the backend falls back
     pytest.skip("the compiled CPU op could not be built on this machine", allow_module_level=True)
+
+# Every x86 level this CPU runs, each its own build (VLLM_HOGWILD_CPU_ISA): the machine's own,
+# AVX2 + FMA (x86-64-v3) and, where the CPU has it, AVX-512 (x86-64-v4). The C++ sizes its
+# registers to the level, so each build is held to the reference on its own.
+LEVELS = [at for at in isa.LEVELS if isa.runs_level(isa.this_cpu(), at)]
+
+
+@pytest.fixture(autouse=True, params=LEVELS)
+def level(request, monkeypatch):
+    monkeypatch.setenv(cpu_native.ISA_ENV, request.param)
+    assert cpu_native.available(), request.param
+    return request.param
 
 CASES = [
     # (block_size, kv_heads, group, head_dim, rotary_dim, neox, workers, decode)
@@ -297,8 +309,37 @@ def test_the_backend_runs_the_op_asked_for(monkeypatch):
     cpu_backend.fragment_op.cache_clear()
 
 
-def vllm_written(cache: PagedCache, isa: str) -> torch.Tensor:
-    """``cache``'s blocks as vLLM's own CPU cache writer lays them out for ``isa``: one
+def test_the_build_level_asked_for(monkeypatch, caplog, level):
+    """``VLLM_HOGWILD_CPU_ISA``: an unknown level is an error naming the allowed ones; a level
+    this CPU cannot run (AVX2 and FMA missing, say) is never loaded: one log line, then the
+    PyTorch op."""
+    from hogwild_kernels import cpu_op
+    from vllm_hogwild import cpu_backend
+
+    if level != "native":
+        pytest.skip("about the variable, not a build: once is enough")
+    monkeypatch.setenv(cpu_native.ISA_ENV, "avx1024")
+    cpu_backend.fragment_op.cache_clear()
+    with pytest.raises(ValueError, match="VLLM_HOGWILD_CPU_ISA='avx1024': expected one of native, x86-64-v3, "
+                                         "x86-64-v4"):
+        cpu_backend.fragment_op()
+    old = isa.Cpu("an old x86", frozenset({"sse2", "avx"}), "x86_64")
+    monkeypatch.setattr(isa, "this_cpu", lambda: old)
+    for at in isa.LEVELS:
+        monkeypatch.setenv(cpu_native.ISA_ENV, at)
+        cpu_native._available.cache_clear()
+        cpu_backend.fragment_op.cache_clear()
+        caplog.clear()
+        assert cpu_backend.fragment_op() is cpu_op
+        lines = [r.getMessage() for r in caplog.records if "compiled CPU op" in r.getMessage()]
+        assert len(lines) == 1 and f"built for {at}" in lines[0] and "avx2" in lines[0], lines
+    monkeypatch.undo()
+    cpu_native._available.cache_clear()
+    cpu_backend.fragment_op.cache_clear()
+
+
+def vllm_written(cache: PagedCache, layout: str) -> torch.Tensor:
+    """``cache``'s blocks as vLLM's own CPU cache writer lays them out for ``layout``: one
     ``[blocks, kv_heads, block_size, 2 * head_dim]`` tensor, as the CPU backend gets."""
     from vllm_api import cpu_attn_reshape_and_cache
 
@@ -306,28 +347,54 @@ def vllm_written(cache: PagedCache, isa: str) -> torch.Tensor:
     kv = torch.zeros(blocks, heads, block_size, 2 * dim, dtype=cache.key.dtype)
     key_cache, value_cache = kv.view(blocks, heads, 2 * block_size, dim).chunk(2, dim=2)
     cpu_attn_reshape_and_cache(cache.key.reshape(-1, heads, dim), cache.value.reshape(-1, heads, dim),
-                               key_cache, value_cache, torch.arange(blocks * block_size), isa,
+                               key_cache, value_cache, torch.arange(blocks * block_size), layout,
                                k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
     return kv
 
 
-@pytest.mark.parametrize("block_size,head_dim,group", [(32, 64, 3), (64, 128, 1), (32, 96, 4), (128, 64, 2)])
-def test_the_amx_layout_as_vllm_writes_it(block_size, head_dim, group):
-    """bfloat16 on CPUs with AMX tiles: vLLM writes keys and values in pairs (its writer runs
-    on any CPU). The op reads them there, to the bound of the vec layout; a store packed from
-    them holds exactly what one packed from the vec layout holds."""
-    from vllm_hogwild.cpu_backend import cpu_caches
+def amx_written(cache: PagedCache) -> torch.Tensor:
+    """``cache``'s blocks in vLLM's amx layout, written here by index (vLLM's own writer is
+    only in its AVX-512 kernels), as ``vllm_written`` gives them: a (block, head)'s keys, then
+    its values, block_size x head_dim each. Keys in tiles of 16 slots, each ``[D/2][16][2]``
+    (a dimension pair of one slot side by side); values in tiles of 16 dimensions, each
+    ``[block_size/2][16][2]`` (a slot pair of one dimension side by side).
+    ``test_the_amx_layout_is_vllms`` holds this to vLLM's writer where there is one."""
+    blocks, block_size, heads, dim = cache.key.shape
+    slot = torch.arange(block_size)[:, None]
+    d = torch.arange(dim)[None, :]
+    key_at = (slot // 16) * dim * 16 + (d // 2) * 32 + (slot % 16) * 2 + d % 2  # [slot, d]
+    value_at = (d // 16) * block_size * 16 + (slot // 2) * 32 + (d % 16) * 2 + slot % 2
+    region = torch.zeros(blocks, heads, 2, block_size * dim, dtype=cache.key.dtype)
+    region[:, :, 0, key_at.reshape(-1)] = cache.key.permute(0, 2, 1, 3).reshape(blocks, heads, -1)
+    region[:, :, 1, value_at.reshape(-1)] = cache.value.permute(0, 2, 1, 3).reshape(blocks, heads, -1)
+    return region.view(blocks, heads, block_size, 2 * dim)
 
-    dtype = torch.bfloat16
+
+AMX_SHAPES = [(32, 64, 3), (64, 128, 1), (32, 96, 4), (128, 64, 2)]  # block_size, head_dim, group
+
+
+def amx_case(block_size: int, head_dim: int):
+    """A bfloat16 cache of two groups with shared histories, its views and the generator."""
     rng, gen = random.Random(block_size), torch.Generator().manual_seed(head_dim)
     lengths, views = random_views(rng, 2, 3, block_size, 150, False, shared=True)
     cache = random_cache(lengths, block_size, 2, head_dim, gen=gen)
-    cache = PagedCache(cache.key.to(dtype), cache.value.to(dtype), cache.block_table)
+    return PagedCache(cache.key.to(torch.bfloat16), cache.value.to(torch.bfloat16), cache.block_table), views, gen
+
+
+@pytest.mark.parametrize("block_size,head_dim,group", AMX_SHAPES)
+def test_the_amx_layout(block_size, head_dim, group):
+    """bfloat16 on CPUs with AMX tiles: vLLM keeps keys and values in pairs. The op reads them
+    there, to the bound of the vec layout; a store packed from them holds exactly what one
+    packed from the vec layout holds. On every CPU: the cache is laid out by ``amx_written``."""
+    from vllm_hogwild.cpu_backend import cpu_caches
+
+    dtype = torch.bfloat16
+    cache, views, gen = amx_case(block_size, head_dim)
     q = torch.randn(sum(v.num_rows for v in views), 2 * group, head_dim, generator=gen).to(dtype)
     inv_freq = inv_freq_for(head_dim)
     expect = naive_attention(q, cache, views, inv_freq, True, head_dim**-0.5)
     prepared = cpu_native.prepare(build(views), cache.block_table, block_size, inv_freq, True, head_dim)
-    amx = cpu_caches(vllm_written(cache, "amx"), "amx")
+    amx = cpu_caches(amx_written(cache), "amx")
     for splits in (0, 2):
         out = cpu_native.fragment_attention(q, *amx, prepared, head_dim**-0.5, splits=splits, amx=True)
         err = (out.double() - expect).abs()
@@ -338,7 +405,7 @@ def test_the_amx_layout_as_vllm_writes_it(block_size, head_dim, group):
     out = cpu_op.fragment_attention(q, *amx, torch_prepared, head_dim**-0.5, amx=True)
     err = (out.double() - expect).abs()
     assert (err <= ROUNDOFF[dtype] * expect.abs() + 2e-5).all(), err.max()
-    vec = cpu_caches(vllm_written(cache, "vec"))
+    vec = vllm_layout(cache)
     n = 40
     src = torch.randperm(cache.key.shape[0] * block_size, generator=gen)[:n]
     copies = cpu_native.Copies(src // block_size, (src % block_size).int(), torch.arange(n) // block_size,
@@ -360,3 +427,22 @@ def test_the_amx_layout_as_vllm_writes_it(block_size, head_dim, group):
     assert torch.allclose(got, turned, rtol=2e-6, atol=1e-6), (got - turned).abs().max()
     assert torch.equal(stores[0][1][copies.dst_block, copies.dst_slot.long()],
                        cache.value[copies.src_block, copies.src_slot.long()].float())
+
+
+@pytest.mark.parametrize("block_size,head_dim,group", AMX_SHAPES)
+def test_the_amx_layout_is_vllms(block_size, head_dim, group, level):
+    """``amx_written`` lays a cache out exactly as vLLM's own amx writer does (and ``vec`` as
+    ``vllm_layout`` sees it)."""
+    from vllm_hogwild import vllm_cpu
+    from vllm_hogwild.cpu_backend import cpu_caches
+
+    if level != "native":
+        pytest.skip("no op runs here: one level is enough")
+    cache, _, _ = amx_case(block_size, head_dim)
+    vec = cpu_caches(vllm_written(cache, "vec"))
+    assert all(torch.equal(a, b) for a, b in zip(vec, vllm_layout(cache)))
+    cpu = vllm_cpu.this_cpu()
+    if not vllm_cpu.vllm_writes_amx(cpu):
+        pytest.skip(f"vLLM's {vllm_cpu.vllm_kernel_build(cpu)} kernels (this CPU's) have no amx cache writer: "
+                    "amx_written is held to it on AVX-512 machines")
+    assert torch.equal(amx_written(cache), vllm_written(cache, "amx"))

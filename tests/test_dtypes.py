@@ -95,8 +95,12 @@ def outcome(dtype: str, block_size: int, head_size: int, kv_cache_dtype: str) ->
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(map(str, s)))
 def test_engine_settings_run_or_are_refused_at_the_request(setting):
+    from vllm_hogwild import vllm_cpu
+
     dtype, block_size, head_size, kv = setting
-    expect = "no engine" if block_size % 32 or (kv != "auto" and head_size % 32) else \
+    # vLLM starts no engine with an fp8 cache on x86 without AVX-512 or AMX (vllm_cpu.fp8_kv_cache).
+    fp8_engine = vllm_cpu.fp8_kv_cache(vllm_cpu.this_cpu())
+    expect = "no engine" if block_size % 32 or (kv != "auto" and (head_size % 32 or not fp8_engine)) else \
         "refused" if kv != "auto" else "runs"
     assert outcome(*setting) == expect
 
@@ -180,6 +184,12 @@ def test_groups_over_the_amx_layout(tmp_path):
     import sys
 
     from runs import same_dtype_oracle
+    from vllm_hogwild import vllm_cpu
+
+    cpu = vllm_cpu.this_cpu()
+    if not vllm_cpu.vllm_writes_amx(cpu):
+        pytest.skip(f"vLLM's {vllm_cpu.vllm_kernel_build(cpu)} kernels (this CPU's) have no amx layout (no writer, "
+                    "no packed weights): test_cpu_native.test_the_amx_layout reads one laid out by the tests")
 
     here = os.path.dirname(os.path.abspath(__file__))
     script, results = tmp_path / "amx.py", tmp_path / "amx.json"
