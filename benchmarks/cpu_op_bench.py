@@ -3,7 +3,7 @@ and, for layouts with a committed history, the compiled op reading the history p
 
     python benchmarks/cpu_op_bench.py [--workers 4 8] [--contexts 1000 4000] [--dtypes float32]
                                       [--layouts contiguous combined] [--windows 0 128]
-                                      [--out benchmarks/results/cpu_op.json]
+                                      [--isa native x86-64-v3] [--out benchmarks/results/cpu_op.json]
 
 A decode step of one group of W workers over a context of C tokens, the views the plugin's
 layouts build (``tests/paged.layout_views``: combined = 20-token steps of every worker,
@@ -19,7 +19,10 @@ the median over ``--repeats`` alternating runs of the ops (this machine's timing
 (``vllm_hogwild/packing.py``), as the plugin runs it; filling the store (a few tokens a step)
 is not timed. ``--windows``: sliding windows of that many view positions (0: none), every
 layer windowed, as a Mistral-style model; past the window a step's cost should stop growing
-with the context.
+with the context. ``--isa``: the compiled op as built for each of these x86 levels
+(``VLLM_HOGWILD_CPU_ISA``: native, x86-64-v3 = AVX2 + FMA, x86-64-v4 = AVX-512), side by side
+in the same rounds, so that one machine times another kind of CPU's build (any level it runs).
+The machine record names the CPU and its ISA flags.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,14 +41,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from hogwild_kernels import build, cpu_native, cpu_op  # noqa: E402
+import driver  # noqa: E402
+from hogwild_kernels import build, cpu_native, cpu_op, isa  # noqa: E402
 from paged import fill_store, inv_freq_for, layout_views, packed_views, random_cache  # noqa: E402
 
-OPS = {"native": cpu_native, "torch": cpu_op}
+class Level:
+    """The compiled op as built for one x86 level (``VLLM_HOGWILD_CPU_ISA``): each call runs
+    with the variable set to it, so builds of several levels alternate in one process."""
+
+    def __init__(self, level: str):
+        self.level = level
+
+    def __getattr__(self, name):
+        fn = getattr(cpu_native, name)
+
+        def call(*args, **kwargs):
+            before = os.environ.get(cpu_native.ISA_ENV)
+            os.environ[cpu_native.ISA_ENV] = self.level
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if before is None:
+                    del os.environ[cpu_native.ISA_ENV]
+                else:
+                    os.environ[cpu_native.ISA_ENV] = before
+        return call
 
 
 def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtype: str = "float32",
-        window: int = 0) -> dict:
+        window: int = 0, levels: tuple[str, ...] = ("native",)) -> dict:
     lengths, views = layout_views(workers, context, layout)
     cache = random_cache(lengths, 32, 3, 64, dtype=getattr(torch, dtype), gen=torch.Generator().manual_seed(context))
     caches = [(cache.key.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),  # vLLM's CPU layouts, as views
@@ -57,7 +80,12 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtyp
     def prepare(op):
         return op.prepare(build(views), cache.block_table, 32, inv_freq, True, 64, window=window)
 
-    calls = {name: (op, prepare, None) for name, op in OPS.items()}
+    # name: (op, its prepare, the packed stores or None); one compiled op per build level.
+    # The compiled op's names: "native" and "packed" for the one build, "compiled LEVEL" and
+    # "packed LEVEL" where several levels are timed.
+    ops = {("" if levels == ("native",) else f" {at}"): Level(at) for at in levels}
+    calls = {("native" if not label else f"compiled{label}"): (op, prepare, None) for label, op in ops.items()}
+    calls["torch"] = (cpu_op, prepare, None)
     if layout != "contiguous":
         packed = packed_views(views, cache.block_table, 256, 32, blocks=context // 32 + 1)
         stores = [fill_store(packed, k, v, inv_freq, True, context // 32 + 1) for k, v in caches]
@@ -66,7 +94,8 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtyp
             return op.prepare(build(packed.views), packed.block_table, 32, inv_freq, True, 64,
                               stored_from=packed.run_row, window=window)
 
-        calls["packed"] = (cpu_native, prepare_packed, stores)
+        for label, op in ops.items():
+            calls[f"packed{label}"] = (op, prepare_packed, stores)
     prepared = {name: prep(op) for name, (op, prep, _) in calls.items()}
     outs = {name: op.fragment_attention(q, *caches[0], prepared[name], 0.125,
                                         **({} if stores is None else {"store": stores[0]}))
@@ -103,25 +132,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--windows", type=int, nargs="+", default=[0])
+    parser.add_argument("--isa", nargs="+", default=["native"], choices=list(isa.LEVELS),
+                        help="build levels of the compiled op to compare side by side (VLLM_HOGWILD_CPU_ISA)")
     args = parser.parse_args()
-    if not cpu_native.available():
-        sys.exit("cpu_op_bench: the compiled op could not be built (see the warning above)")
+    for at in args.isa:
+        if not Level(at).available():
+            sys.exit(f"cpu_op_bench: the compiled op for {at} does not run here (see the warning above)")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv),
+    result = {"machine": driver.machine(), "command": " ".join(sys.argv),
               "date": time.strftime("%Y-%m-%d"), "runs": []}
     for workers in args.workers:
         for context in args.contexts:
             for layout in args.layouts:
                 for dtype in args.dtypes:
                     for window in args.windows:
-                        r = run(workers, context, layout, args.layers, args.repeats, dtype, window)
+                        r = run(workers, context, layout, args.layers, args.repeats, dtype, window,
+                                tuple(args.isa))
                         result["runs"].append(r)
                         ms, prep = r["ms_per_layer"], r["ms_prepare_per_step"]
-                        packed = (f", packed {ms['packed']:6.3f} ms" if "packed" in ms else "")
                         print(f"W={workers} C={context:5d} {layout:11s} {dtype:8s} window {window:4d} "
-                              f"({r['fragments_per_view']:3d} fragments a view): "
-                              f"compiled {ms['native']:6.3f} ms{packed}, PyTorch {ms['torch']:6.3f} ms per layer; "
-                              f"work list " + " / ".join(f"{k} {v:5.2f}" for k, v in prep.items()) + " ms per step",
+                              f"({r['fragments_per_view']:3d} fragments a view), ms per layer: "
+                              + ", ".join(f"{k} {v:6.3f}" for k, v in ms.items())
+                              + "; work list " + " / ".join(f"{k} {v:5.2f}" for k, v in prep.items()) + " ms per step",
                               flush=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -55,10 +55,11 @@ def run(args: argparse.Namespace) -> dict:
 
     from grading import is_correct
     from vllm_hogwild import prompts
-    from vllm_hogwild.cli import CPU_DTYPE
+    from vllm_hogwild.cli import cpu_dtype
 
     model = driver.model_path(args.model)
-    llm = driver.build_llm(model, 8192, 0.5, 16, 8192, 0, 1, args.dtype or CPU_DTYPE)
+    args.dtype = args.dtype or cpu_dtype()
+    llm = driver.build_llm(model, 8192, 0.5, 16, 8192, 0, 1, args.dtype)
     rows = []
     tokenizer = llm.get_tokenizer()
     for name, (problem, answer), workers, temperature, extra, max_tokens, check in SETTINGS:
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{name:<28} junk {row['junk_lines']:5.1%}  boxed {row['boxed']:4.0%}  right {row['right']:4.0%}  "
               f"protocol {row['protocol_shown']:4.0%}  ({batch.seconds:.0f} s)", file=sys.stderr, flush=True)
     return {"benchmark": "demo_defaults", "command": "python benchmarks/demo_defaults.py " + " ".join(sys.argv[1:]),
-            "model": model, "dtype": args.dtype or CPU_DTYPE, "machine": driver.machine(), "seeds": args.seeds,
+            "model": model, "dtype": args.dtype, "machine": driver.machine(), "seeds": args.seeds,
             "results": rows}
 
 

@@ -237,15 +237,38 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> dict:
-    """Where a result was measured."""
+    """Where a result was measured: the CPU's model and the ISA flags its figures depend on
+    (avx2, fma, avx512f, avx512_bf16, amx_tile, amx_bf16), the compiled op's build level
+    (``VLLM_HOGWILD_CPU_ISA``), the cores, torch and vLLM (when installed)."""
     import platform
 
     import torch
-    import vllm
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    from hogwild_kernels import cpu_native, isa
+
+    cpu = isa.this_cpu()
+    try:
+        import vllm
+
+        version = vllm.__version__
+    except ImportError:
+        version = None
+    try:
+        level = cpu_native.level()
+    except ValueError as e:
+        level = str(e)
+    return {"cpu": cpu.model, "isa": cpu.isa, "isa_flags": cpu.named_flags, "op_build": level,
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "vllm": vllm.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "vllm": version, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def machine_line(m: dict) -> str:
+    """A machine record in one line, as the markdown reports give it."""
+    flags = " ".join(m.get("isa_flags", [])) or "none"
+    vllm = f", vLLM {m['vllm']}" if m.get("vllm") else ""
+    return (f"{m.get('cpu', m.get('processor'))} (ISA {m.get('isa', '?')}; flags {flags}), {m.get('cpus')} cores, "
+            f"op build {m.get('op_build', 'native')}, torch {m.get('torch')}{vllm}, {m.get('date')}")
 
 
 def chat_prompt(tokenizer: Any, text: str) -> str:
@@ -274,7 +297,7 @@ def report(args: Any, run, table, plot=None) -> dict:
         with open(args.out + ".json", "w") as f:
             json.dump(result, f, indent=1)
         with open(args.out + ".md", "w") as f:
-            f.write(f"`{result['command']}`\n\nmodel `{result['model']}`; machine {result['machine']}\n\n")
+            f.write(f"`{result['command']}`\n\nmodel `{result['model']}`; machine {machine_line(result['machine'])}\n\n")
             f.write(table(result))
         if plot is not None:
             fig = plot(result)

