@@ -24,12 +24,12 @@ DEFAULT_PROBLEMS = os.path.join(BENCH, "data", "arithmetic50.jsonl")
 
 
 def model_path(model: str | None) -> str:
-    """``model`` (a local folder, or a hub name vLLM will fetch), or the embedded SmolLM2
-    (converted on first use) when None."""
-    if model is None:
-        from vllm_hogwild.models import embedded_model
+    """``model``: a catalogue name (``vllm-hogwild models``), a local folder, or a hub name vLLM
+    will fetch; the embedded SmolLM2 (converted on first use) when None."""
+    from vllm_hogwild import models
 
-        return embedded_model()
+    if model is None or model in models.CATALOGUE:
+        return models.resolve(model)
     local = model.startswith((".", "/", "~")) or os.path.isdir(model)
     if local and not os.path.exists(os.path.join(os.path.expanduser(model), "config.json")):
         raise SystemExit(f"--model: {model!r} is not a model folder (no config.json)")

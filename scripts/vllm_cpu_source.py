@@ -14,7 +14,11 @@ Each patch below names what upstream's CPU build wants from outside the registri
   (upstream builds them for non-x86 CPUs) and lets x86 use that runner when no Triton backend is active.
 - gcc >= 12.3 on x86: Debian 12 ships 12.2.0; the version floor is lowered to 12.2.
 - DeepSeek-V4's sparse MLA kernel: gcc 12.2 stops on it with an internal compiler error; a stub that refuses.
-- one `_C` for this CPU instead of three ISA variants (AMX, AVX-512, AVX2): a third of the compile.
+- one `_C` for this CPU instead of three ISA variants (AMX, AVX-512, AVX2): a third of the compile. Which
+  one follows the CPU that builds it (`isa_variant`): upstream's AVX-512 + AMX `_C` (with sglang's kernels and
+  the WNA16 GEMM) where the CPU has AVX-512, its AVX2 sources and flags elsewhere; vLLM then imports that `_C`
+  whatever the CPU (upstream's `import_kernels` looks for `_C_AVX2` on AVX2 CPUs and found nothing, so no
+  engine started there: "'_OpNamespace' '_C' object has no attribute 'init_cpu_memory_env'").
 """
 import hashlib
 import re
@@ -45,7 +49,8 @@ def sdist_url(version: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def download(version: str, into: Path) -> Path:
+def download(version: str, into: Path, variant: str) -> Path:
+    """The release's source tree, fresh from its tarball, in a folder per variant (each is patched its own way)."""
     tarball = into / f"vllm-{version}.tar.gz"
     if not tarball.exists():
         url, sha = sdist_url(version)
@@ -53,10 +58,11 @@ def download(version: str, into: Path) -> Path:
         if hashlib.sha256(data).hexdigest() != sha:
             sys.exit(f"vllm {version}: sha256 mismatch")
         tarball.write_bytes(data)
-    src = into / f"vllm-{version}"
+    src = into / variant / f"vllm-{version}"
     if not src.exists():
+        (into / variant).mkdir(parents=True, exist_ok=True)
         with tarfile.open(tarball) as t:
-            t.extractall(into, filter="data")
+            t.extractall(into / variant, filter="data")
     return src
 
 
@@ -72,32 +78,45 @@ def replace(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def patch(src: Path, with_onednn: bool) -> None:
+def isa_variant() -> str:
+    """Which of upstream's x86 `_C` variants this machine builds: "avx512" (upstream's AMX `_C`, whose
+    AMX and AVX512-BF16 paths are chosen at run time) where the CPU has AVX-512, else "avx2"."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    return "avx512" if "avx512f" in flags else "avx2"
+
+
+def patch(src: Path, with_onednn: bool, variant: str) -> None:
     cmake = src / "cmake/cpu_extension.cmake"
     replace(cmake, "CMAKE_CXX_COMPILER_VERSION VERSION_GREATER_EQUAL 12.3))",
             "CMAKE_CXX_COMPILER_VERSION VERSION_GREATER_EQUAL 12.2))")
     if not with_onednn:
         replace(cmake, "if (ENABLE_X86_ISA OR (ASIMD_FOUND AND NOT APPLE_SILICON_FOUND) OR POWER9_FOUND",
                 "if (FALSE AND (ENABLE_X86_ISA OR (ASIMD_FOUND AND NOT APPLE_SILICON_FOUND)) OR POWER9_FOUND")
-    # One _C through the generic branch (it builds the standalone runner's kernels) with the AVX-512 flags.
+    # One _C through the generic branch (it builds the standalone runner's kernels) with the variant's flags.
+    flags = ("set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX512_AMX})\nadd_compile_definitions(CPU_CAPABILITY_AMXBF16)\n"
+             if variant == "avx512" else "set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX2})\n")
     replace(cmake, "# TODO: Refactor this\nif (ENABLE_X86_ISA)",
-            "set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX512_AMX})\n"
-            "add_compile_definitions(CPU_CAPABILITY_AMXBF16)\n"
-            "if(USE_ONEDNN)\n    add_compile_definitions(VLLM_WITH_ONEDNN)\nendif()\n"
+            flags + "if(USE_ONEDNN)\n    add_compile_definitions(VLLM_WITH_ONEDNN)\nendif()\n"
             "# TODO: Refactor this\nif (ENABLE_X86_ISA)")
     replace(cmake, "if (ENABLE_X86_ISA)\n    set(VLLM_EXT_SRC_SGL", "if (FALSE)\n    set(VLLM_EXT_SRC_SGL")
-    # The shared-memory collectives (tensor parallel) are in the x86 lists only.
-    replace(cmake, '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
-                   '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND',
-            '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
-            '    "csrc/cpu/shm.cpp"\n'
-            '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND')
+    # The shared-memory collectives (tensor parallel) are in the x86 AVX-512 lists only (the AVX2 bindings
+    # leave them out: vLLM's CPU communicator then uses torch.distributed's).
+    if variant == "avx512":
+        replace(cmake, '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
+                       '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND',
+                '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
+                '    "csrc/cpu/shm.cpp"\n'
+                '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND')
     # The kernels the x86 AMX variant adds (sglang's, the WNA16 GEMM): its bindings register them.
-    replace(cmake, 'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"',
-            'if (ENABLE_X86_ISA)\n    file(GLOB VLLM_SGL_SRC "csrc/cpu/sgl-kernels/*.cpp")\n'
-            '    list(REMOVE_ITEM VLLM_SGL_SRC "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cpu/sgl-kernels/fla.cpp")\n'
-            '    set(VLLM_EXT_SRC "csrc/cpu/cpu_wna16.cpp" ${VLLM_SGL_SRC} ${VLLM_EXT_SRC})\nendif()\n\n'
-            'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"')
+    if variant == "avx512":
+        replace(cmake, 'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"',
+                'if (ENABLE_X86_ISA)\n    file(GLOB VLLM_SGL_SRC "csrc/cpu/sgl-kernels/*.cpp")\n'
+                '    list(REMOVE_ITEM VLLM_SGL_SRC "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cpu/sgl-kernels/fla.cpp")\n'
+                '    set(VLLM_EXT_SRC "csrc/cpu/cpu_wna16.cpp" ${VLLM_SGL_SRC} ${VLLM_EXT_SRC})\nendif()\n\n'
+                'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"')
     # gcc 12.2 stops with an internal compiler error on DeepSeek-V4's sparse MLA kernel (why upstream asks
     # for 12.3): it is built as a stub that refuses, so no other model is affected.
     mla = src / "csrc/cpu/sgl-kernels/flash_mla.cpp"
@@ -113,6 +132,9 @@ def patch(src: Path, with_onednn: bool) -> None:
     replace(setup, '        ext_modules.append(CMakeExtension(name="vllm._C_AVX512"))\n'
                    '        ext_modules.append(CMakeExtension(name="vllm._C_AVX2"))\n', "")
     platform = src / "vllm/platforms/cpu.py"
+    # One _C, whatever the x86 CPU (upstream's loader picks among three by the CPU's flags).
+    replace(platform, "    def import_kernels(cls) -> None:\n        if Platform.get_cpu_architecture() in (CpuArchEnum.X86,):",
+            "    def import_kernels(cls) -> None:\n        if False:  # vllm-hogwild's build: one _C on x86 too")
     replace(platform, "return not HAS_TRITON and cls.get_cpu_architecture() != CpuArchEnum.X86",
             "return not HAS_TRITON")
     replace(platform, "if cls.get_cpu_architecture() == CpuArchEnum.X86 and not HAS_TRITON:\n"
@@ -123,6 +145,7 @@ def patch(src: Path, with_onednn: bool) -> None:
 if __name__ == "__main__":
     version, into = sys.argv[1], Path(sys.argv[2])
     into.mkdir(parents=True, exist_ok=True)
-    src = download(version, into)
-    patch(src, with_onednn="--with-onednn" in sys.argv)
+    variant = isa_variant()
+    src = download(version, into, variant)
+    patch(src, with_onednn="--with-onednn" in sys.argv, variant=variant)
     print(src)

