@@ -9,6 +9,7 @@ from __future__ import annotations
 from engines import decoder, engine, hf_model, output_dict, tokenizer
 from oracle import Oracle
 from vllm_hogwild import prompts
+from vllm_hogwild.bans import Bans, vocabulary_of
 from vllm_hogwild.params import parse
 from vllm_hogwild.protocol import GroupProtocol
 from vllm_hogwild.steps import BoundaryRule
@@ -102,7 +103,10 @@ def protocol_oracle(family: str, workers: int, layout: str, max_tokens: int, who
     prompt = tok.encode(prompts.prompt_text(prompts.PRESETS["plain"], layout, names, PROBLEM))
     enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     config = parse(protocol_flags(workers, layout)).protocol
-    proto = GroupProtocol(config, enc, decoder(family), {tok.eos_token_id}, max_tokens, whole_texts=whole_texts)
+    texts, special = vocabulary_of(tok)
+    bans = Bans(prompts.banned_texts(names), texts, special)
+    proto = GroupProtocol(config, enc, decoder(family), {tok.eos_token_id}, max_tokens, whole_texts=whole_texts,
+                          bans=bans)
     framing = [(name, enc(text)) for name, text in prompts.framing(layout, names)]
     oracle = Oracle(hf_model(family), decoder(family), layout, RULE, prompt,
                     [enc(prompts.first_step(n, w)) for w, n in enumerate(names)], max_tokens,

@@ -10,6 +10,7 @@ not branches. Pure Python: no tokenizer, no vLLM.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 NAMES = ("Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi",
          "Ivan", "Judy", "Mallory", "Niaj", "Olivia", "Peggy", "Rupert", "Sybil")
@@ -187,3 +188,12 @@ def final_answer(text: str) -> str | None:
     rest = text[box + len("\\boxed{"):]
     end = _close(rest)
     return (rest if end is None else rest[:end]).strip()
+
+
+def banned_texts(names: Sequence[str]) -> list[str]:
+    """What no worker may write of its own (``bans.py``): every layout's section headings and
+    the cut-off marker, the workspace headings, every worker's step header (a worker's own
+    headers are forced, never sampled), the redundancy question and the final-answer heading."""
+    headings = [PAST_STEPS] + [text for blocks in FRAMING.values() for _, text in blocks]
+    return [t.strip() for t in headings] + [workspace_heading(n).strip() for n in names] \
+        + [step_header(n, 1).split("[")[0] + "[" for n in names] + [REDUNDANCY_CHECK.strip(), FINAL_HEADING]

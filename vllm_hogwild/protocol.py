@@ -11,6 +11,9 @@ chunk), unless the group asks for one token per step (``whole_texts=False``: wit
 logprobs, which forced tokens after the first do not have). Forced tokens are ordinary
 outputs of the worker, so they enter its stream and the shared cache like sampled ones.
 
+A sampled token never completes a text of the view's framing or another worker's header
+(``bans.py``, with ``bans`` given): the forced texts are the only framing in a worker's stream.
+
 Who answers: worker 0. It never stops on its own (its stop tokens are banned; when one
 is its top choice, the answer starts instead). The answer starts at the token budget,
 when a finished step holds a complete ``\\boxed{...}``, or when any worker ends; the
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from vllm_hogwild import prompts
+from vllm_hogwild.bans import Bans
 from vllm_hogwild.steps import BoundaryRule, StepScanner
 
 
@@ -62,6 +66,7 @@ class _Worker:
     issued: int = 0  # forced tokens issued, not yet observed
     since_check: int = 0
     step_text: str = ""
+    tail: str = ""  # the end of everything the worker wrote, forced texts too (for the bans)
     queue: list[int] = field(default_factory=list)
 
 
@@ -70,8 +75,9 @@ class GroupProtocol:
 
     def __init__(self, config: ProtocolConfig, encode: Callable[[str], list[int]],
                  decode: Callable[[int], str], stop_tokens: Iterable[int], max_tokens: int,
-                 whole_texts: bool = True) -> None:
+                 whole_texts: bool = True, bans: Bans | None = None) -> None:
         self.config = config
+        self.bans = bans
         self.whole_texts = whole_texts
         self._encode = encode
         self._decode = decode
@@ -129,6 +135,7 @@ class GroupProtocol:
             worker.seen += 1
             worker.since_check += 1
             text = self._decode(token)
+            worker.tail = (worker.tail + text)[-128:]
             forced = worker.issued > 0
             worker.issued -= forced
             if self.phase == "answer" and w == 0 and not worker.queue and not forced:
@@ -161,10 +168,14 @@ class GroupProtocol:
                 return self._force(worker, worker.queue.pop(0))
             text, worker.queue = worker.queue, []
             return self._force(worker, text[0], tuple(text[1:]))
+        # The bans never take a stop token from a worker that may stop (workers 1..W-1).
+        banned = self.bans.of(worker.tail) - self.stop_tokens if self.bans is not None else frozenset()
         if self.phase == "answer":
             done = prompts.answer_closed(self._answer) or self._answer_tokens >= self.config.answer_tokens
-            return self._force(worker, self._stop) if done else Action(greedy=True, ban=self.stop_tokens)
-        return Action(ban=self.stop_tokens) if w == 0 else FREE
+            return self._force(worker, self._stop) if done else Action(greedy=True, ban=self.stop_tokens | banned)
+        if w == 0:
+            return Action(ban=self.stop_tokens | banned)
+        return Action(ban=banned) if banned else FREE
 
     @staticmethod
     def _force(worker: _Worker, token: int, then: tuple[int, ...] = ()) -> Action:

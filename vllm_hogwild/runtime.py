@@ -59,6 +59,26 @@ def encoder(model_config: Any) -> Callable[[str], list[int]]:
     return lambda text: list(encode(text))
 
 
+def bans(model_config: Any, names: tuple[str, ...]) -> Any:
+    """The ``bans.Bans`` of a protocol group of workers ``names`` (made once per tokenizer and
+    group size: it reads the whole vocabulary)."""
+    tokenizer = (str(model_config.tokenizer), str(getattr(model_config, "tokenizer_revision", None)))
+    key = (tokenizer, tuple(names))
+    found = _BANS.get(key)
+    if found is None:
+        from vllm_hogwild import bans as bans_module, prompts
+
+        if tokenizer not in _VOCABULARIES:
+            _VOCABULARIES[tokenizer] = bans_module.vocabulary_of(_tokenizer(model_config))
+        texts, special = _VOCABULARIES[tokenizer]
+        found = _BANS[key] = bans_module.Bans(prompts.banned_texts(names), texts, special)
+    return found
+
+
+_BANS: dict = {}  # (tokenizer, names) -> Bans
+_VOCABULARIES: dict = {}  # tokenizer -> (each token's text, special token ids)
+
+
 def discarded_rows() -> Any:
     """Per batch row of this step, whether vLLM will discard its sample (a prompt chunk
     before the last: its logits are not at the end of anything), or None before the first step."""

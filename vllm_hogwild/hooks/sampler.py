@@ -82,7 +82,8 @@ class ProtocolRows:
             self._decode = runtime.token_texts(self._model_config)
             self._encode = runtime.encoder(self._model_config)
         return GroupProtocol(config, self._encode, self._decode, stop_tokens(params), params.max_tokens,
-                             whole_texts=self._whole_texts and params.logprobs is None)
+                             whole_texts=self._whole_texts and params.logprobs is None,
+                             bans=runtime.bans(self._model_config, config.names))
 
     def step(self, logits: Any, batch_rows: dict[Any, int], outputs: Any) -> Any:
         """``batch_rows``: row key -> logits row of this step's sampled, kept rows (a prompt

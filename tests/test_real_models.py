@@ -1,0 +1,92 @@
+"""Real checkpoints of the catalogue against the recompute oracle, and the protocol's framing on them.
+
+Skipped, saying how to fetch the model, where it is not fetched (CI never downloads them):
+``vllm-hogwild models fetch qwen2.5-coder-1.5b-instruct`` (1066 MiB) and ``... gemma-3-270m``
+(241 MiB). Slow: the oracle recomputes every worker's view at every step in transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from engines import engine, tokenizer
+from runs import assert_matches, assert_one_worker_is_plain, noise, oracle_runs
+
+pytestmark = pytest.mark.slow
+
+QWEN = "qwen2.5-coder-1.5b-instruct"
+GEMMA = "gemma-3-270m"
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "data")
+
+
+def gsm8k(n: int) -> str:
+    """GSM8K test problem ``n`` (a development problem: 0-99)."""
+    with open(os.path.join(DATA, "gsm8k_test_0_299.jsonl"), encoding="utf-8") as f:
+        return json.loads(f.readlines()[n])["question"]
+
+
+def chat_ids(family: str, text: str) -> list[int]:
+    tok = tokenizer(family)
+    return tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+
+
+def group(family: str, ids: list[int], workers: int, layout: str, max_tokens: int, llm):
+    from vllm import SamplingParams, TokensPrompt
+
+    from runs import group_params
+
+    params = SamplingParams(**group_params(workers, layout, max_tokens))
+    out = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
+    return out, oracle_runs(family, ids, workers, layout, max_tokens)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_qwen_groups_equal_the_oracle(workers, layout):
+    """Qwen2.5-Coder-1.5B-Instruct in float32, 48 tokens a worker, steps cut at every "e" (so
+    that fragments move at almost every token): the oracle's tokens, logprobs within 1e-4."""
+    llm = engine(QWEN, kv_bytes=256 * 2**20)
+    out, runs = group(QWEN, chat_ids(QWEN, gsm8k(0)), workers, layout, 48, llm)
+    assert_matches(out, runs)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])
+def test_gemma3_groups_past_the_window_equal_the_oracle(layout):
+    """Gemma 3 270M (local layers with a 512-token window, global layers; vLLM's hybrid KV
+    cache manager off): two workers of 300 tokens after a 100-token prompt, so that every view
+    outgrows the window and windowed and global layers see different keys."""
+    llm = engine(GEMMA, kv_bytes=256 * 2**20, max_model_len=2048, hybrid_kv_cache=False)
+    ids = tokenizer(GEMMA).encode(gsm8k(1) + " " + gsm8k(2), add_special_tokens=True)
+    out, runs = group(GEMMA, ids, 2, layout, 300, llm)
+    assert len(ids) + 2 * 300 > 512 + 100
+    assert_matches(out, runs)
+
+
+def test_gemma3_one_worker_is_a_plain_request():
+    llm = engine(GEMMA, kv_bytes=256 * 2**20, max_model_len=2048, hybrid_kv_cache=False)
+    assert_one_worker_is_plain(llm, tokenizer(GEMMA).encode(gsm8k(3)), 64, lambda _: noise("float32", 18, 30.0))
+
+
+def test_qwen_workers_never_write_the_framing():
+    """Two GSM8K problems, W=2 with the protocol, every layout: no worker's own text holds a
+    section heading, the cut-off marker, a header or the template's control tokens (a real
+    instruct model copied them at every step before the bans)."""
+    from vllm import SamplingParams
+
+    from vllm_hogwild import prompts
+
+    llm = engine(QWEN, kv_bytes=256 * 2**20, max_model_len=2048)
+    banned = prompts.banned_texts(prompts.NAMES[:2]) + ["<|im_start|>", "<|im_end|>"]
+    for layout in ("contiguous", "interleaved", "combined"):
+        flags = {"hogwild_workers": 2, "hogwild_protocol": True, "hogwild_layout": layout}
+        outs = llm.chat([[{"role": "user", "content": gsm8k(n)}] for n in (0, 1)],
+                        SamplingParams(temperature=0, max_tokens=160, extra_args=flags), use_tqdm=False)
+        for out in outs:
+            for w, o in enumerate(out.outputs):
+                own = o.text.split(prompts.FINAL_HEADING)[0]
+                for step in own.split("**" + prompts.NAMES[w] + " [")[1:]:  # each sampled step after its header
+                    body = step.split(":**", 1)[-1].replace(prompts.REDUNDANCY_CHECK.strip(), "")  # forced
+                    assert not [b for b in banned if b in body], (layout, w, body)
