@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -132,7 +131,7 @@ def main() -> None:
             f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else
                                           f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
             for k, v in vars(args).items() if k not in ("out", "model_dir") and v is not False),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": _machine(),
         "date": time.strftime("%Y-%m-%d"),
         "single_request": {"median_step_ms": single_ms, "tokens_per_s": 1e3 / single_ms},
         "boundary": boundary,
@@ -146,3 +145,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _machine() -> dict:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import driver
+
+    return driver.machine()

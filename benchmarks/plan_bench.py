@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import driver  # noqa: E402
 
 from hogwild_kernels import build, triton_op  # noqa: E402
 from vllm_hogwild.attention import step_rows  # noqa: E402
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=200)
     parser.add_argument("--sample", type=int, default=50, help="last steps timed (median)")
     args = parser.parse_args()
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv),
+    result = {"machine": driver.machine(), "command": " ".join(sys.argv),
               "date": time.strftime("%Y-%m-%d"), "runs": []}
     for layout in args.layouts:
         for context in args.contexts:

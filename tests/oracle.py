@@ -144,7 +144,7 @@ class Oracle:
         if action.force is not None:
             return action.force
         masked = logits.clone()
-        masked[list(action.ban)] = float("-inf")
+        masked[[t for t in action.ban if t < masked.shape[0]]] = float("-inf")
         return int(masked.argmax())
 
     def attention(self, module, query, key, value, scaling, window, softcap, sinks) -> torch.Tensor:

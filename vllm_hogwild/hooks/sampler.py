@@ -105,8 +105,8 @@ class ProtocolRows:
                 if action.then:
                     self._then[rows[w]] = action.then
                 row = logits[rows[w]]
-                if action.ban:
-                    row[list(action.ban)] = float("-inf")
+                if action.ban:  # a tokenizer may count tokens past the model's logits (added tokens)
+                    row[[t for t in action.ban if t < row.shape[0]]] = float("-inf")
                 keep = action.force if action.force is not None else int(row.argmax()) if action.greedy else None
                 if keep is not None:
                     row.fill_(float("-inf"))
