@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         for at in range(0, len(todo), args.batch):
             chunk = todo[at:at + args.batch]
             start = time.perf_counter()
-            outs = llm.chat([[{"role": "user", "content": problems[n - args.first].problem}] for n in chunk], params,
+            outs = llm.chat([[{"role": "user", "content": problems[n - args.first].text}] for n in chunk], params,
                             use_tqdm=False)
             seconds = time.perf_counter() - start
             with open(args.out + ".jsonl", "a", encoding="utf-8") as f:
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"problems {chunk[0]}-{chunk[-1]}: {seconds:.0f} s, "
                   f"{sum(bool(e) for n in chunk for e in done[n]['echoes'])} worker texts with echoes", flush=True)
     rows = [done[n] for n in sorted(done) if args.first <= n < args.first + args.count]
+    for r in rows:  # counted again from the texts: the same rule for runs made before a change of it
+        r["echoes"] = [echoes(own_text(t, names[w]), names) for w, t in enumerate(r["texts"])]
     texts = sum(len(r["echoes"]) for r in rows)
     with_echo = sum(bool(e) for r in rows for e in r["echoes"])
     kinds: dict[str, int] = {}

@@ -13,7 +13,26 @@ import os
 import pytest
 
 from engines import engine, tokenizer
-from runs import assert_matches, assert_one_worker_is_plain, noise, oracle_runs
+from engines import output_dict
+from runs import assert_one_worker_is_plain, noise, oracle_runs
+
+# Float32 on a real model: vLLM and transformers sum in other orders, and a real model's residual
+# stream runs to hundreds (Qwen2's), far above its logits, so logprobs move by more than the
+# tiny models' 1e-4 (Qwen 1.5B: 1.0e-4 at the third step of a W=2 group). Tokens must be equal.
+LOGPROB_BOUND = 1e-3
+
+
+def assert_equal_tokens(out, runs) -> float:
+    """Every worker's tokens are the oracle's; each logprob vLLM reports within LOGPROB_BOUND of
+    the oracle's. Returns the largest difference."""
+    worst = 0.0
+    for w, (got, want) in enumerate(zip(output_dict(out)["outputs"], runs)):
+        assert got["token_ids"] == want.generated, f"worker {w} tokens differ"
+        for step, (lp, ref) in enumerate(zip(got["logprobs"], want.logprobs)):
+            for token, logprob in lp.items():
+                worst = max(worst, abs(logprob - float(ref[token])))
+    assert worst <= LOGPROB_BOUND, worst
+    return worst
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +49,8 @@ def gsm8k(n: int) -> str:
 
 def chat_ids(family: str, text: str) -> list[int]:
     tok = tokenizer(family)
-    return tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    rendered = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    return tok.encode(rendered, add_special_tokens=False)
 
 
 def group(family: str, ids: list[int], workers: int, layout: str, max_tokens: int, llm):
@@ -47,10 +67,11 @@ def group(family: str, ids: list[int], workers: int, layout: str, max_tokens: in
 @pytest.mark.parametrize("workers", [2, 3])
 def test_qwen_groups_equal_the_oracle(workers, layout):
     """Qwen2.5-Coder-1.5B-Instruct in float32, 48 tokens a worker, steps cut at every "e" (so
-    that fragments move at almost every token): the oracle's tokens, logprobs within 1e-4."""
+    that fragments move at almost every token): the oracle's tokens, and logprobs within
+    ``LOGPROB_BOUND`` of the oracle's."""
     llm = engine(QWEN, kv_bytes=256 * 2**20)
     out, runs = group(QWEN, chat_ids(QWEN, gsm8k(0)), workers, layout, 48, llm)
-    assert_matches(out, runs)
+    print(f"largest logprob difference: {assert_equal_tokens(out, runs):.2e}")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])
@@ -62,7 +83,7 @@ def test_gemma3_groups_past_the_window_equal_the_oracle(layout):
     ids = tokenizer(GEMMA).encode(gsm8k(1) + " " + gsm8k(2), add_special_tokens=True)
     out, runs = group(GEMMA, ids, 2, layout, 300, llm)
     assert len(ids) + 2 * 300 > 512 + 100
-    assert_matches(out, runs)
+    print(f"largest logprob difference: {assert_equal_tokens(out, runs):.2e}")
 
 
 def test_gemma3_one_worker_is_a_plain_request():

@@ -195,5 +195,6 @@ def banned_texts(names: Sequence[str]) -> list[str]:
     the cut-off marker, the workspace headings, every worker's step header (a worker's own
     headers are forced, never sampled), the redundancy question and the final-answer heading."""
     headings = [PAST_STEPS] + [text for blocks in FRAMING.values() for _, text in blocks]
-    return [t.strip() for t in headings] + [workspace_heading(n).strip() for n in names] \
+    texts = [t.strip() for t in headings] + [workspace_heading(n).strip() for n in names] \
         + [step_header(n, 1).split("[")[0] + "[" for n in names] + [REDUNDANCY_CHECK.strip(), FINAL_HEADING]
+    return list(dict.fromkeys(texts))
