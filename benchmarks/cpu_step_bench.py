@@ -148,6 +148,8 @@ if __name__ == "__main__":
 
 
 def _machine() -> dict:
+    import sys
+
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import driver
 
