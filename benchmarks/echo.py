@@ -35,15 +35,14 @@ GSM8K = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gsm8k_
 CONTROL = re.compile(r"<\|[a-z_]+\|>")
 
 
-def own_text(text: str, name: str) -> str:
+def own_text(text: str, names: list[str], worker: int) -> str:
     """A worker's sampled text: its output without the protocol's forced texts."""
     from vllm_hogwild import prompts
 
-    text = text.split(prompts.FINAL_HEADING)[0]
+    name = names[worker]
+    text = text.split(prompts.FINAL_HEADING)[0].replace(prompts.first_step(name, worker), "")
     text = re.sub(re.escape("**" + name + " [") + r"\d+\]:\*\*", "", text)
-    text = text.replace(prompts.REDUNDANCY_CHECK.strip(), "")
-    return text.replace(f"Hi, I'm {name}.", "").replace(" Let's agree on a plan first. I suggest we split it like this:",
-                                                         "").replace(" I'll read the plan and take a part of it.", "")
+    return text.replace(prompts.REDUNDANCY_CHECK.strip(), "")
 
 
 def echoes(text: str, names: list[str]) -> list[str]:
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.out + ".jsonl", "a", encoding="utf-8") as f:
                 for n, out in zip(chunk, outs):
                     texts = [o.text for o in out.outputs]
-                    found = [echoes(own_text(t, names[w]), names) for w, t in enumerate(texts)]
+                    found = [echoes(own_text(t, names, w), names) for w, t in enumerate(texts)]
                     answer = getattr(out, "hogwild_final_answer", None)
                     row = {"problem": n, "answer": answer, "expected": problems[n - args.first].answer,
                            "correct": answer is not None and is_correct(answer, problems[n - args.first].answer),
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{sum(bool(e) for n in chunk for e in done[n]['echoes'])} worker texts with echoes", flush=True)
     rows = [done[n] for n in sorted(done) if args.first <= n < args.first + args.count]
     for r in rows:  # counted again from the texts: the same rule for runs made before a change of it
-        r["echoes"] = [echoes(own_text(t, names[w]), names) for w, t in enumerate(r["texts"])]
+        r["echoes"] = [echoes(own_text(t, names, w), names) for w, t in enumerate(r["texts"])]
     texts = sum(len(r["echoes"]) for r in rows)
     with_echo = sum(bool(e) for r in rows for e in r["echoes"])
     kinds: dict[str, int] = {}
