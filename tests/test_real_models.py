@@ -1,6 +1,7 @@
 """Real checkpoints of the catalogue against the recompute oracle, and the protocol's framing on them.
 
-Skipped, saying how to fetch the model, where it is not fetched (CI never downloads them):
+Run only when asked for (``bash scripts/test.sh --real-models tests/test_real_models.py``), and then
+skipped, saying how to fetch the model, where it is not fetched (CI never downloads them):
 ``vllm-hogwild models fetch qwen2.5-coder-1.5b-instruct`` (1066 MiB) and ``... gemma-3-270m``
 (241 MiB). Slow: the oracle recomputes every worker's view at every step in transformers.
 """
@@ -34,7 +35,7 @@ def assert_equal_tokens(out, runs) -> float:
     assert worst <= LOGPROB_BOUND, worst
     return worst
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
 QWEN = "qwen2.5-coder-1.5b-instruct"
 GEMMA = "gemma-3-270m"
