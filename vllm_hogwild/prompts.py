@@ -2,7 +2,7 @@
 
 Our own wording of what the paper's authors did: one instruction before the problem,
 headings that frame each layout's sections, a header before every step of a worker
-(the first one with a greeting that invites planning), a redundancy question, and a
+(the first one with an opening that invites planning), a redundancy question, and a
 closing sentence that forces a ``\\boxed{`` answer. Chat formats are data (``PRESETS``),
 not branches. Pure Python: no tokenizer, no vLLM.
 """
@@ -57,7 +57,7 @@ def auto_preset(model_type: str, has_token) -> str:
 # Layout framing: the heading that ends the prompt, then the blocks the layout places.
 PAST_STEPS = "### Past steps\n\n"
 FRAMING = {
-    "combined": [("others", "### Steps in progress\n\n"), ("marker", " <...>\n\n"),
+    "combined": [("others", "### Steps in progress\n\n"), ("marker", "\n\n"),
                  ("own", "### My step in progress\n\n")],
     "interleaved": [("own", "### My step in progress\n\n")],
 }
@@ -65,7 +65,7 @@ LAYOUT_GUIDE = {
     "combined": (
         'Under "### Past steps" you see everyone\'s finished steps, in the order they were finished. '
         'Under "### Steps in progress" you see the step each of the others is writing right now, '
-        'cut off with "<...>"; your own unfinished step comes last, under "### My step in progress".'
+        'cut off where they are now; your own unfinished step comes last, under "### My step in progress".'
     ),
     "interleaved": (
         'Under "### Past steps" you see everyone\'s finished steps, in the order they were finished; '
@@ -137,10 +137,11 @@ def step_header(name: str, step: int) -> str:
 
 
 def first_step(name: str, worker: int) -> str:
-    """A worker's first text: the header of step 1 and a greeting that invites planning."""
+    """A worker's first text: the header of step 1 and an opening that invites planning (no
+    greeting: a greeting that opens step 1 is what a real model repeats at every later step)."""
     invite = " Let's agree on a plan first. I suggest we split it like this:" if worker == 0 \
         else " I'll read the plan and take a part of it."
-    return f"{step_header(name, 1)} Hi, I'm {name}.{invite}"
+    return f"{step_header(name, 1)}{invite}"
 
 
 REDUNDANCY_CHECK = " Quick check: is someone else already doing what I am doing? (yes/no):"
@@ -191,10 +192,10 @@ def final_answer(text: str) -> str | None:
 
 
 def banned_texts(names: Sequence[str]) -> list[str]:
-    """What no worker may write of its own (``bans.py``): every layout's section headings and
-    the cut-off marker, the workspace headings, every worker's step header (a worker's own
-    headers are forced, never sampled), the redundancy question and the final-answer heading."""
+    """What no worker may write of its own (``bans.py``): every layout's section headings, the
+    workspace headings, every worker's name before a step number (``Bob [``: a header, bold or
+    not; a worker's own headers are forced, never sampled), the redundancy question and the final-answer heading."""
     headings = [PAST_STEPS] + [text for blocks in FRAMING.values() for _, text in blocks]
-    texts = [t.strip() for t in headings] + [workspace_heading(n).strip() for n in names] \
-        + [step_header(n, 1).split("[")[0] + "[" for n in names] + [REDUNDANCY_CHECK.strip(), FINAL_HEADING]
+    texts = [t.strip() for t in headings if t.strip()] + [workspace_heading(n).strip() for n in names] \
+        + [f"{n} [" for n in names] + [REDUNDANCY_CHECK.strip(), FINAL_HEADING]
     return list(dict.fromkeys(texts))

@@ -13,6 +13,7 @@ outputs of the worker, so they enter its stream and the shared cache like sample
 
 A sampled token never completes a text of the view's framing or another worker's header
 (``bans.py``, with ``bans`` given): the forced texts are the only framing in a worker's stream.
+Nor does it write again ``repeat_tokens`` tokens of a finished step or of its own step (``repeats.py``).
 
 Who answers: worker 0. It never stops on its own (its stop tokens are banned; when one
 is its top choice, the answer starts instead). The answer starts at the token budget,
@@ -28,18 +29,25 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from vllm_hogwild import prompts
 from vllm_hogwild.bans import Bans
+from vllm_hogwild.repeats import RepeatGuard
 from vllm_hogwild.steps import BoundaryRule, StepScanner
+
+
+REPEAT_TOKENS = 8
 
 
 @dataclass(frozen=True)
 class ProtocolConfig:
     """``check_tokens``: a worker's tokens between redundancy questions (0: never).
-    ``answer_tokens``: most tokens of the final answer after ``\\boxed{``."""
+    ``answer_tokens``: most tokens of the final answer after ``\\boxed{``.
+    ``repeat_tokens``: the shortest run of tokens copied from a finished step that a worker may
+    not sample (``repeats.py``; 0: copies allowed)."""
 
     names: tuple[str, ...]
     rule: BoundaryRule = BoundaryRule()
     check_tokens: int = 1024
     answer_tokens: int = 16
+    repeat_tokens: int = REPEAT_TOKENS
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class GroupProtocol:
         self._answer = ""
         self._answer_tokens = 0
         self._boxed_step = False  # a finished step holds a complete boxed answer
+        self._repeats = RepeatGuard(config.repeat_tokens, len(config.names)) if config.repeat_tokens else None
 
     @staticmethod
     def reserve(config: ProtocolConfig, closing_tokens: int) -> int:
@@ -144,13 +153,17 @@ class GroupProtocol:
                 continue
             ends = worker.scanner.ends_step(text)
             worker.step_text += text
+            if not forced and self._repeats is not None:
+                self._repeats.add(w, token)
             if ends and not forced and not worker.queue and self.phase == "work":
-                self._end_step(worker)
+                self._end_step(w, worker)
 
-    def _end_step(self, worker: _Worker) -> None:
+    def _end_step(self, w: int, worker: _Worker) -> None:
         if prompts.boxed(worker.step_text) is not None:
             self._boxed_step = True
         worker.step_text = ""
+        if self._repeats is not None:
+            self._repeats.end_step(w)
         worker.step += 1
         text = prompts.step_header(worker.name, worker.step)
         check = self.config.check_tokens
@@ -170,6 +183,8 @@ class GroupProtocol:
             return self._force(worker, text[0], tuple(text[1:]))
         # The bans never take a stop token from a worker that may stop (workers 1..W-1).
         banned = self.bans.of(worker.tail) - self.stop_tokens if self.bans is not None else frozenset()
+        if self._repeats is not None and self.phase == "work":
+            banned |= self._repeats.banned(w) - self.stop_tokens
         if self.phase == "answer":
             done = prompts.answer_closed(self._answer) or self._answer_tokens >= self.config.answer_tokens
             return self._force(worker, self._stop) if done else Action(greedy=True, ban=self.stop_tokens | banned)
