@@ -42,6 +42,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import driver  # noqa: E402  (sets vLLM's environment before vLLM is imported)
+import transcripts  # noqa: E402
 from grading import is_correct, majority, wilson  # noqa: E402
 
 METHODS = ("hogwild", "single", "independent")
@@ -105,7 +106,7 @@ def grade(solved: driver.Solved, truth: str) -> dict:
     answer = given[0] if len(given) == 1 else majority(given)
     return {"answer": answer, "given": given, "truth": truth, "correct": is_correct(answer, truth),
             "depth": solved.depth, "seconds": round(solved.seconds, 2),
-            "tokens": sum(a.tokens for a in solved.answers)}
+            "tokens": sum(a.tokens for a in solved.answers), "texts": [a.texts for a in solved.answers]}
 
 
 def _load(path: str | None) -> dict[tuple[str, int, int, int], dict]:
@@ -115,6 +116,16 @@ def _load(path: str | None) -> dict[tuple[str, int, int, int], dict]:
             for row in map(json.loads, f):
                 done[(row["method"], row["workers"], row["budget"], row["problem"])] = row
     return done
+
+
+def reading(graded: list[dict], workers: int, problems: list) -> dict:
+    """What the groups' workers did with each other's work (``transcripts``), over the
+    problems whose texts were kept."""
+    from vllm_hogwild.prompts import NAMES
+
+    names = list(NAMES[:workers])
+    kept = [g for g in graded if g.get("texts")]
+    return transcripts.summary([transcripts.read(g["texts"][0], names, problems[g["problem"]].text) for g in kept])
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -159,7 +170,8 @@ def run(args: argparse.Namespace) -> dict:
                 "accuracy": right / len(graded), "interval": [low, high],
                 "answered": sum(g["answer"] is not None for g in graded),
                 "depth_mean": statistics.mean(g["depth"] for g in graded),
-                "seconds_mean": statistics.mean(g["seconds"] for g in graded), "problems": graded})
+                "seconds_mean": statistics.mean(g["seconds"] for g in graded),
+                **({"transcripts": reading(graded, w, problems)} if m == "hogwild" else {}), "problems": graded})
     return {"benchmark": "accuracy", "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
             "model": model, "machine": driver.machine(), "problems": [numbers[0], numbers[-1]],
             "config": {k: v for k, v in vars(args).items() if k != "out"}, "results": results}
@@ -177,9 +189,28 @@ def table(report: dict) -> str:
                   f"({r['correct']}/{r['total']}; {r['answered']} answered; depth {r['depth_mean']:.0f}; "
                   f"{r['seconds_mean']:.0f} s)" for r in rows]
         lines.append(f"| {name} | " + " | ".join(cells_) + " |")
-    return "\n".join(lines) + "\n\nEach cell: accuracy [95% Wilson interval] (right/problems; problems with " \
-                              "an answer; mean engine steps from a problem's first token to its answer; mean " \
-                              "wall time from submission to the answer, in a batch of many problems).\n"
+    lines += ["", "Each cell: accuracy [95% Wilson interval] (right/problems; problems with an answer; mean engine "
+              "steps from a problem's first token to its answer; mean wall time from submission to the answer, "
+              "in a batch of many problems).", "", *why(report)]
+    return "\n".join(lines) + "\n"
+
+
+def why(report: dict) -> list[str]:
+    """What the hogwild groups' workers did (``benchmarks/transcripts.py``), per row and budget."""
+    rows = [(name, r) for name, rs in report["results"].items() for r in rs if r.get("transcripts", {}).get("steps")]
+    if not rows:
+        return []
+    lines = ["What the workers did (`benchmarks/transcripts.py`; a step's results are the numbers it writes "
+             "that the problem does not hold):", "",
+             "| row | budget | groups | steps | duplicates | name another worker | copy 8 words | results shared "
+             "| redundancy answers |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in rows:
+        t = r["transcripts"]
+        share = lambda k: f"{t[k]} ({t[k] / t['steps']:.0%})"  # noqa: E731
+        checks = ", ".join(f"{k} {v}" for k, v in sorted(t["checks"].items())) or "none asked"
+        lines.append(f"| {name} | {r['budget']} | {t['groups']} | {t['steps']} | {share('duplicates')} | "
+                     f"{share('reacts')} | {share('copies')} | {t['shared_share']:.0%} of {t['results']} | {checks} |")
+    return lines
 
 
 def plot(report: dict):

@@ -197,7 +197,7 @@ def test_a_forced_text_is_written_in_one_step():
     assert one.steps - whole.steps == 4 * (len(header) - 1)  # a header costs one step, not one per token
     proto = protocol(whole_texts=True)
     actions = proto.step({0: encode("We add.\n\n"), 1: encode("I")})  # Alice's step ends: her header is due
-    assert actions[0] == Action(force=header[0], then=tuple(header[1:])) and actions[1] == FREE
+    assert actions[0] == Action(force=header[0], then=tuple(header[1:])) and actions[1] == Action(ban=frozenset({STOP}))
 
 
 def test_a_header_never_eats_into_the_answer_reserve():
@@ -240,9 +240,9 @@ def test_budget_forces_the_closing_and_a_greedy_answer():
 
 
 def test_answer_stops_when_its_brace_closes():
-    s = Script(protocol(answer=8), {0: "ab", 1: "cd"}, answer="4}")
-    s.run(200, wants_stop_at=2)
-    assert s.text(0) == "ab" + prompts.CLOSING + "4}"
+    s = Script(protocol(answer=8), {0: "ab.\n\n", 1: "cd"}, answer="4}")
+    s.run(200, wants_stop_at=19)  # Alice's step 1 ended at her 5th token, her header took 14 more
+    assert s.text(0) == "ab.\n\n**Alice [2]:**" + prompts.CLOSING + "4}"
     assert prompts.final_answer(s.text(0)) == "4"
 
 
@@ -250,18 +250,25 @@ def test_a_worker_that_ends_starts_the_answer_and_stops_the_others():
     s = Script(protocol(workers=3), {0: "ab", 1: "cd", 2: "ef"})
     s.run(4)
     s.outputs[2].append(STOP)
-    s.ended.add(2)  # Carol stops on her own
+    s.ended.add(2)  # Carol ends: aborted, or at her own token limit
     s.run(200)
     assert s.outputs[1][-1] == STOP and len(s.outputs[1]) == 5
     assert prompts.final_answer(s.text(0)) == "7777"
 
 
-def test_worker_zero_never_stops_on_its_own_but_its_wish_starts_the_answer():
+def test_no_worker_stops_on_its_own_and_worker_zeros_wish_starts_the_answer_after_its_first_step():
+    """An instruct model's end of turn right after the forced opening must not end the group:
+    every worker's stop tokens are banned, and worker 0's wish to stop is heard only once it
+    has finished a step."""
     proto = protocol()
     outputs = {0: encode("ab"), 1: encode("cd")}
-    assert proto.step(outputs, set(), False) == {0: Action(ban=frozenset({STOP})), 1: FREE}
-    actions = proto.step(outputs, set(), wants_stop=True)
-    assert actions[0].force == encode(prompts.CLOSING)[0] and actions[1].force == STOP
+    stop_banned = Action(ban=frozenset({STOP}))
+    assert proto.step(outputs, set(), False) == {0: stop_banned, 1: stop_banned}
+    assert proto.step(outputs, set(), wants_stop=True) == {0: stop_banned, 1: stop_banned}
+    s = Script(protocol(), {0: "ab.\n\n", 1: "cd"})
+    s.run(200, wants_stop_at=19)  # after her step 1 (5 tokens) and header (14): now her wish counts
+    assert s.text(0) == "ab.\n\n**Alice [2]:**" + prompts.CLOSING + "7777"
+    assert s.outputs[1][-1] == STOP and STOP not in s.outputs[1][:-1]
 
 
 def test_a_boxed_answer_in_a_finished_step_starts_the_answer():

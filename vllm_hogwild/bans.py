@@ -14,7 +14,8 @@ tail): ``t`` is banned if ``S`` occurs in ``tail + t`` but not in ``tail``, that
 contains ``S``, or if the tail ends with ``S[:k]`` and ``t`` starts with ``S[k:]``. Tokens whose
 text contains ``S`` are found once per vocabulary; those that start with a given text by
 binary search over the vocabulary's texts, sorted. Special tokens (the chat template's turn
-markers) are banned outright, but the worker's stop tokens where it may stop.
+markers, the stop tokens among them) are banned outright: a worker that must stop has its
+stop token forced, which no ban holds back.
 
 Pure Python: the vocabulary comes in as each token's text.
 """
