@@ -174,7 +174,19 @@ def run(args: argparse.Namespace) -> dict:
                 **({"transcripts": reading(graded, w, problems)} if m == "hogwild" else {}), "problems": graded})
     return {"benchmark": "accuracy", "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
             "model": model, "machine": driver.machine(), "problems": [numbers[0], numbers[-1]],
-            "config": {k: v for k, v in vars(args).items() if k != "out"}, "results": results}
+            "config": {k: v for k, v in vars(args).items() if k != "out"}, "protocol": protocol_texts(args),
+            "results": results}
+
+
+def protocol_texts(args: argparse.Namespace) -> dict:
+    """The protocol's words this run used (they change between runs: results name theirs)."""
+    from vllm_hogwild import prompts
+
+    names = list(prompts.NAMES[:max(args.workers)])
+    return {"instruction": prompts.instruction(args.layout, names),
+            "instruction_alone": prompts.instruction(args.layout, names[:1]),
+            "first_steps": [prompts.first_step(names, w) for w in range(len(names))],
+            "first_step_alone": prompts.first_step(names[:1], 0)}
 
 
 def table(report: dict) -> str:

@@ -102,7 +102,11 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtyp
             for name, (op, _, stores) in calls.items()}
     rounding = 0.0 if dtype == "float32" else 2.0**-7  # two roundings of the output, one ulp apart at most
     for name, out in outs.items():
-        assert torch.allclose(out.float(), outs["torch"].float(), atol=1e-5, rtol=rounding), name
+        # bfloat16 dots round the query and the weights too (tests/test_cpu_native.py holds them
+        # to their bound): here only a sanity check, at a bfloat16 ulp of values of ~1.
+        op = calls[name][0]
+        dots = op is not cpu_op and op.bf16_dots(caches[0][0])
+        assert torch.allclose(out.float(), outs["torch"].float(), atol=2.0**-7 if dots else 1e-5, rtol=rounding), name
     times: dict[str, list[float]] = {name: [] for name in calls}
     prep: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
@@ -116,6 +120,7 @@ def run(workers: int, context: int, layout: str, layers: int, repeats: int, dtyp
             times[name].append(timeit.timeit(step, number=2) / (2 * layers) * 1e3)
             prep[name].append(timeit.timeit(lambda: prepare_of(op), number=3) / 3 * 1e3)
     return {"workers": workers, "context": context, "layout": layout, "dtype": dtype, "window": window,
+            "bf16_dots": {name: bool(op is not cpu_op and op.bf16_dots(caches[0][0])) for name, (op, _, _) in calls.items()},
             "fragments_per_view": len(views[0].fragments),
             "ms_per_layer": {name: statistics.median(v) for name, v in times.items()},
             "ms_prepare_per_step": {name: statistics.median(v) for name, v in prep.items()}}

@@ -96,11 +96,13 @@ def engine_options(parser: Any) -> None:
     parser.add_argument("--max-batched-tokens", type=int, default=8192)
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="the model's dtype (default: float32 on CPU, vLLM's on a GPU)")
 
 
 def engine_from(args: Any, model: str) -> Any:
     return build_llm(model, args.max_model_len, args.kv_gib, args.max_num_seqs, args.max_batched_tokens,
-                     args.seed, args.tensor_parallel_size)
+                     args.seed, args.tensor_parallel_size, dtype=getattr(args, "dtype", None))
 
 
 @dataclass

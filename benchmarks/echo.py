@@ -46,7 +46,7 @@ def own_text(text: str, names: list[str], worker: int) -> str:
     from vllm_hogwild import prompts
 
     name = names[worker]
-    text = text.split(prompts.FINAL_HEADING)[0].replace(prompts.first_step(name, worker), "")
+    text = text.split(prompts.FINAL_HEADING)[0].replace(prompts.first_step(names, worker), "")
     # A header is forced whole, but the text of a worker stopped in its last step can end inside it.
     text = re.sub(re.escape("**" + name + " [") + r"\d+\]:\*\*|" + re.escape("**" + name + " [") + r"[\d\]:*]*$", "",
                   text)

@@ -4,10 +4,11 @@ Pure text: no vLLM, no torch. A group's transcript is its workers' texts, each a
 opened by the protocol's headers (``**Alice [2]:**``). The measures answer the questions the
 paper's claim rests on: do the workers split the work, build on each other, or redo it?
 
-Time inside a group is read from text length: every worker writes one token per engine step,
-so a step that starts further into its worker's text than another worker's step ends into
-its own was written after that one finished. Characters stand in for tokens (workers write
-text of the same kind; the forced texts are the same for all), so the clock is approximate.
+Time inside a group is read from text length: every worker samples one token per engine step
+(a forced text, a header or an opening, takes one step whatever its length), so a step that
+starts further into its worker's sampled text than another worker's step ends into its own
+was written after that one finished. Characters of sampled text stand in for tokens (the
+workers write text of the same kind), so the clock is approximate.
 
 A step's *results* are the numbers it writes that the problem does not hold: the quantities
 it derived. Per group:
@@ -17,7 +18,7 @@ it derived. Per group:
 * ``duplicates``: steps with results, every one of them already derived by another worker in
   a step that had finished before this one began: work the group had already done;
 * ``reacts``: steps that name another worker;
-* ``copies``: steps holding a run of ``COPY_WORDS`` words another worker had already written;
+* ``copies``: steps holding a run of ``COPY_WORDS`` words of another worker's finished step;
 * ``shared``: of the results any worker derived, the share that more than one worker derived
   (0: the workers split the work, or went different ways; 1: they did the same);
 * ``checks``: the redundancy question's answers, ``yes``, ``no`` or anything else.
@@ -38,7 +39,7 @@ ANSWER = re.compile(re.escape(prompts.REDUNDANCY_CHECK.strip()) + r"\s*([A-Za-z]
 @dataclass(frozen=True)
 class Step:
     worker: int
-    start: int  # characters into the worker's text: the clock (see the module's docstring)
+    start: int  # characters of sampled text the worker wrote before it: the clock (see above)
     end: int
     text: str
 
@@ -67,21 +68,23 @@ def numbers(text: str) -> set[str]:
     return out
 
 
-def steps_of(text: str, name: str, worker: int) -> list[Step]:
-    """A worker's steps, headers and forced texts cut out, with where each sits in its text."""
+def steps_of(text: str, names: list[str], worker: int) -> list[Step]:
+    """Worker ``worker``'s steps, headers and forced texts cut out, with where each sits in its text."""
+    name = names[worker]
     text = text.split(prompts.FINAL_HEADING)[0]
     header = re.compile(re.escape(f"**{name} [") + r"\d+\]:\*\*")
     cuts = [m.end() for m in header.finditer(text)]
     ends = [m.start() for m in header.finditer(text)][1:] + [len(text)]
-    out = []
-    opening = prompts.first_step(name, worker)[len(prompts.step_header(name, 1)):]
+    out, clock = [], 0
+    opening = prompts.first_step(names, worker)[len(prompts.step_header(name, 1)):]
     for start, end in zip(cuts, ends):
         body = text[start:end]
         if start == cuts[0] and body.startswith(opening):
-            body, start = body[len(opening):], start + len(opening)
-        body = body.replace(prompts.REDUNDANCY_CHECK.strip(), " ")
-        if body.strip():
-            out.append(Step(worker, start, end, body.strip()))
+            body = body[len(opening):]
+        body = body.replace(prompts.REDUNDANCY_CHECK.strip(), " ").strip()
+        if body:
+            out.append(Step(worker, clock, clock + len(body), body))
+            clock += len(body)
     return out
 
 
@@ -96,7 +99,7 @@ def _runs(words: list[str]) -> set[tuple[str, ...]]:
 def read(texts: list[str], names: list[str], problem: str) -> Reading:
     """The measures of one group: ``texts[w]`` is worker ``w``'s output, ``names[w]`` its name."""
     given = numbers(problem)
-    steps = [s for w, t in enumerate(texts) for s in steps_of(t, names[w], w)]
+    steps = [s for w, t in enumerate(texts) for s in steps_of(t, names, w)]
     derived = {id(s): numbers(s.text) - given for s in steps}
     r = Reading(steps=len(steps))
     for s in steps:
@@ -106,7 +109,7 @@ def read(texts: list[str], names: list[str], problem: str) -> Reading:
             r.duplicates += 1
         if any(re.search(rf"\b{re.escape(n)}\b", s.text) for w, n in enumerate(names) if w != s.worker):
             r.reacts += 1
-        before = set().union(*(_runs(_words(texts[w][:s.start])) for w in range(len(texts)) if w != s.worker))
+        before = set().union(*(_runs(_words(o.text)) for o in earlier))
         if _runs(_words(s.text)) & before:
             r.copies += 1
     by_worker = [set().union(*(derived[id(s)] for s in steps if s.worker == w)) for w in range(len(texts))]

@@ -359,6 +359,205 @@ void add_values(const T* __restrict__ weights, int64_t weights_stride, const K* 
   }
 }
 
+// bfloat16 dot products (AVX512-BF16's vdpbf16ps), built where the target has them: each
+// 32-bit lane takes a pair of bfloat16 products, exact in float32, and adds both to its float32
+// sum, so a register does 32 multiply-adds where a float FMA does 16. In a bfloat16 engine the
+// op then rounds its turned query (and each value's weight) to bfloat16 before the dots, as
+// vLLM's own bfloat16 attention does on AMX machines; the keys and values are the cache's, so
+// nothing else is rounded. The sums, the softmax and the output stay in float32. Held to the
+// bfloat16 oracle's noise, not to float32 (tests/test_cpu_native.py says the rule).
+#if defined(__AVX512BF16__)
+constexpr bool BF16_DOTS = true;
+
+// A pair of bfloat16 values (first in the low half) in every 32-bit lane.
+inline __m512bh pairs_of(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair)); }
+inline __m512bh pairs_of(const uint16_t* p) {
+  uint32_t pair;
+  __builtin_memcpy(&pair, p, sizeof(pair));
+  return pairs_of(pair);
+}
+// Two weights rounded to bfloat16 as one pair, made in a register: two 16-bit stores read
+// back as one 32-bit load stall on store forwarding (38% of the op's time when it did).
+inline uint32_t pair_of(float first, float second) {
+  return uint32_t(c10::BFloat16(first).x) | (uint32_t(c10::BFloat16(second).x) << 16);
+}
+
+// x[0..n) rounded to bfloat16 (to nearest, ties to even, as PyTorch rounds), n a multiple of 16.
+inline void round_to_bf16(const float* x, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + i));
+    __builtin_memcpy(out + i, &h, sizeof(h));
+  }
+}
+
+// Rows a and b of 32 bfloat16 each, interleaved into pairs (a[i], b[i]): unpacking works within
+// 128-bit lanes, so `low` holds the pairs of i = 8k + 0..3 and `high` those of i = 8k + 4..7
+// (k = 0..3); `in_order` puts two registers of their float sums back in the order of i.
+inline void interleave(const uint16_t* a, const uint16_t* b, __m512bh& low, __m512bh& high) {
+  const __m512i x = _mm512_loadu_si512(a), y = _mm512_loadu_si512(b);
+  low = (__m512bh)_mm512_unpacklo_epi16(x, y);
+  high = (__m512bh)_mm512_unpackhi_epi16(x, y);
+}
+inline void in_order(__m512 low, __m512 high, __m512& first, __m512& second) {
+  // lane k of low holds i = 8(k / 4) + k % 4, of high i + 4; permutex2var's index 16 + k picks high's k
+  const __m512i a = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i b = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  first = _mm512_permutex2var_ps(low, a, high);
+  second = _mm512_permutex2var_ps(low, b, high);
+}
+
+// scores[i][j] = q[i] . key[j]  for Q queries (bfloat16, head_dim values each) and the 32
+// slots from j0 of one block of dimension-major keys (vLLM's CPU layout): a pair of
+// dimensions' rows, interleaved, serves every query.
+template <int Q>
+void scores_bf16_block(const uint16_t* const* q, const uint16_t* keys, int64_t key_dim, int64_t j0, int64_t dims,
+                       float* const* scores) {
+  __m512 acc[Q][2];
+  for (int i = 0; i < Q; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < dims; d += 2) {
+    __m512bh low, high;
+    interleave(keys + d * key_dim + j0, keys + (d + 1) * key_dim + j0, low, high);
+    for (int i = 0; i < Q; ++i) {
+      const __m512bh x = pairs_of(q[i] + d);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x, low);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x, high);
+    }
+  }
+  for (int i = 0; i < Q; ++i) {
+    __m512 first, second;
+    in_order(acc[i][0], acc[i][1], first, second);
+    _mm512_storeu_ps(scores[i] + j0, first);
+    _mm512_storeu_ps(scores[i] + j0 + 16, second);
+  }
+}
+
+// The same for `queries` queries and the slots [lo, hi) (whole runs of 32 around them; block
+// sizes a multiple of 32, an even head_dim).
+inline void scores_bf16(const uint16_t* const* q, int64_t queries, const c10::BFloat16* keys, int64_t key_dim,
+                        int64_t lo, int64_t hi, int64_t dims, float* const* scores) {
+  const auto* k = reinterpret_cast<const uint16_t*>(keys);
+  for (int64_t j0 = lo - lo % 32; j0 < hi; j0 += 32)
+    for (int64_t i = 0; i < queries;) {
+      const int64_t left = queries - i;
+      if (left >= 8) { scores_bf16_block<8>(q + i, k, key_dim, j0, dims, scores + i); i += 8; }
+      else if (left >= 4) { scores_bf16_block<4>(q + i, k, key_dim, j0, dims, scores + i); i += 4; }
+      else if (left >= 2) { scores_bf16_block<2>(q + i, k, key_dim, j0, dims, scores + i); i += 2; }
+      else { scores_bf16_block<1>(q + i, k, key_dim, j0, dims, scores + i); i += 1; }
+    }
+}
+
+// out[g][d] += sum_j weights[g][j - lo] * value[j][d]  for G heads and D dimensions of
+// slot-major values (vLLM's CPU layout), the weights rounded to bfloat16: two slots' rows,
+// interleaved, serve every head. An odd last slot pairs with itself at weight 0.
+template <int D, int G>
+void add_values_bf16_heads(const float* weights, int64_t weights_stride, const c10::BFloat16* values,
+                           int64_t value_slot, int64_t lo, int64_t hi, float* out) {
+  constexpr int CHUNKS = D / 32;
+  const auto* v = reinterpret_cast<const uint16_t*>(values);
+  __m512 acc[G][CHUNKS][2];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < CHUNKS; ++c) acc[g][c][0] = acc[g][c][1] = _mm512_setzero_ps();
+  for (int64_t j = lo; j < hi; j += 2) {
+    const bool pair = j + 1 < hi;
+    uint32_t w[G];
+    for (int g = 0; g < G; ++g) {
+      const float* wg = weights + g * weights_stride + (j - lo);
+      w[g] = pair_of(wg[0], pair ? wg[1] : 0.0f);
+    }
+    const uint16_t* first = v + j * value_slot;
+    const uint16_t* second = pair ? first + value_slot : first;
+    for (int c = 0; c < CHUNKS; ++c) {
+      __m512bh low, high;
+      interleave(first + 32 * c, second + 32 * c, low, high);
+      for (int g = 0; g < G; ++g) {
+        const __m512bh x = pairs_of(w[g]);
+        acc[g][c][0] = _mm512_dpbf16_ps(acc[g][c][0], x, low);
+        acc[g][c][1] = _mm512_dpbf16_ps(acc[g][c][1], x, high);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < CHUNKS; ++c) {
+      __m512 a, b;
+      in_order(acc[g][c][0], acc[g][c][1], a, b);
+      float* o = out + g * D + 32 * c;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a));
+      _mm512_storeu_ps(o + 16, _mm512_add_ps(_mm512_loadu_ps(o + 16), b));
+    }
+}
+
+// Whether add_values_bf16 runs for head_dim D: whole chunks of 32, and at most 4 heads' x
+// chunks' x 2 accumulators held in registers.
+template <int D>
+constexpr bool bf16_values_fit() { return D > 0 && D % 32 == 0 && D <= 128; }
+
+template <int D>
+void add_values_bf16(const float* weights, int64_t weights_stride, const c10::BFloat16* values, int64_t value_slot,
+                     int64_t lo, int64_t hi, int64_t group, float* out) {
+  constexpr int HEADS_AT_ONCE = D <= 64 ? 4 : 2;  // 4 x 2 x 2 or 2 x 4 x 2 accumulators: 16
+  for (int64_t g = 0; g < group; g += HEADS_AT_ONCE) {
+    const float* w = weights + g * weights_stride;
+    float* o = out + g * D;
+    switch (std::min<int64_t>(HEADS_AT_ONCE, group - g)) {
+      case 1: add_values_bf16_heads<D, 1>(w, weights_stride, values, value_slot, lo, hi, o); break;
+      case 2: add_values_bf16_heads<D, 2>(w, weights_stride, values, value_slot, lo, hi, o); break;
+      case 3: add_values_bf16_heads<D, 3>(w, weights_stride, values, value_slot, lo, hi, o); break;
+      default: add_values_bf16_heads<D, 4>(w, weights_stride, values, value_slot, lo, hi, o);
+    }
+  }
+}
+
+// The amx layout (keys in dimension pairs, values in slot pairs): its 64-byte rows are the
+// pairs vdpbf16ps takes, as they are.
+template <int Q>
+void scores_amx_bf16_tile(const uint16_t* const* q, const c10::BFloat16* keys, int64_t dims, int64_t s0,
+                          float* const* scores) {
+  __m512 acc[Q];
+  for (int k = 0; k < Q; ++k) acc[k] = _mm512_setzero_ps();
+  const c10::BFloat16* tile = keys + (s0 / 16) * dims * 16;
+  for (int64_t i = 0; i < dims / 2; ++i) {
+    const __m512bh key = (__m512bh)_mm512_loadu_si512(tile + i * 32);
+    for (int k = 0; k < Q; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], pairs_of(q[k] + 2 * i), key);
+  }
+  for (int k = 0; k < Q; ++k) _mm512_storeu_ps(scores[k] + s0, acc[k]);
+}
+
+inline void scores_amx_bf16(const uint16_t* const* q, int64_t queries, const c10::BFloat16* keys, int64_t lo,
+                            int64_t hi, int64_t dims, float* const* scores) {
+  for (int64_t s0 = lo - lo % 16; s0 < hi; s0 += 16)
+    for (int64_t i = 0; i < queries;) {
+      const int64_t left = queries - i;
+      if (left >= 8) { scores_amx_bf16_tile<8>(q + i, keys, dims, s0, scores + i); i += 8; }
+      else if (left >= 4) { scores_amx_bf16_tile<4>(q + i, keys, dims, s0, scores + i); i += 4; }
+      else if (left >= 2) { scores_amx_bf16_tile<2>(q + i, keys, dims, s0, scores + i); i += 2; }
+      else { scores_amx_bf16_tile<1>(q + i, keys, dims, s0, scores + i); i += 1; }
+    }
+}
+
+inline void add_values_amx_bf16(const float* weights, int64_t weights_stride, const c10::BFloat16* values,
+                                int64_t block_size, int64_t lo, int64_t hi, int64_t group, int64_t dims,
+                                float* out) {
+  thread_local std::vector<uint32_t> pairs;  // slot pair p's weights at p - lo / 2, rounded
+  const int64_t first = lo / 2, last = (hi - 1) / 2;
+  pairs.resize(last - first + 1);
+  for (int64_t g = 0; g < group; ++g) {
+    const float* w = weights + g * weights_stride - lo;  // w[j]: slot j's weight
+    for (int64_t p = first; p <= last; ++p)  // a slot of the pair outside [lo, hi) weighs 0
+      pairs[p - first] = pair_of(2 * p >= lo ? w[2 * p] : 0.0f, 2 * p + 1 < hi ? w[2 * p + 1] : 0.0f);
+    float* o = out + g * dims;
+    for (int64_t t = 0; t < dims / 16; ++t) {
+      __m512 acc = _mm512_loadu_ps(o + t * 16);
+      for (int64_t p = first; p <= last; ++p)
+        acc = _mm512_dpbf16_ps(acc, pairs_of(pairs[p - first]),
+                               (__m512bh)_mm512_loadu_si512(values + t * block_size * 16 + p * 32));
+      _mm512_storeu_ps(o + t * 16, acc);
+    }
+  }
+}
+#else
+constexpr bool BF16_DOTS = false;
+#endif
+
 // One query row's running softmax over the entries seen so far (flash attention's online
 // form, per query head): out = o / l, with every weight taken relative to the running max m.
 // `m` starts at a finite floor, not -inf: the build's -ffast-math assumes finite values.
@@ -481,29 +680,52 @@ struct Work {
   int64_t out_row, out_head, kv_heads, group, dim, block_size;
 };
 
+// A thread's scratch arrays, reused from task to task.
+template <typename T>
+struct Scratch {
+  std::vector<T> q_scaled, q_partner, q_turned, scores;
+  std::vector<int32_t> turned_by;
+  std::vector<const T*> query;
+  std::vector<T*> score_row;
+  std::vector<uint16_t> q_rounded;  // q_turned rounded to bfloat16 (bfloat16 dots only)
+  std::vector<const uint16_t*> query_rounded;
+};
+
+// Whether the cache's tiles take bfloat16 dots (the packed store's never do: it is of the
+// compute type): a bfloat16 cache on a build with them, in the amx layout or in vLLM's vec
+// layout (dimension-major keys) of whole runs of 32 slots, an even head_dim.
+bool takes_bf16_dots(bool bfloat16, const Cache& keys, int64_t block_size, int64_t dim) {
+  return BF16_DOTS && bfloat16 && (keys.amx || (keys.slot == 1 && block_size % 32 == 0 && dim % 2 == 0));
+}
+
+template <typename C, int D>
+bool bf16_dots(const Work<C>& w) {
+  return takes_bf16_dots(std::is_same_v<C, c10::BFloat16>, w.keys, w.block_size, w.dim);
+}
+
 // One task: the rows of one group, one KV head, the tiles [tile_lo, tile_hi) of the group.
 // Tiles come in turn and every row that sees a tile takes it while its keys and values are
 // still in the core's cache, so a group's keys are read from memory once per step, not once
 // per worker. Leaves each row's (m, l, o) for its query heads in the given arrays.
 template <typename C, int D, typename T = Compute<C>>
 void walk(const Work<C>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile_hi, T* m, T* l, T* o,
-          std::vector<T>& q_scaled, std::vector<T>& q_partner, std::vector<T>& q_turned,
-          std::vector<int32_t>& turned_by, std::vector<T>& scores, std::vector<const T*>& query,
-          std::vector<T*>& score_row) {
+          Scratch<T>& x) {
   const int64_t rows = w.group_row_ptr[gi + 1] - w.group_row_ptr[gi], group = w.group, dim = w.dim;
   const int64_t width = group * dim;
-  q_scaled.resize(rows * width);
-  q_partner.resize(rows * width);
-  q_turned.resize(rows * width);
-  turned_by.assign(rows, -1);
+  const bool dots = bf16_dots<C, D>(w);
+  x.q_scaled.resize(rows * width);
+  x.q_partner.resize(rows * width);
+  x.q_turned.resize(rows * width);
+  if (dots) x.q_rounded.resize(rows * width);
+  x.turned_by.assign(rows, -1);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t at = w.row_at[w.group_rows[w.group_row_ptr[gi] + r]];
-    T* qs = q_scaled.data() + r * width;
+    T* qs = x.q_scaled.data() + r * width;
     for (int64_t g = 0; g < group; ++g)
       for (int64_t d = 0; d < dim; ++d)
         qs[g * dim + d] = static_cast<T>(w.q[at * w.q_row + (h * group + g) * w.q_head + d]) * w.scale;
     for (int64_t g = 0; g < group; ++g)
-      for (int64_t d = 0; d < dim; ++d) q_partner[r * width + g * dim + d] = qs[g * dim + w.perm[d]];
+      for (int64_t d = 0; d < dim; ++d) x.q_partner[r * width + g * dim + d] = qs[g * dim + w.perm[d]];
   }
   std::fill(m, m + rows * group, floor_score<T>());
   std::fill(l, l + rows * group, T(0));
@@ -511,62 +733,96 @@ void walk(const Work<C>& w, int64_t gi, int64_t h, int64_t tile_lo, int64_t tile
   for (int64_t t = tile_lo; t < tile_hi; ++t) {
     const int64_t first = w.tile_entry_ptr[t], entries = w.tile_entry_ptr[t + 1] - first;
     if (entries == 0) continue;
+    const bool rounded = dots && !w.tile_stored[t];  // the packed store is of T: float dots
     // Every row that sees the tile: its queries, turned to where the tile sits in its view.
     int64_t lo = w.block_size, hi = 0;
-    query.resize(entries * group);
-    score_row.resize(entries * group);
-    scores.resize(entries * group * w.block_size);
+    x.query.resize(entries * group);
+    x.query_rounded.resize(entries * group);
+    x.score_row.resize(entries * group);
+    x.scores.resize(entries * group * w.block_size);
     for (int64_t i = 0; i < entries; ++i) {
       const int64_t e = first + i, r = w.entry_row[e];
-      T* qt = q_turned.data() + r * width;
-      if (w.entry_turn[e] != turned_by[r]) {  // the row's next fragment: turn its queries once
-        turned_by[r] = w.entry_turn[e];
-        turn(q_scaled.data() + r * width, q_partner.data() + r * width, w.turn_cos + turned_by[r] * dim,
-             w.turn_sin + turned_by[r] * dim, group, dim, qt);
+      T* qt = x.q_turned.data() + r * width;
+      uint16_t* qr = dots ? x.q_rounded.data() + r * width : nullptr;
+      if (w.entry_turn[e] != x.turned_by[r]) {  // the row's next fragment: turn its queries once
+        x.turned_by[r] = w.entry_turn[e];
+        turn(x.q_scaled.data() + r * width, x.q_partner.data() + r * width, w.turn_cos + x.turned_by[r] * dim,
+             w.turn_sin + x.turned_by[r] * dim, group, dim, qt);
+        if constexpr (BF16_DOTS && std::is_same_v<T, float>)
+          if (dots) {
+            if (width % 16 == 0) round_to_bf16(qt, width, qr);
+            else for (int64_t k = 0; k < width; ++k) qr[k] = c10::BFloat16(qt[k]).x;
+          }
       }
       for (int64_t g = 0; g < group; ++g) {
-        query[i * group + g] = qt + g * dim;
-        score_row[i * group + g] = scores.data() + (i * group + g) * w.block_size;
+        x.query[i * group + g] = qt + g * dim;
+        if (dots) x.query_rounded[i * group + g] = qr + g * dim;
+        x.score_row[i * group + g] = x.scores.data() + (i * group + g) * w.block_size;
       }
       lo = std::min<int64_t>(lo, w.entry_lo[e]);
       hi = std::max<int64_t>(hi, w.entry_hi[e]);
     }
     // Their scores against the tile's keys, all queries at once; then row by row, the
     // softmax's running state and the weighted values.
+    auto each_entry = [&](auto&& add) {
+      for (int64_t i = 0; i < entries; ++i) {
+        const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
+        T* s = x.scores.data() + i * group * w.block_size;
+        fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, w.softcap, m + r * group, l + r * group,
+             o + r * width);
+        add(s + at, at, w.entry_hi[e], o + r * width);
+      }
+    };
     // the tile's keys and values: the cache's (of dtype C) or the packed store's (of T)
     auto take = [&](const auto* keys, const auto* values, const Cache& kc, const Cache& vc) {
       keys += w.tile_block[t] * kc.block + h * kc.head;
       values += w.tile_block[t] * vc.block + h * vc.head;
-      scores_of<T>(query.data(), entries * group, keys, kc, w.block_size, lo, hi, dim, score_row.data());
-      for (int64_t i = 0; i < entries; ++i) {
-        const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
-        T* s = scores.data() + i * group * w.block_size;
-        fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, w.softcap, m + r * group, l + r * group,
-             o + r * width);
-        add_values<T, D>(s + at, w.block_size, values, vc, at, w.entry_hi[e], group, dim, o + r * width);
-      }
+      scores_of<T>(x.query.data(), entries * group, keys, kc, w.block_size, lo, hi, dim, x.score_row.data());
+      each_entry([&](const T* weights, int64_t at, int64_t end, T* out) {
+        add_values<T, D>(weights, w.block_size, values, vc, at, end, group, dim, out);
+      });
     };
     if (w.tile_stored[t]) {
       take(static_cast<const T*>(w.stored_keys.data), static_cast<const T*>(w.stored_values.data), w.stored_keys,
            w.stored_values);
-    } else if constexpr (std::is_same_v<C, c10::BFloat16>) {
-      if (w.keys.amx) {
-        const C* keys = static_cast<const C*>(w.keys.data) + w.tile_block[t] * w.keys.block + h * w.keys.head;
-        const C* values = static_cast<const C*>(w.values.data) + w.tile_block[t] * w.values.block + h * w.values.head;
-        scores_amx(query.data(), entries * group, keys, lo, hi, dim, score_row.data());
-        for (int64_t i = 0; i < entries; ++i) {
-          const int64_t e = first + i, r = w.entry_row[e], at = w.entry_lo[e];
-          T* s = scores.data() + i * group * w.block_size;
-          fold(s, w.block_size, at, w.entry_hi[e], w.block_size, group, dim, w.softcap, m + r * group, l + r * group,
-               o + r * width);
-          add_values_amx(s + at, w.block_size, values, w.block_size, at, w.entry_hi[e], group, dim, o + r * width);
-        }
-      } else {
-        take(static_cast<const C*>(w.keys.data), static_cast<const C*>(w.values.data), w.keys, w.values);
-      }
-    } else {
-      take(static_cast<const C*>(w.keys.data), static_cast<const C*>(w.values.data), w.keys, w.values);
+      continue;
     }
+    if constexpr (std::is_same_v<C, c10::BFloat16>) {
+      const C* keys = static_cast<const C*>(w.keys.data) + w.tile_block[t] * w.keys.block + h * w.keys.head;
+      const C* values = static_cast<const C*>(w.values.data) + w.tile_block[t] * w.values.block + h * w.values.head;
+#if defined(__AVX512BF16__)
+      if (rounded) {
+        if (w.keys.amx) {
+          scores_amx_bf16(x.query_rounded.data(), entries * group, keys, lo, hi, dim, x.score_row.data());
+          each_entry([&](const float* weights, int64_t at, int64_t end, float* out) {
+            add_values_amx_bf16(weights, w.block_size, values, w.block_size, at, end, group, dim, out);
+          });
+        } else {
+          scores_bf16(x.query_rounded.data(), entries * group, keys, w.keys.dim, lo, hi, dim, x.score_row.data());
+          if constexpr (bf16_values_fit<D>()) {
+            if (w.values.dim == 1) {
+              each_entry([&](const float* weights, int64_t at, int64_t end, float* out) {
+                add_values_bf16<D>(weights, w.block_size, values, w.values.slot, at, end, group, out);
+              });
+              continue;
+            }
+          }
+          each_entry([&](const float* weights, int64_t at, int64_t end, float* out) {
+            add_values<float, D>(weights, w.block_size, values, w.values, at, end, group, dim, out);
+          });
+        }
+        continue;
+      }
+#endif
+      if (w.keys.amx) {
+        scores_amx(x.query.data(), entries * group, keys, lo, hi, dim, x.score_row.data());
+        each_entry([&](const float* weights, int64_t at, int64_t end, float* out) {
+          add_values_amx(weights, w.block_size, values, w.block_size, at, end, group, dim, out);
+        });
+        continue;
+      }
+    }
+    take(static_cast<const C*>(w.keys.data), static_cast<const C*>(w.values.data), w.keys, w.values);
   }
 }
 
@@ -593,10 +849,7 @@ void attend(const Work<C>& w, int64_t groups, int64_t splits_asked) {
   const int64_t parts = part_at[groups];
   std::vector<T> part_m(parts * kv_heads * group), part_l(parts * kv_heads * group), part_o(parts * kv_heads * width);
   at::parallel_for(0, task_ptr[groups], 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> q_scaled, q_partner, q_turned, scores;
-    std::vector<int32_t> turned_by;
-    std::vector<const T*> query;
-    std::vector<T*> score_row;
+    Scratch<T> scratch;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t gi = std::upper_bound(task_ptr.begin(), task_ptr.end(), task) - task_ptr.begin() - 1;
       const int64_t local = task - task_ptr[gi], s = local / kv_heads, h = local % kv_heads;
@@ -604,8 +857,7 @@ void attend(const Work<C>& w, int64_t groups, int64_t splits_asked) {
       const int64_t first = w.group_tile_ptr[gi], tiles = w.group_tile_ptr[gi + 1] - first;
       const int64_t at = (part_at[gi] + s * rows) * kv_heads + h * rows;  // (split, head, row) of the group
       walk<C, D>(w, gi, h, first + tiles * s / splits[gi], first + tiles * (s + 1) / splits[gi],
-                 part_m.data() + at * group, part_l.data() + at * group, part_o.data() + at * width, q_scaled,
-                 q_partner, q_turned, turned_by, scores, query, score_row);
+                 part_m.data() + at * group, part_l.data() + at * group, part_o.data() + at * width, scratch);
     }
   });
   // Merge: out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), M the largest m_s.
@@ -1238,6 +1490,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("turn_cos", [](const StepWork& w) { return tensor_of_turns(w.rotation, false, w.perm.size()); })
       .def_property_readonly("turn_sin", [](const StepWork& w) { return tensor_of_turns(w.rotation, true, w.perm.size()); })
       .def_property_readonly("perm", [](const StepWork& w) { return tensor_of(w.perm); });
+  m.def("bf16_dots", [](const torch::Tensor& key_cache, bool amx) {
+          return takes_bf16_dots(key_cache.scalar_type() == torch::kBFloat16, cache_of(key_cache, amx),
+                                 key_cache.size(1), key_cache.size(3));
+        }, "Whether the op takes bfloat16 dot products (AVX512-BF16) over this key cache");
   m.def("fragment_attention", &fragment_attention, "Fragment attention over a prepared work list (CPU)");
   m.def("work_list", &work_list, "A step's work list from its fragment table (CPU)");
   m.def("fragment_table", &fragment_table, "A batch's fragment table from its sequences' views (CPU)");

@@ -262,6 +262,15 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     return out
 
 
+def bf16_dots(key_cache: torch.Tensor, amx: bool = False) -> bool:
+    """Whether the op takes bfloat16 dot products over this key cache: a bfloat16 cache, a
+    build for a CPU with AVX512-BF16 (``native`` on such a CPU), the amx layout or vLLM's vec
+    layout of blocks of a multiple of 32 slots. There the turned query and the values' weights
+    are rounded to bfloat16 before their dots (the sums stay float32); the packed store's tiles
+    keep float32 dots."""
+    return _extension().bf16_dots(key_cache, amx)
+
+
 @dataclass
 class Copies:
     """A step's copies into the packed store (``vllm_hogwild/packing.py``), shared by every

@@ -38,18 +38,22 @@ def random_cache(lengths: list[int], block_size: int, kv_heads: int, head_dim: i
 
 def naive_attention(q: torch.Tensor, cache: PagedCache, views: list[SeqView], inv_freq: torch.Tensor,
                     is_neox: bool, scale: float, window: int = 0, softcap: float = 0.0,
-                    sinks: torch.Tensor | None = None) -> torch.Tensor:
+                    sinks: torch.Tensor | None = None, dots: torch.dtype | None = None) -> torch.Tensor:
     """Float64: move every key to its view position, the query to its own, then softmax
     (over the ``window`` last view positions, scores soft-capped, a sink logit per head:
-    as Mistral, Gemma 2 and gpt-oss write them, here on a view)."""
+    as Mistral, Gemma 2 and gpt-oss write them, here on a view). ``dots``: the dtype of the
+    op's dot products where it is not the inputs' (bfloat16 dots): the scaled query, turned
+    to each fragment's place as the op turns it, is rounded to it before its dots with the
+    keys where they were written."""
     out = torch.zeros(q.shape, dtype=torch.float64)
     group = q.shape[1] // cache.key.shape[2]
     row = 0
     for v in views:
-        keys, vals, kpos = [], [], []
+        keys, vals, kpos, home_keys = [], [], [], []
         for src, start, end, offset in v.all_fragments():
             k = gather_keys(cache.key, cache.block_table[src], start, end).double()
             keys.append(rotate(k, torch.full((end - start, 1), offset - start), inv_freq, is_neox))
+            home_keys.append(k.repeat_interleave(group, 1))
             vals.append(gather_keys(cache.value, cache.block_table[src], start, end).double())
             kpos.append(torch.arange(offset, offset + end - start))
         k = torch.cat(keys).repeat_interleave(group, 1)
@@ -57,8 +61,14 @@ def naive_attention(q: torch.Tensor, cache: PagedCache, views: list[SeqView], in
         kp = torch.cat(kpos)
         for i in range(v.num_rows):
             home, view = v.first_home + i, v.view_positions[i]
-            qi = rotate(q[row + i].double(), torch.tensor([[view - home]]), inv_freq, is_neox)
-            s = torch.einsum("hd,nhd->hn", qi, k) * scale
+            if dots is None:
+                qi = rotate(q[row + i].double(), torch.tensor([[view - home]]), inv_freq, is_neox)
+                s = torch.einsum("hd,nhd->hn", qi, k) * scale
+            else:
+                s = torch.cat([torch.einsum("hd,nhd->hn", rotate(
+                    q[row + i].double() * scale, torch.tensor([[(view - home) - (offset - start)]]), inv_freq,
+                    is_neox).to(dots).double(), kh) for kh, (_, start, _, offset) in zip(home_keys, v.all_fragments())],
+                    dim=1)
             if softcap:
                 s = torch.tanh(s / softcap) * softcap
             hidden = (kp > view) | ((kp <= view - window) if window else False)

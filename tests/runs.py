@@ -63,7 +63,12 @@ def assert_one_worker_is_plain(llm, ids: list[int], max_tokens: int, bound) -> N
     assert list(hog.token_ids) == list(plain.token_ids)
     for a, b in zip(hog.logprobs, plain.logprobs):
         for t in b:
-            assert abs(a[t].logprob - b[t].logprob) <= bound(b[t].logprob), (t, a[t].logprob, b[t].logprob)
+            if t in a:
+                assert abs(a[t].logprob - b[t].logprob) <= bound(b[t].logprob), (t, a[t].logprob, b[t].logprob)
+            else:  # a near tie at the list's end: t fell below the group's top 3, so its logprob
+                # there is at most the last one listed, and within the bound of the plain one
+                last = min(x.logprob for x in a.values())
+                assert b[t].logprob <= last + bound(b[t].logprob), (t, last, b[t].logprob)
 
 
 def assert_matches(out, runs) -> None:
@@ -109,7 +114,7 @@ def protocol_oracle(family: str, workers: int, layout: str, max_tokens: int, who
                           bans=bans)
     framing = [(name, enc(text)) for name, text in prompts.framing(layout, names)]
     oracle = Oracle(hf_model(family), decoder(family), layout, RULE, prompt,
-                    [enc(prompts.first_step(n, w)) for w, n in enumerate(names)], max_tokens,
+                    [enc(prompts.first_step(names, w)) for w in range(len(names))], max_tokens,
                     {tok.eos_token_id}, framing, proto)
     oracle.run()
     return prompt, oracle

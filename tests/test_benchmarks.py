@@ -243,7 +243,7 @@ def test_echo_counts_what_a_worker_sampled():
     from vllm_hogwild import prompts
 
     names = ["Alice", "Bob"]
-    text = (prompts.first_step("Bob", 1) + " I take the pies.\n\n**Bob [2]:**" + prompts.REDUNDANCY_CHECK
+    text = (prompts.first_step(["Alice", "Bob"], 1) + " I take the pies.\n\n**Bob [2]:**" + prompts.REDUNDANCY_CHECK
             + " no. 4 + 4 = 8.\n\n**Bob [3]:** 4 + 4 = 8.\n\n**Bob [4]:")
     own = echo.own_text(text, names, 1)
     assert "Bob [" not in own and "Quick check" not in own and "read the plan" not in own

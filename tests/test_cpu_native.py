@@ -51,17 +51,32 @@ def vllm_layout(cache: PagedCache) -> tuple[torch.Tensor, torch.Tensor]:
 ROUNDOFF = {torch.float64: 0.0, torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 
+def reference(q, cache, views, inv_freq, neox, scale, dtype, atol, dots: bool, **variant):
+    """The float64 reference of the op in ``dtype`` and the bound it owes (see ROUNDOFF).
+    ``dots``: the op takes bfloat16 dots over these caches (``cpu_native.bf16_dots``). Then
+    the reference rounds the turned query to bfloat16 as the op does, and the op owes u more
+    of sum_j p_j |v_j| for the weights it rounds to bfloat16 (each within u of its own)."""
+    expect = naive_attention(q, cache, views, inv_freq, neox, scale, dots=torch.bfloat16 if dots else None,
+                             **variant)
+    bound = ROUNDOFF[dtype] * expect.abs() + atol
+    if dots:
+        weighted = naive_attention(q, PagedCache(cache.key, cache.value.abs(), cache.block_table), views, inv_freq,
+                                   neox, scale, dots=torch.bfloat16, **variant)
+        bound = bound + ROUNDOFF[dtype] * weighted
+    return expect, bound
+
+
 def check(q, cache, views, inv_freq, neox, scale, dtype, atol, window=0, softcap=0.0, sinks=None):
     """The op in ``dtype`` (inputs rounded to it) against float64 over those same inputs;
     with a family's attention variant (sliding window, soft cap, sinks) if given."""
     cache = PagedCache(cache.key.to(dtype), cache.value.to(dtype), cache.block_table)
     q = q.to(dtype)
-    expect = naive_attention(q, cache, views, inv_freq, neox, scale, window, softcap, sinks)
-    bound = ROUNDOFF[dtype] * expect.abs() + atol
     prepared = cpu_native.prepare(build(views), cache.block_table, cache.key.shape[1], inv_freq, neox,
                                   q.shape[-1], dtype=cpu_native.compute_dtype(dtype), window=window)
     variant = dict(softcap=softcap, sinks=sinks)
     for keys, values in ((cache.key, cache.value), vllm_layout(cache)):
+        expect, bound = reference(q, cache, views, inv_freq, neox, scale, dtype, atol, cpu_native.bf16_dots(keys),
+                                  window=window, softcap=softcap, sinks=sinks)
         out = cpu_native.fragment_attention(q, keys, values, prepared, scale, **variant)
         assert out.dtype == dtype
         assert ((out.double() - expect).abs() <= bound).all(), (out.double() - expect).abs().max()
@@ -392,13 +407,15 @@ def test_the_amx_layout(block_size, head_dim, group):
     cache, views, gen = amx_case(block_size, head_dim)
     q = torch.randn(sum(v.num_rows for v in views), 2 * group, head_dim, generator=gen).to(dtype)
     inv_freq = inv_freq_for(head_dim)
-    expect = naive_attention(q, cache, views, inv_freq, True, head_dim**-0.5)
     prepared = cpu_native.prepare(build(views), cache.block_table, block_size, inv_freq, True, head_dim)
     amx = cpu_caches(amx_written(cache), "amx")
+    own, bound = reference(q, cache, views, inv_freq, True, head_dim**-0.5, dtype, 2e-5,
+                           cpu_native.bf16_dots(amx[0], amx=True))
     for splits in (0, 2):
         out = cpu_native.fragment_attention(q, *amx, prepared, head_dim**-0.5, splits=splits, amx=True)
-        err = (out.double() - expect).abs()
-        assert (err <= ROUNDOFF[dtype] * expect.abs() + 2e-5).all(), err.max()
+        err = (out.double() - own).abs()
+        assert (err <= bound).all(), err.max()
+    expect = naive_attention(q, cache, views, inv_freq, True, head_dim**-0.5)
     # The PyTorch op, on the same cache (shared keys packed from 100 on: both of its paths).
     torch_prepared = cpu_op.prepare(build(views), cache.block_table, block_size, inv_freq, True, head_dim,
                                     pack_from=100)

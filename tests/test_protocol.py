@@ -58,8 +58,12 @@ def test_one_worker_instruction_and_headers():
     # One worker has no others' steps in progress: combined frames like interleaved.
     assert prompts.framing("combined", ["Solo"]) == prompts.framing("interleaved", ["Solo"])
     assert "Steps in progress" not in prompts.instruction("combined", ["Solo"])
-    assert prompts.first_step("Ann", 0) == "**Ann [1]:** Let's agree on a plan first. I suggest we split it like this:"
-    assert prompts.first_step("Ben", 1) == "**Ben [1]:** I'll read the plan and take a part of it."
+    assert "together" not in prompts.instruction("combined", ["Solo"])  # one worker has no one to split with
+    assert "How to work together" in prompts.instruction("combined", ["Ann", "Ben"])
+    assert prompts.first_step(["Ann"], 0) == "**Ann [1]:**" + prompts.OPENINGS["alone"]
+    assert prompts.first_step(["Ann", "Ben", "Cy"], 0) == "**Ann [1]:**" + prompts.OPENINGS["first"]
+    assert prompts.first_step(["Ann", "Ben", "Cy"], 2) == "**Cy [1]:**" + prompts.OPENINGS["other"]
+    assert "split" not in prompts.OPENINGS["alone"] and "others" not in prompts.OPENINGS["alone"]
     assert prompts.step_header("Ann", 7) == "**Ann [7]:**"
 
 

@@ -80,7 +80,7 @@ def test_streaming_sends_each_workers_deltas_with_its_index(server):
     assert texts == {c["index"]: c["text"] for c in whole["choices"]}
     # Each choice is its worker's whole stream, from its step-1 header and greeting on.
     for w, name in enumerate(prompts.NAMES[:2]):
-        assert texts[w].startswith(prompts.first_step(name, w)), texts[w][:80]
+        assert texts[w].startswith(prompts.first_step(prompts.NAMES[:2], w)), texts[w][:80]
     assert prompts.final_answer(texts[0]) is not None
     # The last chunk carries the final answers, as the non-streaming response does.
     assert events[-1]["choices"] == [] and events[-1]["hogwild"] == whole["hogwild"]
@@ -98,7 +98,7 @@ def test_chat_streaming_ends_with_the_final_answer(server):
             content[choice["index"]] += choice["delta"].get("content") or ""
     assert content == {c["index"]: c["message"]["content"] for c in whole["choices"]}
     for w, name in enumerate(prompts.NAMES[:2]):
-        assert content[w].startswith(prompts.first_step(name, w)), content[w][:80]
+        assert content[w].startswith(prompts.first_step(prompts.NAMES[:2], w)), content[w][:80]
     assert events[-1]["hogwild"] == whole["hogwild"] and whole["hogwild"]["final_answers"][0] is not None
 
 

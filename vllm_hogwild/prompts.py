@@ -103,12 +103,13 @@ def instruction(layout: str, names: list[str]) -> str:
         who = (f"You are {len(names)} assistants, {', '.join(names[:-1])} and {names[-1]}, "
                "solving one problem together. You all write at the same time, and each of you "
                "sees what the others write the moment it is written.")
-    return (
-        f"{who} {LAYOUT_GUIDE[_shown(layout, names)]}\n\n"
+    together = "" if len(names) == 1 else (
         "How to work together: first agree on a plan and split the work. Try different approaches "
         "in parallel, tell the others what you find, and react to what they write. If someone finds "
         f"a mistake or a better way, change course. When you disagree, follow {names[0]}'s plan. If "
-        "you notice that you are doing the same work as someone else, stop and do something else. "
+        "you notice that you are doing the same work as someone else, stop and do something else. ")
+    return (
+        f"{who} {LAYOUT_GUIDE[_shown(layout, names)]}\n\n{together}"
         "Write short steps, each ending with a blank line. When you know the final answer, put it "
         "inside \\boxed{}."
     )
@@ -136,12 +137,24 @@ def step_header(name: str, step: int) -> str:
     return f"**{name} [{step}]:**"
 
 
-def first_step(name: str, worker: int) -> str:
-    """A worker's first text: the header of step 1 and an opening that invites planning (no
-    greeting: a greeting that opens step 1 is what a real model repeats at every later step)."""
-    invite = " Let's agree on a plan first. I suggest we split it like this:" if worker == 0 \
-        else " I'll read the plan and take a part of it."
-    return f"{step_header(name, 1)}{invite}"
+# The opening of each worker's step 1: alone, first of a group, or one of the others. A group's
+# openings invite a plan; one worker gets no word of others. Measured on Qwen 1.5B over GSM8K
+# 0-39 (budget 256, benchmarks/README.md, 2026-12-07): the lone worker, told of a team and a
+# split, answered 8 of 40; as here, 15. A group opened with "Let me solve it step by step." /
+# "I'll solve it my own way, and compare with what the others find." answered 10 of 40, with
+# these 13: kept.
+OPENINGS = {
+    "alone": " Let me solve it step by step.",
+    "first": " Let's agree on a plan first. I suggest we split it like this:",
+    "other": " I'll read the plan and take a part of it.",
+}
+
+
+def first_step(names: Sequence[str], worker: int) -> str:
+    """A worker's first text: the header of step 1 and its opening (``OPENINGS``). No greeting:
+    a greeting that opens step 1 is what a real model repeats at every later step."""
+    kind = "alone" if len(names) == 1 else "first" if worker == 0 else "other"
+    return f"{step_header(names[worker], 1)}{OPENINGS[kind]}"
 
 
 REDUNDANCY_CHECK = " Quick check: is someone else already doing what I am doing? (yes/no):"

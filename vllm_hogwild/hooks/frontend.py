@@ -122,7 +122,7 @@ def _protocol_inputs(engine: Any, flag: Any, prompt_ids: list[int],
         text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
     full = prompts.prompt_text(preset, flag.layout, names, text)
     ids = tokenizer.encode(full, add_special_tokens=preset.special_tokens)
-    prefixes = [encode(prompts.first_step(n, w)) for w, n in enumerate(names)]
+    prefixes = [encode(prompts.first_step(names, w)) for w in range(len(names))]
     framing = [[name, encode(block)] for name, block in prompts.framing(flag.layout, names)]
     return ids, prefixes, framing
 
