@@ -153,7 +153,10 @@ def test_a_window_leaves_out_the_tiles_no_row_sees():
 def test_the_turn_table_equals_the_pytorch_one(dtype, neox):
     """The C++ ``turn_table`` makes, value for value, what ``rotary.turn_table`` makes in
     ``dtype`` widened to the op's compute dtype: turns of both signs and far apart (angles of
-    long contexts), a rotary part shorter than the head (dimensions past it unturned)."""
+    long contexts), a rotary part shorter than the head (dimensions past it unturned). In
+    float64 the two may differ in the last bit: torch's vectorized cosine and the C library's
+    are each within an ulp of the true value, not equal (an AVX-512F Xeon: 2 of 576 values,
+    by 5.6e-17); every narrower dtype rounds that away."""
     from hogwild_kernels.rotary import turn_table
 
     theta = torch.tensor([-70000, -513, -1, 0, 1, 2, 37, 4096, 131071], dtype=torch.int64)
@@ -162,7 +165,11 @@ def test_the_turn_table_equals_the_pytorch_one(dtype, neox):
         got = cpu_native._extension().turn_table(theta, inv_freq, head_dim, neox, dtype)
         want = turn_table(theta, inv_freq, head_dim, neox, dtype)
         for g, w in zip(got, want):
-            assert g.dtype == cpu_native.compute_dtype(dtype) and torch.equal(g, w.to(g.dtype))
+            assert g.dtype == cpu_native.compute_dtype(dtype)
+            if dtype == torch.float64:
+                assert (g - w).abs().max() <= 2 ** -52  # cos, sin in [-1, 1]: an ulp is at most 2^-53
+            else:
+                assert torch.equal(g, w.to(g.dtype))
 
 
 @pytest.mark.parametrize("seed", range(12))

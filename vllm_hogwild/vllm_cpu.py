@@ -9,7 +9,7 @@ and AVX2. What each lacks decides what a hogwild user gets on that CPU:
   model runs slower than float32 (an AVX2 EPYC: median engine step 85 ms vs 51 ms). So the
   default dtype (``default_dtype``) is bfloat16 only where those exist.
 - vLLM picks its amx cache layout only where AMX tiles exist, and its writer is only in the
-  AVX-512 builds (``vllm_writes_amx``).
+  AVX512-BF16 build (``vllm_writes_amx``).
 - fp8 KV caches: vLLM refuses them at start-up without AVX-512 or AMX (``fp8_kv_cache``).
 
 Pure logic over ``hogwild_kernels.isa.Cpu`` (the flags), no torch, no vLLM.
@@ -47,8 +47,11 @@ def vllm_kernel_build(cpu: Cpu) -> str:
 
 
 def vllm_writes_amx(cpu: Cpu) -> bool:
-    """Whether vLLM's kernels here include its amx cache writer (the AVX-512 builds do)."""
-    return cpu.x86 and vllm_kernel_build(cpu) != "avx2"
+    """Whether vLLM's kernels here include its amx cache writer and packed weights: only the
+    AVX512-BF16 build (``_C``) does. The plain AVX-512 build (``_C_AVX512``, an AVX-512F CPU
+    without AVX512-BF16) has neither, as the AVX2 one: "Unsupported CPU attention configuration:
+    ... isa=0" and no ``convert_weight_packed`` (measured on an Intel Xeon with AVX-512F and VNNI)."""
+    return cpu.x86 and vllm_kernel_build(cpu) == "avx512_bf16"
 
 
 def fp8_kv_cache(cpu: Cpu) -> bool:
