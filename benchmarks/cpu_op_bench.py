@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import driver  # noqa: E402
 from hogwild_kernels import build, cpu_native, cpu_op, isa  # noqa: E402
 from paged import fill_store, inv_freq_for, layout_views, packed_views, random_cache  # noqa: E402
+from vllm_hogwild import envs  # noqa: E402
 
 class Level:
     """The compiled op as built for one x86 level (``VLLM_HOGWILD_CPU_ISA``): each call runs
@@ -56,15 +57,15 @@ class Level:
         fn = getattr(cpu_native, name)
 
         def call(*args, **kwargs):
-            before = os.environ.get(cpu_native.ISA_ENV)
-            os.environ[cpu_native.ISA_ENV] = self.level
+            before = os.environ.get(envs.CPU_ISA.name)
+            os.environ[envs.CPU_ISA.name] = self.level
             try:
                 return fn(*args, **kwargs)
             finally:
                 if before is None:
-                    del os.environ[cpu_native.ISA_ENV]
+                    del os.environ[envs.CPU_ISA.name]
                 else:
-                    os.environ[cpu_native.ISA_ENV] = before
+                    os.environ[envs.CPU_ISA.name] = before
         return call
 
 

@@ -31,6 +31,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import driver  # noqa: E402  (sets vLLM's environment before vLLM is imported)
+from vllm_hogwild import envs  # noqa: E402
 
 LAYOUTS = ("contiguous", "interleaved", "combined")
 OPS = ("native", "torch")
@@ -76,7 +77,7 @@ def use_op(op: str) -> None:
     """Point this process's CPU backend at ``op`` (the engine runs in-process)."""
     from vllm_hogwild import cpu_backend
 
-    os.environ[cpu_backend.CPU_OP_ENV] = op
+    os.environ[envs.CPU_OP.name] = op
     cpu_backend.fragment_op.cache_clear()
     if op == "native" and cpu_backend.fragment_op().__name__.endswith("cpu_op"):
         raise SystemExit("--ops native: the compiled CPU op could not be built on this machine")

@@ -85,17 +85,15 @@ class Prepared:
         raise AttributeError(name)
 
 
-ISA_ENV = "VLLM_HOGWILD_CPU_ISA"
 
 
 def level() -> str:
     """The x86 level the op is built for: ``VLLM_HOGWILD_CPU_ISA`` (``isa.LEVELS``: native,
     the default, x86-64-v3 or x86-64-v4), so that one machine can build, test and time the op
     of another kind of CPU it can run."""
-    asked = os.environ.get(ISA_ENV, "native")
-    if asked not in isa.LEVELS:
-        raise ValueError(f"{ISA_ENV}={asked!r}: expected one of {', '.join(isa.LEVELS)}")
-    return asked
+    from vllm_hogwild import envs
+
+    return envs.get(envs.CPU_ISA)
 
 
 def _cpu_tag() -> str:

@@ -11,6 +11,7 @@ import torch
 
 from hogwild_kernels import SeqView, build, cpu_native, cpu_op, isa
 from paged import PagedCache, inv_freq_for, layout_views, naive_attention, random_cache, random_views
+from vllm_hogwild import envs
 
 if not cpu_native.available():  # the suite's setup builds it; without a compiler the backend falls back
     pytest.skip("the compiled CPU op could not be built on this machine", allow_module_level=True)
@@ -23,7 +24,7 @@ LEVELS = [at for at in isa.LEVELS if isa.runs_level(isa.this_cpu(), at)]
 
 @pytest.fixture(autouse=True, params=LEVELS)
 def level(request, monkeypatch):
-    monkeypatch.setenv(cpu_native.ISA_ENV, request.param)
+    monkeypatch.setenv(envs.CPU_ISA.name, request.param)
     assert cpu_native.available(), request.param
     return request.param
 
@@ -340,7 +341,7 @@ def test_the_build_level_asked_for(monkeypatch, caplog, level):
 
     if level != "native":
         pytest.skip("about the variable, not a build: once is enough")
-    monkeypatch.setenv(cpu_native.ISA_ENV, "avx1024")
+    monkeypatch.setenv(envs.CPU_ISA.name, "avx1024")
     cpu_backend.fragment_op.cache_clear()
     with pytest.raises(ValueError, match="VLLM_HOGWILD_CPU_ISA='avx1024': expected one of native, x86-64-v3, "
                                          "x86-64-v4"):
@@ -348,7 +349,7 @@ def test_the_build_level_asked_for(monkeypatch, caplog, level):
     old = isa.Cpu("an old x86", frozenset({"sse2", "avx"}), "x86_64")
     monkeypatch.setattr(isa, "this_cpu", lambda: old)
     for at in isa.LEVELS:
-        monkeypatch.setenv(cpu_native.ISA_ENV, at)
+        monkeypatch.setenv(envs.CPU_ISA.name, at)
         cpu_native._available.cache_clear()
         cpu_backend.fragment_op.cache_clear()
         caplog.clear()

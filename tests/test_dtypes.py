@@ -9,6 +9,7 @@ import pytest
 from engines import engine
 from runs import assert_within_noise, group_params, prompt_ids, same_dtype_run
 from vllm_hogwild import support
+from vllm_hogwild import envs
 
 LAYOUTS = ("contiguous", "interleaved", "combined")
 FAMILIES = ("llama", "qwen2", "qwen3", "llama3-scaled")
@@ -30,12 +31,12 @@ def test_groups_equal_the_same_dtype_oracle(dtype, family):
 def test_the_pytorch_op_in_bfloat16(monkeypatch):
     from vllm_hogwild import cpu_backend
 
-    monkeypatch.setenv(cpu_backend.CPU_OP_ENV, "torch")
+    monkeypatch.setenv(envs.CPU_OP.name, "torch")
     cpu_backend.fragment_op.cache_clear()
     try:
         assert_within_noise(*same_dtype_run("qwen3", "bfloat16", 3, "combined"), "bfloat16")
     finally:
-        monkeypatch.delenv(cpu_backend.CPU_OP_ENV)
+        monkeypatch.delenv(envs.CPU_OP.name)
         cpu_backend.fragment_op.cache_clear()
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+from vllm_hogwild import envs
 
 
 def _client(monkeypatch, alive: dict):
@@ -24,7 +25,7 @@ def _client(monkeypatch, alive: dict):
     load_general_plugins()  # the plugin's hooks, as in every vLLM process
 
     monkeypatch.setattr(engine_liveness, "PERIOD", 0.05)
-    monkeypatch.setenv(engine_liveness.TIMEOUT_ENV, "0.3")
+    monkeypatch.setenv(envs.ENGINE_TIMEOUT_SECONDS.name, "0.3")
     client = DPLBAsyncMPClient.__new__(DPLBAsyncMPClient)  # no engines started: only the balancing state
     client.core_engines = [b"\x00\x00", b"\x01\x00"]
     client.reqs_in_flight, client.engine_inflight, client.streaming_reqs = {}, Counter(), set()

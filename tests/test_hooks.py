@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vllm_hogwild import hooks
+from vllm_hogwild import envs
 
 
 def test_the_supported_vllm_releases_and_patch_releases_pass():
@@ -19,14 +20,14 @@ def test_the_supported_vllm_releases_and_patch_releases_pass():
 
 @pytest.mark.parametrize("version", ["0.31.2", "0.33.0", "1.32.0"])
 def test_another_vllm_release_is_refused_naming_both(version, monkeypatch):
-    monkeypatch.delenv(hooks.ANY_VLLM_ENV, raising=False)
+    monkeypatch.delenv(envs.ANY_VLLM.name, raising=False)
     with pytest.raises(RuntimeError, match=rf"supports vLLM 0\.32\.x, 0\.34\.x .*vLLM {re.escape(version)} is "
-                                           rf"installed.*{hooks.ANY_VLLM_ENV}=1"):
+                                           rf"installed.*{envs.ANY_VLLM.name}=1"):
         hooks.check_vllm_version(version)
 
 
 def test_the_override_lets_another_release_through(monkeypatch):
-    monkeypatch.setenv(hooks.ANY_VLLM_ENV, "1")
+    monkeypatch.setenv(envs.ANY_VLLM.name, "1")
     hooks.check_vllm_version("0.33.0")  # a warning, no error
 
 

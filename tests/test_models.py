@@ -12,6 +12,7 @@ import zipfile
 import pytest
 
 from vllm_hogwild import fetch, models
+from vllm_hogwild import envs
 
 PIECES = [b"GGUF" + bytes(range(256)) * 40, b"second piece" * 1000, b"end"]
 
@@ -83,7 +84,7 @@ def test_a_failed_step_is_named_and_leaves_nothing(tmp_path, case, monkeypatch):
 
 
 def test_the_catalogue_names_and_resolve(tmp_path, monkeypatch):
-    monkeypatch.setenv(models.MODELS_ENV, str(tmp_path))
+    monkeypatch.setenv(envs.MODELS.name, str(tmp_path))
     for name, entry in models.CATALOGUE.items():
         assert entry.name == name and entry.size > 0 and entry.licence
         assert name == models.DEFAULT or entry.parts
@@ -108,7 +109,7 @@ def test_the_catalogue_names_and_resolve(tmp_path, monkeypatch):
 def test_the_models_command(capsys, monkeypatch, tmp_path):
     from vllm_hogwild.cli import main
 
-    monkeypatch.setenv(models.MODELS_ENV, str(tmp_path))
+    monkeypatch.setenv(envs.MODELS.name, str(tmp_path))
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in models.CATALOGUE) and "not fetched" in out

@@ -16,6 +16,7 @@ from paged import fill_store, inv_freq_for, layout_views, naive_attention, packe
 from planned import END, WORD, planned_group
 from vllm_hogwild.packing import BlockPool, PackedHistory
 from vllm_hogwild.planner import Packing
+from vllm_hogwild import envs
 
 
 def test_the_pool_hands_out_lowest_blocks_first_and_runs_short():
@@ -168,12 +169,12 @@ def test_the_pytorch_op_reads_the_history_unpacked(monkeypatch):
     from vllm_hogwild import cpu_backend
     from runs import assert_matches, hogwild, prompt_ids
 
-    monkeypatch.setenv(cpu_backend.CPU_OP_ENV, "torch")
+    monkeypatch.setenv(envs.CPU_OP.name, "torch")
     cpu_backend.fragment_op.cache_clear()
     try:
         assert_matches(*hogwild("llama", prompt_ids("llama"), 4, "combined", max_tokens=48))
     finally:
-        monkeypatch.delenv(cpu_backend.CPU_OP_ENV)
+        monkeypatch.delenv(envs.CPU_OP.name)
         cpu_backend.fragment_op.cache_clear()
     assert_matches(*hogwild("llama", prompt_ids("llama"), 4, "combined", max_tokens=48))
 
@@ -181,7 +182,10 @@ def test_the_pytorch_op_reads_the_history_unpacked(monkeypatch):
 def test_the_store_size_is_read_from_the_environment(monkeypatch):
     """A quarter of the KV cache by default; GiB over all layers when asked; 0 turns packing
     off; a size that is not one is refused, naming the variable."""
-    from vllm_hogwild.cpu_backend import PACKED_ENV, packing
+    from vllm_hogwild.cpu_backend import packing
+    from vllm_hogwild.envs import CPU_PACKED_GIB
+
+    PACKED_ENV = CPU_PACKED_GIB.name
 
     caches = [torch.zeros(400, 3, 32, 128) for _ in range(2)]  # 2 layers of 400 blocks, 48 KiB a block
     monkeypatch.delenv(PACKED_ENV, raising=False)

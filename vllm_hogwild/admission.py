@@ -22,12 +22,13 @@ A group that could never start is refused when it arrives (``check_lengths``,
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from vllm_hogwild import envs
 
 # How long a group's worker requests may take to all reach one scheduler (they are sent
 # back to back, so seconds are plenty); then the group fails instead of waiting forever.
-GROUP_ASSEMBLY_SECONDS = float(os.environ.get("VLLM_HOGWILD_GROUP_ASSEMBLY_SECONDS", "60"))
+GROUP_ASSEMBLY_SECONDS = envs.get(envs.GROUP_ASSEMBLY_SECONDS)
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

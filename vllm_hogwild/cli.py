@@ -84,7 +84,7 @@ def demo(args: argparse.Namespace) -> int:
 def models_command(args: argparse.Namespace) -> int:
     """``models``: the catalogue as a table; ``models fetch NAME``: fetch it, the converted
     folder as the last line of output (stdout), or the failed step (stderr, exit 1)."""
-    from vllm_hogwild import fetch, models
+    from vllm_hogwild import envs, fetch, models
 
     if args.action == "fetch":
         try:
@@ -104,7 +104,7 @@ def models_command(args: argparse.Namespace) -> int:
     for e in models.CATALOGUE.values():
         table.add_row(e.name, f"{e.size / 2**20:.0f} MiB", models.state(e.name), e.licence, e.what)
     Console().print(table)
-    print(f"cache: {models.cache_root()} ({models.MODELS_ENV}); fetch one: vllm-hogwild models fetch NAME; "
+    print(f"cache: {models.cache_root()} ({envs.MODELS.name}); fetch one: vllm-hogwild models fetch NAME; "
           "then --model NAME in demo, serve and the benchmarks")
     return 0
 

@@ -18,7 +18,6 @@ quarter of the KV cache; 0 turns packing off).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -31,23 +30,18 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 
 from hogwild_kernels import build, cpu_native, cpu_op
-from vllm_hogwild import runtime
+from vllm_hogwild import envs, runtime
 from vllm_hogwild.attention import HogwildForward, LayerKind, step_rows
 from vllm_hogwild.planner import Packing, StepPlan
 from vllm_hogwild.support import CPU_LAYOUTS
 
 
-CPU_OP_ENV = "VLLM_HOGWILD_CPU_OP"
-CPU_OPS = ("native", "torch")
-PACKED_ENV = "VLLM_HOGWILD_CPU_PACKED_GIB"
 
 
 @functools.cache
 def fragment_op():
     """The module of the fragment op this process runs: ``cpu_native`` or ``cpu_op``."""
-    choice = os.environ.get(CPU_OP_ENV, "native")
-    if choice not in CPU_OPS:
-        raise ValueError(f"{CPU_OP_ENV}={choice!r}: expected one of {', '.join(CPU_OPS)}")
+    choice = envs.get(envs.CPU_OP)
     return cpu_native if choice == "native" and cpu_native.available() else cpu_op
 
 
@@ -59,14 +53,8 @@ def packing(kv_caches: list[torch.Tensor], block_size: int) -> Packing | None:
         return None
     cache_block = kv_caches[0][0].numel() * len(kv_caches)
     block_bytes = cache_block * torch.finfo(cpu_native.compute_dtype(kv_caches[0].dtype)).bits // 8
-    asked = os.environ.get(PACKED_ENV)
-    if asked is not None:
-        try:
-            gib = float(asked)
-        except ValueError:
-            gib = -1.0
-        if not gib >= 0:
-            raise ValueError(f"{PACKED_ENV}={asked!r}: expected a size in GiB, 0 or more")
+    gib = envs.get(envs.CPU_PACKED_GIB)
+    if gib is not None:
         blocks = int(gib * 2**30 // block_bytes)
     else:  # a quarter of the cache's bytes
         blocks = kv_caches[0].shape[0] * cache_block * kv_caches[0].element_size() // 4 // block_bytes

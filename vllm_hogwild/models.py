@@ -18,7 +18,8 @@ import os
 import shutil
 from dataclasses import dataclass
 
-MODELS_ENV = "VLLM_HOGWILD_MODELS"
+from vllm_hogwild import envs
+
 DEFAULT = "smollm2-135m-instruct"
 
 
@@ -73,7 +74,7 @@ DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "vllm-hogwild", 
 
 
 def cache_root() -> str:
-    return os.environ.get(MODELS_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "vllm-hogwild", "models")
+    return envs.get(envs.MODELS) or os.path.join(os.path.expanduser("~"), ".cache", "vllm-hogwild", "models")
 
 
 def folder_of(name: str) -> str:

