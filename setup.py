@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["vllm_hogwild", "vllm_hogwild.hooks", "vllm_hogwild.releases", "vllm_hogwild.web", "hogwild_kernels"],
-    package_data={"vllm_hogwild.web": ["static/*"], "hogwild_kernels": ["*.cpp"]},
+    package_data={"vllm_hogwild.web": ["static/*"], "hogwild_kernels": ["*.cpp", "cpu/*.h"]},
     package_dir={"vllm_hogwild": "vllm_hogwild", "hogwild_kernels": "kernels"},
     install_requires=["torch", "numpy"],
     extras_require={

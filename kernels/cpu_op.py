@@ -208,7 +208,7 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     out = torch.empty_like(q) if out is None else out
     num_heads, head_dim = q.shape[1], q.shape[2]
     kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
-    group_size = num_heads // kv_heads
+    q_per_kv = num_heads // kv_heads
     perm = prepared.perm
     cache = _Blocks(key_cache, value_cache, amx)
     for g in prepared.groups:
@@ -223,33 +223,33 @@ def fragment_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: to
             sh_values = cache.values_of(sh.blocks).transpose(0, 1).reshape(kv_heads, width, head_dim)
         for c in g.chunks:
             rows = c.rows.numel()
-            x = (torch.index_select(q, 0, c.rows).float() * scale).view(rows, kv_heads, group_size, head_dim)
+            x = (torch.index_select(q, 0, c.rows).float() * scale).view(rows, kv_heads, q_per_kv, head_dim)
             x = x.transpose(0, 1)  # [Hkv, R, G, D]
             x_perm = torch.index_select(x, -1, perm)
-            top = torch.full((kv_heads, rows, group_size), float("-inf"))
+            top = torch.full((kv_heads, rows, q_per_kv), float("-inf"))
             if sh.blocks.numel():
-                at_view = (x * c.view_cos + x_perm * c.view_sin).reshape(kv_heads, rows * group_size, head_dim)
-                sh_scores = capped(torch.matmul(at_view, sh_keys).view(kv_heads, rows, group_size, -1)) + c.shared_bias
+                at_view = (x * c.view_cos + x_perm * c.view_sin).reshape(kv_heads, rows * q_per_kv, head_dim)
+                sh_scores = capped(torch.matmul(at_view, sh_keys).view(kv_heads, rows, q_per_kv, -1)) + c.shared_bias
                 top = torch.maximum(top, sh_scores.amax(dim=-1))
             if tiles:
                 turned = x[None] * c.cos + x_perm[None] * c.sin  # [T, Hkv, R, G, D]
-                scores = torch.matmul(turned.reshape(tiles, kv_heads, rows * group_size, head_dim), keys)
-                scores = capped(scores.view(tiles, kv_heads, rows, group_size, -1)) + c.bias  # [T, Hkv, R, G, bs]
+                scores = torch.matmul(turned.reshape(tiles, kv_heads, rows * q_per_kv, head_dim), keys)
+                scores = capped(scores.view(tiles, kv_heads, rows, q_per_kv, -1)) + c.bias  # [T, Hkv, R, G, bs]
                 top = torch.maximum(top, scores.amax(dim=(0, 4)))
-            total = torch.zeros(kv_heads, rows, group_size)
+            total = torch.zeros(kv_heads, rows, q_per_kv)
             if sinks is not None:  # one more logit per head, with no value
-                sink = sinks.float().view(kv_heads, 1, group_size)
+                sink = sinks.float().view(kv_heads, 1, q_per_kv)
                 top = torch.maximum(top, sink)
                 total += torch.exp(sink - top)
-            o = torch.zeros(kv_heads, rows * group_size, head_dim)
+            o = torch.zeros(kv_heads, rows * q_per_kv, head_dim)
             if sh.blocks.numel():
                 weights = torch.exp(sh_scores - top[..., None])
                 total += weights.sum(dim=-1)
-                o += torch.matmul(weights.view(kv_heads, rows * group_size, -1), sh_values)
+                o += torch.matmul(weights.view(kv_heads, rows * q_per_kv, -1), sh_values)
             if tiles:
                 weights = torch.exp(scores - top[None, ..., None])
                 total += weights.sum(dim=(0, 4))
-                o += torch.matmul(weights.view(tiles, kv_heads, rows * group_size, -1), values).sum(0)
-            o = o.view(kv_heads, rows, group_size, head_dim) / total[..., None]
+                o += torch.matmul(weights.view(tiles, kv_heads, rows * q_per_kv, -1), values).sum(0)
+            o = o.view(kv_heads, rows, q_per_kv, head_dim) / total[..., None]
             out[c.rows] = o.transpose(0, 1).reshape(rows, num_heads, head_dim).to(out.dtype)
     return out

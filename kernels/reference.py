@@ -48,7 +48,7 @@ def fragment_attention(
     num_kv_heads = key_cache.shape[2]
     if num_heads % num_kv_heads:
         raise ValueError(f"query heads {num_heads} not a multiple of KV heads {num_kv_heads}")
-    group_size = num_heads // num_kv_heads
+    q_per_kv = num_heads // num_kv_heads
     out = torch.empty_like(q) if out is None else out
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     qsl = table.query_start_loc.tolist()
@@ -74,7 +74,7 @@ def fragment_attention(
             offset = table.src_offset[i].long()[slots]
             shift = offset - start
             qr = rotate(qg, ((view - pos) - shift)[:, None], inv_freq, is_neox)
-            keys = keys.repeat_interleave(group_size, dim=1)
+            keys = keys.repeat_interleave(q_per_kv, dim=1)
             s = torch.einsum("rhd,nhd->rhn", qr, keys) * scale
             if softcap > 0:
                 s = softcap * torch.tanh(s / softcap)
@@ -83,7 +83,7 @@ def fragment_attention(
             if window > 0:
                 visible &= home[None, :] + shift[:, None] > view[:, None] - window
             scores.append(s.masked_fill(~visible[:, None, :], float("-inf")))
-            values.append(vals.repeat_interleave(group_size, dim=1))
+            values.append(vals.repeat_interleave(q_per_kv, dim=1))
         if not scores:
             raise ValueError(f"group {g} has query rows but no source to attend to")
         scores = torch.cat(scores, dim=2)

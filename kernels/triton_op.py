@@ -34,20 +34,20 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 @triton.jit
 def _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr, batch_rows_ptr, qt, kv_head,
-              GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_M: tl.constexpr):
+              Q_PER_KV: tl.constexpr, Q_PER_KV_P: tl.constexpr, BLOCK_M: tl.constexpr):
     """The query rows of tile ``qt``: (tokens of one group) x (query heads of ``kv_head``).
 
     ``tok`` indexes the table's rows, ``brow`` the rows of ``q`` and ``out``."""
     group = tl.load(qt_group_ptr + qt)
     r0 = tl.load(qt_start_ptr + qt)
     r1 = tl.load(qt_end_ptr + qt)
-    r = tl.arange(0, BLOCK_M * GROUP_P)
-    tok_i = r // GROUP_P
-    head_i = r % GROUP_P
-    row_ok = (r0 + tok_i < r1) & (head_i < GROUP)
+    r = tl.arange(0, BLOCK_M * Q_PER_KV_P)
+    tok_i = r // Q_PER_KV_P
+    head_i = r % Q_PER_KV_P
+    row_ok = (r0 + tok_i < r1) & (head_i < Q_PER_KV)
     tok = tl.load(group_rows_ptr + r0 + tok_i, mask=row_ok, other=0)
     brow = tl.load(batch_rows_ptr + r0 + tok_i, mask=row_ok, other=0)
-    return group, tok, brow, kv_head * GROUP + head_i, row_ok
+    return group, tok, brow, kv_head * Q_PER_KV + head_i, row_ok
 
 
 @triton.jit
@@ -216,7 +216,7 @@ def _fragment_attn_kernel(
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ot, stride_oh, max_workers, num_keys, scale_log2, num_splits,
     window, cap_in, cap_out, sinks_ptr,
-    BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, Q_PER_KV: tl.constexpr, Q_PER_KV_P: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
     HALF: tl.constexpr, PASS_P: tl.constexpr, IS_NEOX: tl.constexpr, IEEE: tl.constexpr,
     FUSED_MERGE: tl.constexpr, SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
@@ -224,12 +224,12 @@ def _fragment_attn_kernel(
     qt = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    ROWS: tl.constexpr = BLOCK_M * GROUP_P
+    ROWS: tl.constexpr = BLOCK_M * Q_PER_KV_P
     PREC: tl.constexpr = "ieee" if IEEE else "tf32"
     DT = k_ptr.dtype.element_ty
 
     group, tok, brow, head, row_ok = _row_tile(qt_group_ptr, qt_start_ptr, qt_end_ptr, group_rows_ptr,
-                                               batch_rows_ptr, qt, kv_head, GROUP, GROUP_P, BLOCK_M)
+                                               batch_rows_ptr, qt, kv_head, Q_PER_KV, Q_PER_KV_P, BLOCK_M)
     pos = tl.load(q_pos_ptr + tok, mask=row_ok, other=0)
     view = tl.load(q_view_ptr + tok, mask=row_ok, other=0)
     worker = tl.load(row_worker_ptr + tok, mask=row_ok, other=0)
@@ -334,7 +334,7 @@ def _fragment_attn_kernel(
         o_ptr = out_ptr + brow[:, None] * stride_ot + head[:, None] * stride_oh + dv[None, :]
         tl.store(o_ptr, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
     else:
-        num_heads = tl.num_programs(1) * GROUP
+        num_heads = tl.num_programs(1) * Q_PER_KV
         ws_row = (tok * num_heads + head) * num_splits + split
         tl.store(ws_acc_ptr + ws_row[:, None] * HEAD_DIM_P + dv[None, :], acc, mask=row_ok[:, None])
         tl.store(ws_ml_ptr + ws_row * 2, m_i, mask=row_ok)
@@ -410,7 +410,7 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int | None = None,
+def plan(table: FragmentTable, q_per_kv: int, block_n: int = 64, block_m: int | None = None,
          row_index: torch.Tensor | None = None, pack_shared: bool = True) -> LaunchPlan:
     """Query tiles (rows of one group) and KV tiles for a table.
 
@@ -434,9 +434,9 @@ def plan(table: FragmentTable, group_size: int, block_n: int = 64, block_m: int 
     row_out = np.arange(group_rows.size) if row_index is None else row_index.cpu().numpy()
     rows_per_group = np.bincount(row_group, minlength=table.num_groups)
     if block_m is None:
-        lo = max(1, 16 // _next_pow2(group_size))  # tl.dot wants >= 16 rows
+        lo = max(1, 16 // _next_pow2(q_per_kv))  # tl.dot wants >= 16 rows
         most = int(rows_per_group.max()) if rows_per_group.size else 1
-        block_m = min(max(_next_pow2(most), lo), max(lo, 64 // _next_pow2(group_size)))
+        block_m = min(max(_next_pow2(most), lo), max(lo, 64 // _next_pow2(q_per_kv)))
     qt_group, qt_start, qt_end, first = [], [], [], 0
     for g, nrows in enumerate(rows_per_group.tolist()):
         for s in range(first, first + nrows, block_m):
@@ -574,14 +574,14 @@ def fragment_attention(
     _, num_heads, head_dim = q.shape
     num_rows = table.q_pos.numel()
     num_kv_heads = key_cache.shape[2]
-    group = num_heads // num_kv_heads
+    q_per_kv = num_heads // num_kv_heads
     out = torch.empty_like(q) if out is None else out
     if num_rows == 0:
         return out
     if launch is None:
         if q.shape[0] < num_rows:
             raise ValueError(f"q has {q.shape[0]} rows but the table has {num_rows} query rows")
-        launch = plan(table, group)
+        launch = plan(table, q_per_kv)
     elif launch.row_out.numel() != num_rows:
         raise ValueError(f"launch plan is for {launch.row_out.numel()} query rows, the table has {num_rows}")
     if keys is None:
@@ -619,7 +619,7 @@ def fragment_attention(
         scale * 1.4426950408889634, num_splits,
         window if window > 0 else 1 << 30, scale / softcap if softcap > 0 else 0.0, softcap * 1.4426950408889634,
         sinks,
-        BLOCK_SIZE=key_cache.shape[1], GROUP=group, GROUP_P=_next_pow2(group),
+        BLOCK_SIZE=key_cache.shape[1], Q_PER_KV=q_per_kv, Q_PER_KV_P=_next_pow2(q_per_kv),
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         HALF=half, PASS_P=pass_p, IS_NEOX=is_neox, IEEE=q.dtype == torch.float32, FUSED_MERGE=fused_merge,
         SOFTCAP=softcap > 0, HAS_SINKS=has_sinks, num_warps=num_warps, num_stages=num_stages,

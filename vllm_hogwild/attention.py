@@ -127,8 +127,7 @@ def step_rows(plan: StepPlan, query_start_loc: list[int], block_table: torch.Ten
     rows = starts if total == lengths.size else (  # a decode step: one row each
         np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total))
     table = _extended(block_table[:num_reqs], plan.extra_blocks + plan.packed_blocks)
-    views = [SeqView(s.group, s.worker, s.num_rows, s.first_home, s.fragments, s.view_positions, s.shared)
-             for s in plan.seqs]
+    views = plan.seqs
     copies = tuple(np.concatenate(c) for c in zip(*plan.copies)) if plan.copies else None
     return StepRows(torch.from_numpy(rows), views, table, total == num_tokens, num_reqs + len(plan.extra_blocks),
                     copies)

@@ -17,14 +17,13 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from hogwild_kernels.seq_view import SeqView, Shared
 from vllm_hogwild.group import GroupTracker
 from vllm_hogwild.layouts import Fragment, Span, view_position
 from vllm_hogwild.packing import BlockPool, PackedHistory
 from vllm_hogwild.worker_requests import WorkerStamp, stream_starts
 
 
-# rows, starts, ends, offsets: hogwild_kernels.table.Shared (not imported: no torch here)
-Shared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 # Copies into the packed store, one per token: source row, home, packed row, index, turn
 # (packing.PackOrder, with block-table rows for workers; hogwild_kernels.cpu_native.Copies
 # once the rows are looked up)
@@ -38,21 +37,6 @@ class Packing:
 
     block_size: int
     blocks: int
-
-
-@dataclass(frozen=True)
-class SeqPlan:
-    """One hogwild sequence of a step (the fields of ``hogwild_kernels.SeqView``):
-    ``shared``, the group's shared history (one object for all its sequences), and
-    ``fragments``, the rest of the view."""
-
-    group: int
-    worker: int
-    num_rows: int
-    first_home: int
-    fragments: list[tuple[int, int, int, int]]
-    view_positions: list[int]
-    shared: Shared | None = None
 
 
 class RunnerRequest(Protocol):
@@ -111,7 +95,7 @@ class StepPlan:
     cache), filled by ``copies`` before attention.
     """
 
-    seqs: list[SeqPlan]
+    seqs: list[SeqView]  # the group's shared history as ``shared`` (one object for all its sequences)
     batch_rows: list[int]
     extra_blocks: list[list[int]]
     packed_blocks: list[list[int]] = field(default_factory=list)
@@ -229,7 +213,7 @@ class Planner:
                 frags = [(source_row[f.source], f.start, f.end, f.offset) for f in rest]
                 # Query rows are this step's tokens: never in the committed history.
                 positions = [view_position(rest, w, first + i) for i in range(num_rows)]
-                plan.seqs.append(SeqPlan(gi, w, num_rows, first, frags, positions, shared))
+                plan.seqs.append(SeqView(gi, w, num_rows, first, frags, positions, shared))
                 plan.batch_rows.append(batch[rid])
         return plan if plan.seqs else None
 
