@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 from vllm_hogwild import envs
+from vllm_hogwild.hooks import state
 
 
 def _client(monkeypatch, alive: dict):
@@ -78,7 +79,7 @@ def test_a_silent_remote_engine_fails_its_requests_and_gets_no_new_ones(monkeypa
         assert {client.get_core_engine_for_request(_request(f"new{i}")) for i in range(4)} == {b"\x00\x00"}
         client.get_core_engine_for_request(_request("pinned", rank=1))
         assert [o.request_id for o in client.outputs_queue.get_nowait().outputs] == ["pinned"]
-        client._hogwild_liveness.task.cancel()
+        state.of(client, state.ClientState).liveness.task.cancel()
 
     asyncio.run(scenario())
 
@@ -93,7 +94,7 @@ def test_an_engine_of_this_node_is_never_asked(monkeypatch):
             client.get_core_engine_for_request(_request(rid))
         await asyncio.sleep(0.8)
         assert client.outputs_queue.empty() and len(client.reqs_in_flight) == 4
-        client._hogwild_liveness.task.cancel()
+        state.of(client, state.ClientState).liveness.task.cancel()
 
     asyncio.run(scenario())
 

@@ -23,6 +23,7 @@ import torch
 from engines import engine, hf_model
 from runs import assert_matches, assert_one_worker_is_plain, hogwild, oracle_runs, prompt_ids
 from tiny_models import WINDOW
+from vllm_hogwild.hooks import state
 
 LAYOUTS = ("contiguous", "interleaved", "combined")
 IN_PROCESS = ("mistral", "gemma2", "gemma3")
@@ -158,7 +159,8 @@ def test_the_window_manager_keeps_group_blocks():
     skip = _remove_skipped_blocks(lambda self, rid, *a: calls.append(rid))
     worker = SimpleNamespace(sampling_params=SimpleNamespace(extra_args={worker_requests.STAMP_KEY: {"group": "g"}}))
     plain = SimpleNamespace(sampling_params=SimpleNamespace(extra_args=None))
-    coordinator = SimpleNamespace(_hogwild_requests={"w": worker, "p": plain})
+    coordinator = SimpleNamespace()
+    state.of(coordinator, state.CoordinatorState).requests = {"w": worker, "p": plain}
     for rid in ("w", "p", "gone"):
         skip(coordinator, rid, 100)
     assert calls == ["p", "gone"]

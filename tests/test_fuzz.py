@@ -17,6 +17,7 @@ import pytest
 
 from engines import engine, scheduler
 from junk import FIELDS_NAMED, bad_input_cases
+from vllm_hogwild.hooks import state
 
 def test_junk_in_every_hogwild_field_is_refused_by_name_or_runs():
     from vllm import SamplingParams
@@ -101,12 +102,12 @@ def test_random_traffic_with_aborts_keeps_every_survivor_exact_and_frees_every_b
         assert getattr(got, "hogwild_final_answer", None) == getattr(want, "hogwild_final_answer", None)
     assert pool.get_num_free_blocks() == free
     sched = scheduler(llm)
-    assert not sched.__dict__.get("_hogwild_ended") and not sched.requests
+    assert not state.of(sched, state.SchedulerState).ended and not sched.requests
     # The model runner hears of the last step's finished requests with the next step's
     # batch: after one more request, no group is left in the planner or the protocol.
     llm.generate(["Alice"], _params(None), use_tqdm=False)
     runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
-    planner = runner._hogwild_planner
+    planner = state.of(runner, state.RunnerState).planner
     assert not planner and not planner._pending and not planner._group_of
     from vllm_hogwild.hooks.sampler import hogwild_processors
 

@@ -8,6 +8,7 @@ import torch
 from engines import engine, scheduler, tokenizer
 from runs import NAMES, PROMPT, prompt_ids
 from vllm_hogwild.worker_requests import group_of
+from vllm_hogwild.hooks import state
 
 
 def _plain_works(llm) -> None:
@@ -62,7 +63,7 @@ def test_abort_frees_every_block_of_the_group():
         llm.llm_engine.step()
     assert pool.get_num_free_blocks() == free
     assert not scheduler(llm).requests
-    assert not getattr(scheduler(llm), "_hogwild_ended", {})
+    assert not state.of(scheduler(llm), state.SchedulerState).ended
 
 
 def test_kv_pressure_holds_groups_back_whole():

@@ -17,6 +17,7 @@ from planned import END, WORD, planned_group
 from vllm_hogwild.packing import BlockPool, PackedHistory
 from vllm_hogwild.planner import Packing
 from vllm_hogwild import envs
+from vllm_hogwild.hooks import state
 
 
 def test_the_pool_hands_out_lowest_blocks_first_and_runs_short():
@@ -151,13 +152,13 @@ def test_engine_groups_over_packed_histories_equal_the_oracle(store):
     assert_matches(out, runs)
     runner = _runner(llm)
     history = sum(len(r.generated) for r in runs)  # an upper bound: what was committed is less
-    pool = runner._hogwild_planner._pool
+    pool = state.of(runner, state.RunnerState).planner._pool
     assert pool.in_use > 0
     # The runner hears that the group ended with the next step's batch.
     llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1), use_tqdm=False)
     assert pool.capacity == (2 if store == "2 blocks" else runner.kv_caches[0].shape[0] // 4)
-    assert pool.in_use == 0 and runner._hogwild_planner.state()["packed_blocks"] == 0
-    stores = [layer.impl._hogwild_store for layer in runner.compilation_config.static_forward_context.values()]
+    assert pool.in_use == 0 and state.of(runner, state.RunnerState).planner.state()["packed_blocks"] == 0
+    stores = [state.of(layer.impl, state.LayerState).store for layer in runner.compilation_config.static_forward_context.values()]
     assert len(stores) == 2 and all(s.abs().sum() > 0 for s in stores)  # keys were copied into every layer's
     if store == "2 blocks":
         assert history > 64 and all(s.shape[0] == 64 for s in stores)

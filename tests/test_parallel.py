@@ -22,6 +22,7 @@ from engines import engine, model_path, scheduler
 from servers import running_server
 
 from vllm_hogwild import releases
+from vllm_hogwild.hooks import state
 
 
 def test_a_group_whose_workers_never_all_arrive_fails_instead_of_waiting(monkeypatch):
@@ -56,7 +57,8 @@ def test_a_group_whose_workers_never_all_arrive_fails_instead_of_waiting(monkeyp
     assert reasons[("split", 0)] == reasons[("split", 1)] == "error" and "split" in finished
     assert len(finished["plain"].outputs[0].token_ids) == 8
     assert pool.get_num_free_blocks() == free
-    assert "split" not in sched.__dict__.get("_hogwild_ended", {}) and not sched.__dict__.get("_hogwild_failing")
+    held = state.of(sched, state.SchedulerState)
+    assert "split" not in held.ended and not held.failing
 
 
 def _post(base: str, body: dict) -> dict:

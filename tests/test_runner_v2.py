@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from vllm.v1.outputs import AsyncModelRunnerOutput
 
 from vllm_hogwild.hooks import model_runner_v2 as v2
+from vllm_hogwild.hooks import state
 
 
 class Output(AsyncModelRunnerOutput):
@@ -30,11 +31,11 @@ class Output(AsyncModelRunnerOutput):
 
 class Runner:
     def __init__(self, views):
-        self._hogwild_requests = views
+        state.of(self, state.RunnerState).requests = views
 
 
 def _step(runner, output, then=None):
-    return v2._on_output(runner, output, lambda out: v2._record(runner._hogwild_requests, out, then or {}))
+    return v2._on_output(runner, output, lambda out: v2._record(state.of(runner, state.RunnerState).requests, out, then or {}))
 
 
 def _next_step(runner):
@@ -74,4 +75,4 @@ def test_a_plain_output_is_recorded_at_once():
     worker = v2.SlotRequest([1], ([0],), [1])
     runner = Runner({"w": worker})
     _step(runner, SimpleNamespace(req_ids=["w"], sampled_token_ids=[[4]]))
-    assert worker.output_token_ids == [4] and "_hogwild_pending" not in runner.__dict__
+    assert worker.output_token_ids == [4] and state.of(runner, state.RunnerState).pending is None

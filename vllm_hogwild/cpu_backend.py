@@ -31,6 +31,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 
 from hogwild_kernels import build, cpu_native, cpu_op
 from vllm_hogwild import envs, runtime
+from vllm_hogwild.hooks import state
 from vllm_hogwild.attention import HogwildForward, LayerKind, step_rows
 from vllm_hogwild.planner import Packing, StepPlan
 from vllm_hogwild.support import CPU_LAYOUTS
@@ -106,12 +107,13 @@ class HogwildCPUMetadataBuilder(CPUAttentionMetadataBuilder):
     def _packing(self) -> Packing | None:
         """The packed store's size, decided once the caches exist (the environment read once);
         None in a step the PyTorch op runs (a benchmark may switch ops between batches)."""
-        if "_hogwild_packing" not in self.__dict__:
+        record = state.of(self, state.BuilderState)
+        if not record.packed:
             caches = runtime.kv_caches()
             if not caches:
                 return None
-            self._hogwild_packing = packing(caches, self.block_size)
-        return self._hogwild_packing if fragment_op() is cpu_native else None
+            record.packing, record.packed = packing(caches, self.block_size), True
+        return record.packing if fragment_op() is cpu_native else None
 
 
 def _rows(plan: StepPlan, common, block_size: int, head_dim: int, amx: bool, layer_names) -> HogwildRows:
@@ -158,9 +160,10 @@ class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
         own attention takes them; 0, None: none), made once: the cache tensor lives as long
         as the engine, and the lookups and half-dozen view ops cost more per layer and step
         than the op's launch."""
-        made = self.__dict__.get("_hogwild_layer")
+        record = state.of(self, state.LayerState)
+        made = record.layer
         if made is None or made[0] is not kv_cache or made[1] != amx:
-            made = self._hogwild_layer = (kv_cache, amx, (
+            made = record.layer = (kv_cache, amx, (
                 runtime.layers().kinds[layer.layer_name], cpu_caches(kv_cache, "amx" if amx else "vec"),
                 dict(softcap=self.logits_soft_cap or 0.0, sinks=self.sinks)))
         return made[2]
@@ -169,15 +172,15 @@ class HogwildCPUAttentionImpl(HogwildForward, CPUAttentionBackendImpl):
         """This layer's packed store, of at least ``blocks`` blocks (the planner bounds them;
         grown 64 blocks at a time, as a group's history takes blocks a few at a time), as
         key and value views (``cpu_caches``, float32, strided; made when it grows)."""
-        store = getattr(self, "_hogwild_store", None)
+        record = state.of(self, state.LayerState)
+        store = record.store
         if store is None or store.shape[0] < blocks:
             grown = kv_cache.new_zeros((-(-blocks // 64) * 64, *kv_cache.shape[1:]),
                                        dtype=cpu_native.compute_dtype(kv_cache.dtype))
             if store is not None:
                 grown[: store.shape[0]] = store
-            store = self._hogwild_store = grown
-            self._hogwild_store_views = cpu_caches(grown)
-        return self._hogwild_store_views
+            record.store, record.store_views = grown, cpu_caches(grown)
+        return record.store_views
 
 
 class HogwildCPUBackend(CPUAttentionBackend):

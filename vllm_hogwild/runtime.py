@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+from vllm_hogwild.hooks import state
 from vllm_hogwild.planner import Packing, Planner, StepPlan
 
 _runner: Any = None
@@ -27,10 +28,10 @@ def set_runner(runner: Any, batch: Any) -> None:
 
 def planner(runner: Any) -> Planner:
     """The runner's planner, made on first use with a decoder of token texts."""
-    found = getattr(runner, "_hogwild_planner", None)
-    if found is None:
-        found = runner._hogwild_planner = Planner(token_texts(runner.model_config))
-    return found
+    record = state.of(runner, state.RunnerState)
+    if record.planner is None:
+        record.planner = Planner(token_texts(runner.model_config))
+    return record.planner
 
 
 def _tokenizer(model_config: Any) -> Any:
@@ -96,7 +97,7 @@ def step_plan(common: Any, packing: Packing | None = None) -> StepPlan | None:
     runner = _runner
     if runner is None:
         return None
-    plan_for = getattr(runner, "_hogwild_planner", None)
+    plan_for = getattr(state.peek(runner, state.RunnerState), "planner", None)
     if not plan_for:
         return None
     req_ids = _batch.req_ids(runner)[: common.num_reqs]
@@ -111,9 +112,9 @@ def step_plan(common: Any, packing: Packing | None = None) -> StepPlan | None:
 
 def layers() -> Any:
     """The model's RoPEs and each attention layer's kind (``attention.Layers``; read once per runner)."""
-    found = getattr(_runner, "_hogwild_layers", None)
-    if found is None:
+    record = state.of(_runner, state.RunnerState)
+    if record.layers is None:
         from vllm_hogwild.attention import layer_kinds
 
-        found = _runner._hogwild_layers = layer_kinds(_runner.get_model())
-    return found
+        record.layers = layer_kinds(_runner.get_model())
+    return record.layers

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from vllm_hogwild import admission
+from vllm_hogwild.hooks import state
 from vllm_hogwild.hooks.patching import group_of, wrap
 from vllm_hogwild.worker_requests import stamp_of
 
@@ -28,7 +29,7 @@ def install() -> None:
             group = group_of(request)
             if group is None or request.data_parallel_rank is not None:
                 return original(self, request)
-            placed = self.__dict__.setdefault("_hogwild_placed", {})
+            placed = state.of(self, state.ClientState).placed
             now = time.monotonic()
             for key in [k for k, (_, _, at) in placed.items() if now - at > admission.GROUP_ASSEMBLY_SECONDS]:
                 del placed[key]  # a fan-out that failed half-way

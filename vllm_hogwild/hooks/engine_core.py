@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vllm_hogwild.hooks import state
 from vllm_hogwild.hooks.patching import group_of, wrap
 from vllm_hogwild.worker_requests import stamp_of, worker_prompt
 
@@ -35,11 +36,11 @@ def hogwild_state(self) -> dict[str, Any]:
     scheduler's groups and bookkeeping, then each worker's planner and protocol."""
     sched = self.scheduler
     live = {group_of(r) for r in sched.requests.values()} - {None}
-    held = sched.__dict__
+    held = state.peek(sched, state.SchedulerState) or state.SchedulerState()
     scheduler = {"groups": len(live),
-                 "ended_workers_held": sum(len(v) for v in held.get("_hogwild_ended", {}).values()),
-                 "failing": len(held.get("_hogwild_failing", ())),
-                 "failed_unreported": len(held.get("_hogwild_failed", ()))}
+                 "ended_workers_held": sum(len(v) for v in held.ended.values()),
+                 "failing": len(held.failing),
+                 "failed_unreported": len(held.failed)}
     return {"scheduler": scheduler, "workers": self.collective_rpc(worker_state)}
 
 
@@ -48,7 +49,7 @@ def worker_state(worker: Any) -> dict[str, Any]:
     from vllm_hogwild.hooks.sampler import hogwild_processors
 
     runner = getattr(worker, "worker", worker).model_runner
-    planner = getattr(runner, "_hogwild_planner", None)
+    planner = getattr(state.peek(runner, state.RunnerState), "planner", None)
     protocol: dict[str, int] = {}
     for p in hogwild_processors(runner):
         for k, v in p.state().items():

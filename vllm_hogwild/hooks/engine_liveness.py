@@ -21,6 +21,7 @@ import logging
 import time
 
 from vllm_hogwild import envs
+from vllm_hogwild.hooks import state
 from vllm_hogwild.hooks.patching import wrap
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,10 @@ class _Watch:
 
 
 def _watch_of(client) -> _Watch:
-    watch = client.__dict__.get("_hogwild_liveness")
-    if watch is None:
-        watch = client._hogwild_liveness = _Watch(client)
-    return watch
+    record = state.of(client, state.ClientState)
+    if record.liveness is None:
+        record.liveness = _Watch(client)
+    return record.liveness
 
 
 def _reroute(client, request, gone_engine, watch: _Watch):

@@ -18,11 +18,12 @@ out of its own window. A worker's window is over its own positions, but other wo
 place its tokens elsewhere (the prompt, a step committed long ago, another worker's current
 step), so no block of a group is freed that way: a group keeps its blocks until it ends, as
 with full attention (which the admission's block count assumes). The scheduler hook tells
-the coordinator its requests (``_hogwild_requests``), since vLLM passes it only their ids.
+the coordinator its requests (``state.CoordinatorState``), since vLLM passes it only their ids.
 """
 
 from __future__ import annotations
 
+from vllm_hogwild.hooks import state
 from vllm_hogwild.hooks.patching import group_of, wrap
 from vllm_hogwild.worker_requests import cacheable_tokens, stamp_of
 
@@ -66,7 +67,7 @@ def _cache_blocks(original):
 
 def _remove_skipped_blocks(original):
     def wrapper(self, request_id, *args, **kwargs):
-        requests = self.__dict__.get("_hogwild_requests")
+        requests = getattr(state.peek(self, state.CoordinatorState), "requests", None)
         request = requests.get(request_id) if requests else None
         if request is not None and group_of(request) is not None:
             return None  # other workers' views reach blocks outside this worker's window

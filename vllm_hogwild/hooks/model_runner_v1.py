@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from vllm_hogwild import runtime
+from vllm_hogwild.hooks import state
 from vllm_hogwild.hooks.patching import wrap
 from vllm_hogwild.worker_requests import stamp_of
 
@@ -63,8 +64,9 @@ def _update_states(original):
             stamp = stamp_of(new.sampling_params)
             if stamp is not None:
                 runtime.planner(self).add(new.req_id, stamp, self.requests[new.req_id])
-        if scheduler_output.finished_req_ids and getattr(self, "_hogwild_planner", None) is not None:
-            self._hogwild_planner.finish(list(scheduler_output.finished_req_ids))
+        planner = getattr(state.peek(self, state.RunnerState), "planner", None)
+        if scheduler_output.finished_req_ids and planner is not None:
+            planner.finish(list(scheduler_output.finished_req_ids))
         return result
 
     return wrapper
@@ -72,7 +74,7 @@ def _update_states(original):
 
 def _sample(original):
     def wrapper(self, *args, **kwargs):
-        self._hogwild_rewind = _discarded_cpu_generators(self)
+        state.of(self, state.RunnerState).rewind = _discarded_cpu_generators(self)
         return original(self, *args, **kwargs)
 
     return wrapper
@@ -93,7 +95,8 @@ def _bookkeeping_sync(original):
     from vllm_hogwild.hooks.sampler_v1 import hogwild_processors
 
     def wrapper(self, *args, **kwargs):
-        rewind = self.__dict__.pop("_hogwild_rewind", None) or {}
+        record = state.of(self, state.RunnerState)
+        rewind, record.rewind = record.rewind, {}
         generators = self.input_batch.generators
         taken = {i: generators.pop(i) for i in rewind}
         try:

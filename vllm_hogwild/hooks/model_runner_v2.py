@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from vllm_hogwild import runtime
+from vllm_hogwild.hooks import state
 from vllm_hogwild.hooks.patching import wrap
 from vllm_hogwild.hooks.sampler_v2 import HogwildLogitsProcessor, hogwild_processors
 from vllm_hogwild.worker_requests import stamp_of
@@ -58,13 +59,13 @@ class Batch:
 
     @staticmethod
     def req_ids(runner: Any) -> list[str]:
-        batch = getattr(runner, "_hogwild_batch", None)
+        batch = getattr(state.peek(runner, state.RunnerState), "batch", None)
         return [] if batch is None else batch.req_ids  # (a dummy batch: no request of ours)
 
     @staticmethod
     def discarded(runner: Any) -> Any:
         """A row whose tokens end short of its prefill is a chunk: its sample is thrown away."""
-        batch = getattr(runner, "_hogwild_batch", None)
+        batch = getattr(state.peek(runner, state.RunnerState), "batch", None)
         if batch is None:
             return None
         return batch.seq_lens_cpu_upper_bound[: batch.num_reqs].numpy() < batch.prefill_len_np
@@ -94,7 +95,7 @@ def install() -> None:
 
 
 def _views(runner: Any) -> dict[str, SlotRequest]:
-    return runner.__dict__.setdefault("_hogwild_requests", {})
+    return state.of(runner, state.RunnerState).requests
 
 
 def _load_model(original):
@@ -136,7 +137,7 @@ def _add_requests(original):
 def _update_requests(original):
     def wrapper(self, scheduler_output):
         result = original(self, scheduler_output)
-        views = self.__dict__.get("_hogwild_requests")
+        views = _views(self)
         if views:
             reqs = scheduler_output.scheduled_cached_reqs
             for req_id, new_ids in zip(reqs.req_ids, reqs.new_block_ids):
@@ -155,7 +156,7 @@ def _remove_request(original):
         if slot is not None:
             for processor in hogwild_processors(self):
                 processor.remove(slot)
-        views = self.__dict__.get("_hogwild_requests")
+        views = _views(self)
         if views:
             views.pop(req_id, None)  # the planner keeps its view: the worker stays in the others'
         return original(self, req_id)
@@ -167,11 +168,12 @@ def _finish_requests(original):
     def wrapper(self, scheduler_output):
         # The last step's tokens reach the workers' lists before this step is planned: the
         # engine fetched them already on the rank that reports; other ranks fetch them here.
-        pending = self.__dict__.pop("_hogwild_pending", None)
+        record = state.of(self, state.RunnerState)
+        pending, record.pending = record.pending, None
         if pending is not None:
             pending.get_output()
         result = original(self, scheduler_output)
-        planner = getattr(self, "_hogwild_planner", None)
+        planner = record.planner
         if scheduler_output.finished_req_ids and planner is not None:
             planner.finish(list(scheduler_output.finished_req_ids))
         return result
@@ -181,7 +183,7 @@ def _finish_requests(original):
 
 def _prepare_attn(original):
     def wrapper(self, input_batch):
-        self._hogwild_batch = input_batch
+        state.of(self, state.RunnerState).batch = input_batch
         return original(self, input_batch)
 
     return wrapper
@@ -189,9 +191,10 @@ def _prepare_attn(original):
 
 def _sample_tokens(original):
     def wrapper(self, *args, **kwargs):
-        batch, self._hogwild_batch = getattr(self, "_hogwild_batch", None), None  # until the next prepare_attn
+        record = state.of(self, state.RunnerState)
+        batch, record.batch = record.batch, None  # until the next prepare_attn
         output = original(self, *args, **kwargs)
-        views = self.__dict__.get("_hogwild_requests")
+        views = record.requests
         if output is None or batch is None or not views:
             return output
         then: dict[int, list[int]] = {}
@@ -245,7 +248,7 @@ def _on_output(runner: Any, output: Any, record: Callable[[Any], None]) -> Any:
         return fetched[0]
 
     output.get_output = get_output
-    runner._hogwild_pending = output
+    state.of(runner, state.RunnerState).pending = output
     return output
 
 

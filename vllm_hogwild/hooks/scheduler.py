@@ -27,6 +27,7 @@ from vllm.logger import init_logger
 
 from vllm_hogwild import admission
 from vllm_hogwild.admission import Capacity, GroupDemand, blocks_for
+from vllm_hogwild.hooks import state
 from vllm_hogwild.hooks.patching import group_of, wrap
 from vllm_hogwild.worker_requests import prompt_tails, stamp_of
 
@@ -47,7 +48,7 @@ def _schedule(original):
 
     def wrapper(self, *args, **kwargs):
         # The coordinator is told the requests whose blocks it must keep (kv_cache.py).
-        self.kv_cache_manager.coordinator._hogwild_requests = self.requests
+        state.of(self.kv_cache_manager.coordinator, state.CoordinatorState).requests = self.requests
         groups: dict[str, list[Any]] = defaultdict(list)
         for request in self.requests.values():
             key = group_of(request)
@@ -62,11 +63,12 @@ def _schedule(original):
         if plan.held or plan.starting:  # (vLLM's remove rebuilds the waiting queue)
             self.waiting.remove_requests(plan.held + plan.starting)
             self.waiting.prepend_requests(reversed(plan.starting))
-        self._hogwild_hold = plan.hold
+        record = state.of(self, state.SchedulerState)
+        record.hold = plan.hold
         try:
             output = original(self, *args, **kwargs)
         finally:
-            self._hogwild_hold = {}
+            record.hold = {}
             self.waiting.prepend_requests(plan.held)
         _check_whole(output, plan, groups)
         return output
@@ -77,7 +79,7 @@ def _schedule(original):
 def _reserve_prefill_lookahead(original):
     def wrapper(self, request, num_computed_tokens, num_new_tokens):
         num_new_tokens = original(self, request, num_computed_tokens, num_new_tokens)
-        shared = self.__dict__.get("_hogwild_hold", {}).get(request.request_id)
+        shared = getattr(state.peek(self, state.SchedulerState), "hold", {}).get(request.request_id)
         if shared is not None:  # a leading worker 0 whose group does not join this step
             num_new_tokens = max(0, min(num_new_tokens, shared - num_computed_tokens))
         return num_new_tokens
@@ -88,9 +90,10 @@ def _reserve_prefill_lookahead(original):
 def _free_blocks(original):
     def wrapper(self, request):
         key = group_of(request)
-        if key is None or key in self.__dict__.get("_hogwild_failing", ()):
+        record = state.of(self, state.SchedulerState)
+        if key is None or key in record.failing:
             return original(self, request)
-        ended = self.__dict__.setdefault("_hogwild_ended", defaultdict(list))
+        ended = record.ended
         ended[key].append(request)
         if len(ended[key]) < stamp_of(request.sampling_params).flag.workers:
             return None  # the others still read this worker's keys
@@ -104,8 +107,10 @@ def _free_blocks(original):
 def _update_from_output(original):
     def wrapper(self, *args, **kwargs):
         outputs = original(self, *args, **kwargs)
-        failed = self.__dict__.pop("_hogwild_failed", None)
+        record = state.peek(self, state.SchedulerState)
+        failed = record.failed if record is not None else []
         if failed:
+            record.failed = []
             from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
 
             for request in failed:
@@ -136,13 +141,13 @@ def _fail_unassembled(sched: Any, groups: dict[str, list[Any]], status: Any) -> 
                      "%.0f s (with data parallel, were they placed on different engines?)",
                      key, len(reqs), workers, waited)
         del groups[key]
-        failing = sched.__dict__.setdefault("_hogwild_failing", set())
+        failing = state.of(sched, state.SchedulerState).failing
         failing.add(key)
         try:
             sched.finish_requests([r.request_id for r in reqs], status.FINISHED_ERROR)
         finally:
             failing.discard(key)
-        sched.__dict__.setdefault("_hogwild_failed", []).extend(reqs)
+        state.of(sched, state.SchedulerState).failed.extend(reqs)
 
 
 @dataclass
