@@ -47,8 +47,20 @@ def test_a_banned_text_never_appears_in_a_sampled_text():
 def test_what_is_not_banned_stays_allowed():
     vocab = ["###", " Past", " steps", " attempts", "**", "Alice", " [", " said", "<", "...", ">", "<|im_end|>"]
     bans = Bans(prompts.banned_texts(NAMES), vocab, [vocab.index("<|im_end|>")])
-    assert bans.of("") == {vocab.index("<|im_end|>")}
+    # A token that is a heading mark of its own is never sampled; the others are free at the start.
+    assert bans.of("") == {vocab.index("<|im_end|>"), vocab.index("###")}
     assert vocab.index(" steps") in bans.of("work.\n\n### Past") and vocab.index(" attempts") not in bans.of("### Past")
     assert vocab.index(" [") in bans.of("as **Alice") and vocab.index(" said") not in bans.of("as **Alice")
     # Only the text's end counts: a banned text already written (forced) bans nothing more.
     assert bans.of("**Alice [2]:** Hi") == bans.always
+
+
+def test_look_alikes_of_the_framing_are_banned():
+    """A heading the view never shows (``### Steps in process``) reads to the others as a section of
+    the view; so does a bold speaker (``**Bob:**``). A single ``#`` (a code comment) stays free."""
+    vocab = ["#", "##", " Steps", "**", "Bob", ":", "**:", " said", "<|im_end|>"]
+    bans = Bans(prompts.banned_texts(NAMES), vocab, [vocab.index("<|im_end|>")])
+    assert vocab.index("#") in bans.of("done.\n\n#") and vocab.index("#") not in bans.of("x = 1  ")
+    assert vocab.index("##") in bans.always
+    assert vocab.index(":") in bans.of("done.\n\n**Bob") and vocab.index(" said") not in bans.of("**Bob")
+    assert vocab.index("**:") not in bans.of("Bob")  # "Bob**:" is no speaker's heading

@@ -139,7 +139,7 @@ def step_header(name: str, step: int) -> str:
 
 # The opening of each worker's step 1: alone, first of a group, or one of the others. A group's
 # openings invite a plan; one worker gets no word of others. Measured on Qwen 1.5B over GSM8K
-# 0-39 (budget 256, benchmarks/README.md, 2026-12-07): the lone worker, told of a team and a
+# 0-39 (budget 256, docs/lab_notes.md, 2026-12-07): the lone worker, told of a team and a
 # split, answered 8 of 40; as here, 15. A group opened with "Let me solve it step by step." /
 # "I'll solve it my own way, and compare with what the others find." answered 10 of 40, with
 # these 13: kept.
@@ -204,11 +204,21 @@ def final_answer(text: str) -> str | None:
     return (rest if end is None else rest[:end]).strip()
 
 
+# A view's sections are headed ``### ...``: to a model reading a view, any heading of that form is
+# framing. Banning the exact headings left their look-alikes: Qwen 1.5B's W=2 groups on GSM8K 0-99
+# (budget 256) wrote ``### Steps in process``, ``### My step inprogress``, ``### Past actions``,
+# ``### Bob's step in progress`` in 40 of 200 worker texts (a lone worker: 11 of 100), and the other
+# worker read them as sections of the view.
+HEADING_MARK = "##"
+
+
 def banned_texts(names: Sequence[str]) -> list[str]:
-    """What no worker may write of its own (``bans.py``): every layout's section headings, the
-    workspace headings, every worker's name before a step number (``Bob [``: a header, bold or
-    not; a worker's own headers are forced, never sampled), the redundancy question and the final-answer heading."""
+    """What no worker may write of its own (``bans.py``): every layout's section headings and any
+    look-alike (``HEADING_MARK``), the workspace headings, every worker's name before a step
+    number (``Bob [``: a header, bold or not; a worker's own headers are forced, never sampled) or
+    as a bold speaker (``**Bob:``, ``**Bob**``), the redundancy question and the final-answer heading."""
     headings = [PAST_STEPS] + [text for blocks in FRAMING.values() for _, text in blocks]
-    texts = [t.strip() for t in headings if t.strip()] + [workspace_heading(n).strip() for n in names] \
-        + [f"{n} [" for n in names] + [REDUNDANCY_CHECK.strip(), FINAL_HEADING]
+    texts = [t.strip() for t in headings if t.strip()] + [HEADING_MARK] \
+        + [workspace_heading(n).strip() for n in names] \
+        + [t for n in names for t in (f"{n} [", f"**{n}:", f"**{n}**")] + [REDUNDANCY_CHECK.strip(), FINAL_HEADING]
     return list(dict.fromkeys(texts))
