@@ -117,23 +117,36 @@ def test_refusals_name_the_setting():
     # Gemma 3 (two RoPEs, windowed and full layers) with the hybrid KV cache manager off;
     # Mistral (every layer windowed) with it on: one block table either way.
     assert support.refusal(support.EngineFacts("cuda", "bfloat16", "auto", None, ("default", "linear"),
-                                               mixed_windows=True, hybrid_kv_cache=False)) is None
+                                               mixed_windows=True, hybrid_kv_cache=False, attention_backend="CUSTOM")) is None
     assert support.refusal(support.EngineFacts("cpu", "bfloat16", "auto", "vec", ("default",),
                                                mixed_windows=False, hybrid_kv_cache=True)) is None
     cases = {
         "dtype float32, bfloat16, float16": support.EngineFacts("cpu", "float64", "auto", "vec", ("default",)),
-        "--kv-cache-dtype auto": support.EngineFacts("cuda", "bfloat16", "fp8_e4m3", None, ("default",)),
+        "--kv-cache-dtype auto": support.EngineFacts("cuda", "bfloat16", "fp8_e4m3", None, ("default",),
+                                                      attention_backend="CUSTOM"),
         "layouts vec, vec16, amx (x86); this server's is 'neon'": support.EngineFacts(
             "cpu", "bfloat16", "auto", "neon", ("default",)),
         "no rotary position embedding": support.EngineFacts("cpu", "float32", "auto", "vec", ()),
-        "this model's is longrope": support.EngineFacts("cuda", "bfloat16", "auto", None, ("default", "longrope")),
+        "this model's is longrope": support.EngineFacts("cuda", "bfloat16", "auto", None, ("default", "longrope"),
+                                                        attention_backend="CUSTOM"),
         "this model's is longrope": support.EngineFacts("cpu", "float32", "auto", "vec", ("longrope",)),
         "this model's is default with mrope_section": support.EngineFacts("cpu", "float32", "auto", "vec",
                                                                           ("default",), ("mrope_section",)),
         "start the server with --disable-hybrid-kv-cache-manager": support.EngineFacts(
             "cpu", "bfloat16", "auto", "vec", ("yarn",), mixed_windows=True, hybrid_kv_cache=True),
         "chunked local attention (attention_chunk_size=8192)": support.EngineFacts(
-            "cuda", "bfloat16", "auto", None, ("llama3",), chunked_attention=8192),
+            "cuda", "bfloat16", "auto", None, ("llama3",), chunked_attention=8192, attention_backend="CUSTOM"),
+        # What the engine must be for the hooks (the frontend reads it from vLLM's config).
+        "needs synchronous scheduling; start vLLM with --no-async-scheduling": support.EngineFacts(
+            "cpu", "bfloat16", "auto", "vec", ("default",), async_scheduling=True),
+        "not supported with speculative decoding": support.EngineFacts(
+            "cpu", "bfloat16", "auto", "vec", ("default",), speculative=True),
+        "on CUDA, start vLLM with --attention-backend CUSTOM (the plugin's Triton backend); this engine uses "
+        "the default backend": support.EngineFacts("cuda", "bfloat16", "auto", None, ("default",)),
+        "this engine uses TRITON_ATTN": support.EngineFacts("cuda", "bfloat16", "auto", None, ("default",),
+                                                            attention_backend="TRITON_ATTN"),
+        "needs the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)": support.EngineFacts(
+            "cuda", "bfloat16", "auto", None, ("default",), attention_backend="CUSTOM", v2_runner_chosen=True),
         # A runner the hooks do not drive (a platform plugin's own, say).
         "model runners V1, standalone CPU, V2 GPU; this server runs the TPU runner": support.EngineFacts(
             "tpu", "bfloat16", "auto", None, ("default",), runner="TPU"),

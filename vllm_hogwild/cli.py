@@ -134,6 +134,7 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         args.pop(at)
     if args and not args[0].startswith("-"):
         args = ["--model", args[0]] + args[1:]
+    from vllm_hogwild import support
     from vllm_hogwild.models import resolve
 
     if "--model" not in args:
@@ -152,12 +153,13 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         names += [ep.name for ep in entry_points(group="vllm.general_plugins")]
     env["VLLM_PLUGINS"] = ",".join(dict.fromkeys(["hogwild"] + names))
     given = {a.split("=", 1)[0] for a in args}
-    hybrid = {"--disable-hybrid-kv-cache-manager", "--no-disable-hybrid-kv-cache-manager"}
-    if not given & hybrid and _mixes_windows(args[args.index("--model") + 1]):
-        args += ["--disable-hybrid-kv-cache-manager"]
-        print("vllm-hogwild serve: --disable-hybrid-kv-cache-manager (the model mixes sliding-window and full "
-              "attention layers; hogwild maps one block table per request)", file=sys.stderr)
-    if not _has_accelerator():
+    gpu = _has_accelerator()
+    for options, why in support.serve_options("cuda" if gpu else "cpu", given,
+                                              _mixes_windows(args[args.index("--model") + 1])):
+        args += options
+        if why:
+            print(f"vllm-hogwild serve: {' '.join(options)} ({why})", file=sys.stderr)
+    if not gpu:
         if "--dtype" not in given:
             args += ["--dtype", cpu_dtype()]
         if not given & {"--kv-cache-memory-bytes", "--gpu-memory-utilization"} and CPU_KV_ENV not in env:
@@ -167,11 +169,6 @@ def serve_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             print(f"vllm-hogwild serve: KV cache {size / 2**30:.2f} GiB (--kv-cache-memory-bytes; a quarter of the "
                   f"{available / 2**30:.1f} GiB of memory available, at most {CPU_KV_MAX / 2**30:.0f} GiB); "
                   "--kv-cache-memory-bytes or --gpu-memory-utilization choose another", file=sys.stderr)
-    else:
-        if not given & {"--attention-backend", "--attention-config"}:
-            args += ["--attention-backend", "CUSTOM"]
-        if not given & {"--async-scheduling", "--no-async-scheduling"}:
-            args += ["--no-async-scheduling"]
     return [sys.executable, "-m", "vllm_hogwild.launcher", *args], env
 
 

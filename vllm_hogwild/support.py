@@ -1,5 +1,5 @@
-"""What hogwild can run: the engine settings and model features its attention reads, decided
-before a request is scheduled.
+"""What hogwild requires of an engine and can run on it: the one place the CLI, the frontend
+and the backends ask. Decided before a request is scheduled.
 
 Pure logic over plain facts (``EngineFacts``, gathered by the frontend from vLLM's config).
 A setting outside what is listed here is refused per request, with a message naming the
@@ -23,7 +23,13 @@ Nothing the plugin cannot run ever reaches an engine step.
   do not map (with it off, every layer keeps every block, and windowed layers still compute
   only their window). Chunked local attention (Llama 4) is not read.
 - Model runners: vLLM 0.32's V1 runner (CPU and GPU) and vLLM 0.34's Model Runner V2 (its
-  standalone CPU runner and its GPU runner) are hooked; another runner is refused.
+  standalone CPU runner and its GPU runner) are hooked; another runner is refused. On vLLM 0.32
+  with CUDA the V1 runner is the default the plugin sets (``V1_RUNNER``).
+- Scheduling: synchronous (the planner and the protocol read each step's sampled tokens before
+  the next is scheduled); no speculative decoding (draft tokens would enter the shared cache).
+- On CUDA, the plugin's attention backend (``--attention-backend CUSTOM``).
+
+``serve_options`` says which of these ``vllm-hogwild serve`` adds to vLLM's command line.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ LINEAR_ROPES = ("default", "linear", "llama3", "ntk", "dynamic", "yarn")
 
 # The model runners the hooks drive (``hooks/model_runner_v1``, ``hooks/model_runner_v2``).
 RUNNERS = ("V1", "standalone CPU", "V2 GPU")
+# vLLM 0.32's switch to its V1 runner (the hooks' on 0.32), set by the plugin unless the user did.
+V1_RUNNER = ("VLLM_USE_V2_MODEL_RUNNER", "0")
+# The attention backend vLLM registers the plugin's CUDA backend as.
+CUDA_BACKEND = "CUSTOM"
 
 # The request field the refusals are reported under (they are about the server, not a
 # field of the request; turning hogwild off is what the request can change).
@@ -59,6 +69,10 @@ class EngineFacts:
     hybrid_kv_cache: bool = False  # vLLM's hybrid KV cache manager is on (block tables per kind of layer)
     chunked_attention: int | None = None  # Llama 4's chunked local attention: tokens a chunk
     runner: str = "V1"  # the engine's model runner: "V1" (vLLM 0.32), "standalone CPU", "V2 GPU" (0.34)
+    async_scheduling: bool = False  # vLLM schedules a step before the last one's tokens are known
+    speculative: bool = False  # a speculative decoding config is set
+    attention_backend: str | None = None  # on CUDA, the backend vLLM was started with (None: its default)
+    v2_runner_chosen: bool = False  # vLLM 0.32 with its Model Runner V2 chosen (VLLM_USE_V2_MODEL_RUNNER=1)
 
 
 def mixed_windows(sliding_window: Any, layer_types: Any) -> bool:
@@ -85,6 +99,18 @@ def rope_types(parameters: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def refusal(facts: EngineFacts) -> str | None:
     """Why hogwild cannot run on this engine, naming the setting ("field: ..."), or None."""
+    if facts.async_scheduling:
+        return (f"{FIELD}: needs synchronous scheduling; start vLLM with "
+                "--no-async-scheduling (LLM(..., async_scheduling=False))")
+    if facts.speculative:
+        return (f"{FIELD}: not supported with speculative decoding (vLLM then loads "
+                "no logits-processor plugins, and draft tokens would enter the shared cache)")
+    if facts.platform == "cuda" and facts.attention_backend != CUDA_BACKEND:
+        return (f"{FIELD}: on CUDA, start vLLM with --attention-backend {CUDA_BACKEND} "
+                "(the plugin's Triton backend); this engine uses "
+                f"{facts.attention_backend or 'the default backend'}")
+    if facts.platform == "cuda" and facts.v2_runner_chosen:
+        return f"{FIELD}: on vLLM 0.32 needs the V1 model runner ({V1_RUNNER[0]}={V1_RUNNER[1]})"
     if facts.runner not in RUNNERS:
         return (f"{FIELD}: hogwild hooks vLLM's model runners {', '.join(RUNNERS)}; this server runs the "
                 f"{facts.runner} runner")
@@ -113,3 +139,20 @@ def refusal(facts: EngineFacts) -> str | None:
         return (f"{FIELD}: chunked local attention (attention_chunk_size={facts.chunked_attention}) is not "
                 "supported")
     return None
+
+
+def serve_options(platform: str, given: set[str], mixes_windows: bool) -> list[tuple[list[str], str | None]]:
+    """What ``vllm-hogwild serve`` adds to vLLM's options for hogwild to run, each unless the user
+    gave that option in either form (``given``: the options on the command line), with the reason
+    it says on stderr (None: added silently, as vLLM's own default on CPU)."""
+    added: list[tuple[list[str], str | None]] = []
+    hybrid = {"--disable-hybrid-kv-cache-manager", "--no-disable-hybrid-kv-cache-manager"}
+    if mixes_windows and not given & hybrid:
+        added.append((["--disable-hybrid-kv-cache-manager"], "the model mixes sliding-window and full attention "
+                      "layers; hogwild maps one block table per request"))
+    if platform == "cuda":
+        if not given & {"--attention-backend", "--attention-config"}:
+            added.append((["--attention-backend", CUDA_BACKEND], None))
+        if not given & {"--async-scheduling", "--no-async-scheduling"}:
+            added.append((["--no-async-scheduling"], None))
+    return added

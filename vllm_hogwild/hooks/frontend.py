@@ -37,31 +37,10 @@ def check_n(workers: int, n: int) -> None:
                          "worker completions are the choices")
 
 
-def _check_engine(vllm_config: Any) -> None:
-    """Hogwild's hooks are in place on this engine: synchronous scheduling (the planner and
-    the protocol read each step's sampled tokens) and, on CUDA, our backend (and on vLLM 0.32 its
-    V1 runner)."""
-    from vllm.platforms import current_platform
-
-    if vllm_config.scheduler_config.async_scheduling:
-        raise ValueError("hogwild_workers: needs synchronous scheduling; start vLLM with "
-                         "--no-async-scheduling (LLM(..., async_scheduling=False))")
-    if getattr(vllm_config, "speculative_config", None) is not None:
-        raise ValueError("hogwild_workers: not supported with speculative decoding (vLLM then loads "
-                         "no logits-processor plugins, and draft tokens would enter the shared cache)")
-    if not current_platform.is_cuda():
-        return
-    backend = vllm_config.attention_config.backend
-    if backend is None or backend.name != "CUSTOM":
-        raise ValueError("hogwild_workers: on CUDA, start vLLM with --attention-backend CUSTOM "
-                         "(the plugin's Triton backend); this engine uses "
-                         f"{backend.name if backend else 'the default backend'}")
-    if getattr(vllm_config, "use_v2_model_runner", False):  # vLLM 0.32 with Model Runner V2 chosen
-        raise ValueError("hogwild_workers: on vLLM 0.32 needs the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
-
-
 def engine_facts(vllm_config: Any) -> support.EngineFacts:
-    """What the engine's attention reads, from its config (the CPU layout by vLLM's own choice)."""
+    """What hogwild needs to know of an engine (``support.EngineFacts``), from its config: its
+    scheduling, backend and runner, and what its attention reads (the CPU layout by vLLM's own
+    choice)."""
     from vllm.platforms import current_platform
 
     model = vllm_config.model_config
@@ -85,8 +64,14 @@ def engine_facts(vllm_config: Any) -> support.EngineFacts:
     mixed = support.mixed_windows(model.get_sliding_window(), getattr(cfg, "layer_types", None))
     hybrid = not vllm_config.scheduler_config.disable_hybrid_kv_cache_manager
     runner = importlib.import_module(releases.adapter("model_runner")).runner_kind()
+    backend = vllm_config.attention_config.backend if platform == "cuda" else None
     return support.EngineFacts(platform, dtype, str(cache.cache_dtype), layout, ropes, extra, mixed, hybrid,
-                               getattr(model, "attention_chunk_size", None), runner)
+                               getattr(model, "attention_chunk_size", None), runner,
+                               async_scheduling=bool(vllm_config.scheduler_config.async_scheduling),
+                               speculative=getattr(vllm_config, "speculative_config", None) is not None,
+                               attention_backend=backend.name if backend is not None else None,
+                               v2_runner_chosen=platform == "cuda" and bool(getattr(vllm_config,
+                                                                                    "use_v2_model_runner", False)))
 
 
 def check_request(vllm_config: Any, extra_args: Any, n: int) -> Any:
@@ -96,7 +81,6 @@ def check_request(vllm_config: Any, extra_args: Any, n: int) -> Any:
     flag = parse(extra_args)
     check_n(flag.workers, n)
     _check_model(vllm_config)
-    _check_engine(vllm_config)
     return flag
 
 

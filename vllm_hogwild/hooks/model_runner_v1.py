@@ -46,9 +46,11 @@ def runner_kind() -> str:
 def install() -> None:
     import os
 
+    from vllm_hogwild.support import V1_RUNNER
+
     # The hook and the protocol's logits processor drive the V1 runner, which CUDA builds of
     # vLLM 0.32 leave for Model Runner V2 unless told otherwise.
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    os.environ.setdefault(*V1_RUNNER)
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     wrap(GPUModelRunner, "_update_states", _update_states)
