@@ -13,7 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["vllm_hogwild", "vllm_hogwild.hooks", "vllm_hogwild.releases", "vllm_hogwild.web", "hogwild_kernels"],
+    packages=["vllm_hogwild", "vllm_hogwild.hooks", "vllm_hogwild.releases", "vllm_hogwild.web", "hogwild_kernels", "hogwild_kernels.gpu"],
     package_data={"vllm_hogwild.web": ["static/*"], "hogwild_kernels": ["*.cpp", "cpu/*.h"]},
     package_dir={"vllm_hogwild": "vllm_hogwild", "hogwild_kernels": "kernels"},
     install_requires=["torch", "numpy"],

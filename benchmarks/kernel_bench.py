@@ -41,6 +41,7 @@ import triton  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from hogwild_kernels import build, triton_op  # noqa: E402
+from hogwild_kernels.gpu import kernel  # noqa: E402
 from hogwild_kernels.rotary import rotate  # noqa: E402
 from hogwild_kernels.table import SeqView  # noqa: E402
 from paged import inv_freq_for, layout_views, naive_attention, random_cache, random_views  # noqa: E402
@@ -211,7 +212,7 @@ def compiled_resources() -> list[dict]:
     """Registers and spills of every kernel variant this run compiled, as the GPU's driver
     reports them: the ground truth for ``kernel_resources.py``'s offline figures."""
     rows = []
-    for fn in (triton_op._fragment_attn_kernel, triton_op._merge_splits_kernel, triton_op._map_shared_keys_kernel):
+    for fn in (kernel._fragment_attn_kernel, kernel._merge_splits_kernel, kernel._map_shared_keys_kernel):
         for kernels in fn.device_caches.values():
             for k in kernels[0].values():
                 rows.append({"kernel": k.metadata.name, "num_warps": k.metadata.num_warps,

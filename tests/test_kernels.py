@@ -13,6 +13,8 @@ import torch
 from hogwild_kernels import build
 from hogwild_kernels.reference import fragment_attention
 from hogwild_kernels import cpu_op, triton_op
+from hogwild_kernels.gpu import inner
+from hogwild_kernels.gpu import launch as gpu_launch
 from paged import inv_freq_for, naive_attention, random_cache, random_views
 
 CASES = [
@@ -68,7 +70,7 @@ def test_triton_matches_reference(case, shared):
         got = out[rows] if in_batch else out
         assert not got.isnan().any() and out.isnan().sum() == out.numel() - got.numel()
         assert torch.allclose(got.double(), expect, atol=1e-4, rtol=1e-4)
-    assert not triton_op._COUNTERS[q.device].any()  # the fused merge leaves its counters reset
+    assert not gpu_launch._COUNTERS[q.device].any()  # the fused merge leaves its counters reset
 
 
 def _hand_over_history(views: list) -> list:
@@ -149,7 +151,7 @@ def test_in_kernel_sincos_holds_for_long_views():
     @triton.jit
     def probe(x_ptr, sin_ptr, cos_ptr, n, BLOCK: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        sin, cos = triton_op._sincos(tl.load(x_ptr + i, mask=i < n, other=0.0))
+        sin, cos = inner._sincos(tl.load(x_ptr + i, mask=i < n, other=0.0))
         tl.store(sin_ptr + i, sin, mask=i < n)
         tl.store(cos_ptr + i, cos, mask=i < n)
 
