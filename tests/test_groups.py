@@ -143,19 +143,20 @@ def test_model_without_rope_is_refused(tmp_path):
     _plain_works(llm)
 
 
-def test_engines_that_schedule_ahead_are_refused():
+def test_engines_that_schedule_ahead_are_refused(monkeypatch):
     """vLLM's async scheduling (the CUDA default) would hand the planner stale tokens;
-    speculative decoding drops the logits processor and writes draft tokens."""
-    from types import SimpleNamespace
+    speculative decoding drops the logits processor and writes draft tokens: the frontend reads
+    both off the engine's config, and support.refusal names the setting."""
+    from vllm_hogwild import support
+    from vllm_hogwild.hooks.frontend import engine_facts
 
-    from vllm_hogwild.hooks.frontend import _check_engine
-
-    with pytest.raises(ValueError, match="--no-async-scheduling"):
-        _check_engine(SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=True)))
-    with pytest.raises(ValueError, match="speculative decoding"):
-        _check_engine(SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=False),
-                                      speculative_config=object()))
-    _check_engine(engine("llama").llm_engine.vllm_config)  # the CPU engine is synchronous
+    config = engine("llama").llm_engine.vllm_config
+    assert support.refusal(engine_facts(config)) is None  # the CPU engine is synchronous
+    monkeypatch.setattr(config.scheduler_config, "async_scheduling", True)
+    assert "--no-async-scheduling" in support.refusal(engine_facts(config))
+    monkeypatch.setattr(config.scheduler_config, "async_scheduling", False)
+    monkeypatch.setattr(config, "speculative_config", object())
+    assert "speculative decoding" in support.refusal(engine_facts(config))
 
 
 def test_protocol_errors_name_the_field():

@@ -2,7 +2,7 @@
 
 Some of what the plugin keeps must live as long as a vLLM object does (a scheduler, a model
 runner, an attention layer) and be found from that object in a patched method. Each such host
-carries one record, ``_hogwild``, of the type this module gives its class; nothing else of the
+carries one record, ``_hogwild_state``, of the type this module gives its class; nothing else of the
 plugin's rides on vLLM's objects. Records are made on first use and found through the host's
 ``__dict__``, so a vLLM class's own attributes (or ``__getattr__``) are never consulted.
 
@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-ATTRIBUTE = "_hogwild"
+ATTRIBUTE = "_hogwild_state"  # (the attention impls have a method named _hogwild)
 
 R = TypeVar("R")
 
