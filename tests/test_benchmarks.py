@@ -249,5 +249,5 @@ def test_echo_counts_what_a_worker_sampled():
     assert "Bob [" not in own and "Quick check" not in own and "read the plan" not in own
     assert echo.echoes(own, names) == []
     assert echo.echoes(own + " As **Alice [2]:** said ### Past steps <|im_end|>", names) == \
-        ["### Past steps", "Alice [", "<|im_end|>"]
+        ["### Past steps", "##", "Alice [", "<|im_end|>"]  # "##": any heading of the view's form
     assert echo.repeats(text, "Bob") == 0 and echo.repeats("**Bob [1]:** a.\n\n**Bob [2]:** a.\n\n", "Bob") == 1
