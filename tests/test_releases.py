@@ -93,14 +93,19 @@ def test_release_of():
     assert releases.release_of("0.31.2") is None
 
 
-def test_a_source_patch_applies_once(tmp_path):
-    """scripts/vllm_cpu_source.py's edits of vLLM's source: run twice, each applies once: an insertion
-    (the new text keeps the old), a substitution whose new text is a prefix of the old, a removal."""
+def _source_script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("vllm_cpu_source", PACKAGE.parent / "scripts" / "vllm_cpu_source.py")
     source = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(source)
+    return source
+
+
+def test_a_source_patch_applies_once(tmp_path):
+    """scripts/vllm_cpu_source.py's edits of vLLM's source: run twice, each applies once: an insertion
+    (the new text keeps the old), a substitution whose new text is a prefix of the old, a removal."""
+    source = _source_script()
     path = tmp_path / "f.txt"
     path.write_text("a\nreturn not HAS_TRITON and x86\nb\nremove me\n")
     for _ in range(2):
@@ -110,3 +115,13 @@ def test_a_source_patch_applies_once(tmp_path):
     assert path.read_text() == "a\nreturn not HAS_TRITON\ninserted\nb\n"
     with pytest.raises(SystemExit, match="needs its own patch"):
         source.replace(path, "not there", "x")
+
+
+@pytest.mark.parametrize("flags, variant", [
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "amx"),  # Sapphire Rapids
+    ({"avx2", "avx512f", "avx512_bf16"}, "amx"),  # Cooper Lake, Zen 4: upstream's loader takes _C there too
+    ({"avx2", "avx512f", "avx512_vnni"}, "avx512"),  # Skylake-SP to Ice Lake: the AMX _C dies of SIGILL there
+    ({"avx2", "fma"}, "avx2"),  # Zen 2/3
+])
+def test_the_vllm_build_follows_the_cpu_as_upstreams_loader_does(flags, variant):
+    assert _source_script().isa_variant(flags) == variant
