@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.without_bans:  # the engine runs in this process (driver.py): no group gets bans
         from vllm_hogwild import runtime
 
-        runtime.bans = lambda model_config, names: None
+        runtime.bans = lambda model_config, banned: None
     from vllm import SamplingParams
 
     from vllm_hogwild import prompts

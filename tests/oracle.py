@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vllm_hogwild.async_pacing import Pacing
+from vllm_hogwild.async_prompts import THINKER, WRITER
 from vllm_hogwild.group import GroupTracker
-from vllm_hogwild.planner import framing_spans
+from vllm_hogwild.layouts import ASYNC_LAYOUT
 from vllm_hogwild.protocol import Action, GroupProtocol
 from vllm_hogwild.steps import BoundaryRule
-from vllm_hogwild.worker_requests import stream_starts, worker_prompt
+from vllm_hogwild.worker_requests import spans, stream_starts, worker_prompt
 
 
 ATTENTION = "hogwild_oracle"  # the name the oracle's attention is registered under
@@ -52,15 +54,18 @@ class WorkerRun:
     # None for a forced text's tokens after its first (written without logits of their own)
     finished: bool = False
     scales: list[float] = field(default_factory=list)  # per step with logits, the largest |logit|
+    steps: list[int] = field(default_factory=list)  # per generated token, the engine step that sampled it
 
 
 class Oracle:
     def __init__(self, model, decode, layout: str, rule: BoundaryRule, prompt: list[int],
                  prefixes: list[list[int]], max_tokens: int, stop: set[int],
                  framing: list[tuple[str, list[int]]] = (), protocol: GroupProtocol | None = None,
-                 follow: list[list[int]] | None = None) -> None:
+                 follow: list[list[int]] | None = None, sections=()) -> None:
         """``follow``: each worker's tokens to take instead of the oracle's own greedy choice
-        (another run's, whose every step the oracle then scores: ``runs[w].logprobs``)."""
+        (another run's, whose every step the oracle then scores: ``runs[w].logprobs``).
+        ``sections``: the parts of each worker's first text (``worker_requests.Sections``); with
+        the async layout, the writer writes when the same ``Pacing`` the scheduler runs says so."""
         _register()
         self.model = model.eval()
         self.follow = follow
@@ -71,7 +76,11 @@ class Oracle:
         workers = len(prefixes)
         self.runs = [WorkerRun(worker_prompt(prompt, framing, prefixes, w)) for w in range(workers)]
         starts = stream_starts(len(prompt), framing, workers)
-        self.tracker = GroupTracker(layout, rule, len(prompt), starts, framing_spans(len(prompt), framing))
+        self.tracker = GroupTracker(layout, rule, len(prompt), starts, spans(len(prompt), framing, sections, workers))
+        self.pacing = Pacing(rule) if layout == ASYNC_LAYOUT else None
+        self.paced = [0] * workers  # generated tokens fed to the pacing
+        self.waits = 0  # steps the writer waited
+        self.prompt_lens = [len(r.tokens) for r in self.runs]
         layers = model.config.num_hidden_layers
         self.keys = [[dict() for _ in range(layers)] for _ in range(workers)]  # raw keys by home pos
         self.values = [[dict() for _ in range(layers)] for _ in range(workers)]
@@ -94,7 +103,9 @@ class Oracle:
         self.tracker.commit_written(texts)
         feed = {w: list(range(self.written[w], len(r.tokens)))
                 for w, r in enumerate(self.runs) if not r.finished}
-        lengths = [len(r.tokens) if not r.finished else self.written[w] for w, r in enumerate(self.runs)]
+        if self.pacing is not None:
+            self._pace(feed)
+        lengths = [self.written[w] + len(feed.get(w, ())) for w in range(len(self.runs))]
         views = self.tracker.views(lengths)
         order = [(w, p) for w, pos in feed.items() for p in pos]
         ids = torch.tensor([[self.runs[w].tokens[p] for w, p in order]])
@@ -108,11 +119,14 @@ class Oracle:
             self.model.set_attn_implementation(usual)
             _running.pop()
         ends = {w: i for i, (w, _) in enumerate(order)}  # each worker's last new token
+        for w, pos in feed.items():
+            self.written[w] = pos[-1] + 1
+        # A prompt computed short of its end (a waiting writer's) samples nothing: vLLM discards it.
+        feed = {w: pos for w, pos in feed.items() if pos[-1] + 1 == len(self.runs[w].tokens)}
         logits = {w: out[ends[w]] for w in feed}
         actions = self._actions(logits)
         for w, pos in feed.items():
             run = self.runs[w]
-            self.written[w] = len(run.tokens)
             token = self._choose(logits[w], actions.get(w)) if self.follow is None \
                 else self.follow[w][len(run.generated)]
             run.logprobs.append(torch.log_softmax(logits[w].double(), -1))
@@ -123,10 +137,29 @@ class Oracle:
                 if len(run.generated) > len(run.logprobs) - 1:
                     run.logprobs.append(None)
                 run.generated.append(t)
+                run.steps.append(self.steps)
                 run.tokens.append(t)
                 if t in self.stop or len(run.generated) >= self.max_tokens:
                     run.finished = True
                     break
+        if self.pacing is not None and self.runs[WRITER].finished:
+            self.runs[THINKER].finished = True  # the answer is done: the thoughts end with it
+
+    def _pace(self, feed: dict[int, list[int]]) -> None:
+        """The writer's tokens this step, as the scheduler's pacing caps them (``hooks/pacing.py``):
+        none while it waits, and before it first writes, its prompt less its last token."""
+        new = []
+        for w in (WRITER, THINKER):
+            generated = self.runs[w].generated
+            new.append([self.decode(t) for t in generated[self.paced[w]:]])
+            self.paced[w] = len(generated)
+        if self.pacing.update(new[WRITER], new[THINKER], self.runs[THINKER].finished) or WRITER not in feed:
+            return
+        self.waits += 1
+        cap = max(self.written[WRITER], self.prompt_lens[WRITER] - 1)
+        feed[WRITER] = [p for p in feed[WRITER] if p < cap]
+        if not feed[WRITER]:
+            del feed[WRITER]
 
     def _actions(self, logits: dict[int, torch.Tensor]) -> dict[int, Action]:
         if self.protocol is None:

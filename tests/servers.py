@@ -14,10 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-
-# A chat template for the tiny test models, which ship none (ChatML, as SmolLM2's).
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+from tiny_models import CHATML  # noqa: F401  (the tiny models' own template, also given as --chat-template)
 
 
 def free_port() -> int:

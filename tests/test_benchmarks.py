@@ -17,6 +17,7 @@ import accuracy  # noqa: E402
 import driver  # noqa: E402
 import grading  # noqa: E402
 import serving  # noqa: E402
+import think_while_answering  # noqa: E402
 import throughput  # noqa: E402
 
 TINY = ["--max-model-len", "1024", "--kv-gib", "0.0625", "--max-num-seqs", "16", "--max-batched-tokens", "2048"]
@@ -214,6 +215,26 @@ def test_accuracy_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(driver, "build_llm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("an engine")))
     again = accuracy.main(args)
     assert again["results"] == report["results"] and len((tmp_path / "acc.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.slow
+def test_think_while_answering_smoke(tmp_path, monkeypatch):
+    args = ["--model", model_path("llama"), "--problems", _two_problems(tmp_path), "--budget", "16",
+            "--batch", "2", "--out", str(tmp_path / "twa"), *TINY]
+    report = think_while_answering.main(args)
+    assert list(report["results"]) == ["async", "sequential", "direct"]
+    for method, r in report["results"].items():
+        assert r["total"] == 2 and [p["truth"] for p in r["problems"]] == ["11", "5"]
+        for p in r["problems"]:
+            assert p["answer_text"] and 1 <= p["first_step"] <= p["total_steps"]
+            assert 0 <= p["delay_steps"] < p["total_steps"] and 0 < p["tokens"] <= 32
+            assert (p["thought_tokens"] > 0) == bool(p["thoughts"]) == (method != "direct")
+    # Thinking first: the answer starts only once the thoughts are done.
+    assert all(p["first_step"] > p["thought_tokens"] for p in report["results"]["sequential"]["problems"])
+    assert {p.suffix for p in tmp_path.iterdir() if p.stem == "twa"} == {".json", ".md", ".png", ".jsonl"}
+    monkeypatch.setattr(driver, "build_llm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("an engine")))
+    again = think_while_answering.main(args)
+    assert again["results"] == report["results"]
 
 
 @pytest.mark.slow

@@ -102,6 +102,36 @@ def test_chat_streaming_ends_with_the_final_answer(server):
     assert events[-1]["hogwild"] == whole["hogwild"] and whole["hogwild"]["final_answers"][0] is not None
 
 
+@pytest.mark.slow
+def test_think_while_answering_is_one_choice_with_the_thoughts_as_reasoning(server):
+    """A chat client gets what a reasoning model gives it: one choice, the writer's answer as its
+    content and the thinker's thoughts as its reasoning (streamed as reasoning deltas of choice 0),
+    usage counting both; the same texts as the offline engine's two streams."""
+    from vllm import SamplingParams
+
+    messages = [{"role": "user", "content": "Let x be the unknown. Then 2x + 3 = 11."}]
+    xargs = {"hogwild_workers": 2, "hogwild_async": True, "hogwild_boundary": "l", "hogwild_boundary_sentence": False}
+    request = {"messages": messages, "max_tokens": 16, "vllm_xargs": xargs}
+    status, whole = post(server, "/v1/chat/completions", request)
+    assert status == 200, whole
+    assert len(whole["choices"]) == 1 and whole["choices"][0]["index"] == 0
+    message = whole["choices"][0]["message"]
+    offline = engine("llama").chat([messages], SamplingParams(temperature=0, max_tokens=16, extra_args=xargs),
+                                   use_tqdm=False)[0].outputs
+    assert [message["content"], message["reasoning"]] == [o.text for o in offline] != ["", ""]
+    assert whole["usage"]["completion_tokens"] == sum(len(o.token_ids) for o in offline)
+    events = stream(server, "/v1/chat/completions", request)
+    streamed = {"content": "", "reasoning": ""}
+    for event in events:
+        for choice in event["choices"]:
+            assert choice["index"] == 0
+            for field in streamed:
+                streamed[field] += choice["delta"].get(field) or ""
+    assert streamed == {"content": message["content"], "reasoning": message["reasoning"]}
+    finishes = [c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")]
+    assert finishes == [whole["choices"][0]["finish_reason"]]
+
+
 @pytest.mark.parametrize("xargs,field", [
     ({"hogwild_workers": 2, "hogwild_layout": "zigzag"}, "hogwild_layout"),
     ({"hogwild_workers": 99}, "hogwild_workers"),

@@ -1,7 +1,7 @@
 """The live view at /hogwild, in a real headless browser (Debian's Chromium, driven by
 Playwright) against a live server with a tiny model: the page loads, a run fills W columns
-and shows the final answer, Stop stops a run (and the server goes on), a bad field shows
-the server's 400 message."""
+and shows the final answer, think while answering fills its answer and thoughts columns,
+Stop stops a run (and the server goes on), a bad field shows the server's 400 message."""
 
 from __future__ import annotations
 
@@ -64,6 +64,18 @@ def test_a_run_fills_one_column_per_worker_and_shows_the_final_answer(browser, p
     assert page.inner_text("#answer-text") != ""
     assert page.query_selector(".worker .final") is not None  # worker 0's closing sentence, set apart
     assert int(page.inner_text("#steps")) > 0 and float(page.inner_text("#tokens-per-s")) > 0
+    page.close()
+
+
+def test_think_while_answering_shows_the_answer_and_the_thoughts_side_by_side(browser, page_url):
+    page = _open(browser, page_url, **{"max-tokens": "24", "temperature": "0"})
+    page.select_option("#mode", "async")
+    page.click("#start")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Done.'", timeout=120_000)
+    columns = page.query_selector_all(".worker")
+    assert [c.query_selector("h2").inner_text().split()[0] for c in columns] == ["Answer", "Thoughts"]
+    assert all(c.query_selector(".text").inner_text().strip() for c in columns)
+    assert page.query_selector("#error").is_hidden()
     page.close()
 
 

@@ -13,6 +13,12 @@ Let x be the unknown. Then 2x + 3 = 11, so x = 4. Check: 2 * 4 + 3 = 11. Done.
 """
 
 
+# Every tiny model is a chat model (ChatML, its markers plain text to the tiny vocabulary), as
+# the real ones are: think while answering builds its views from the chat template.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
 def make_tokenizer(path: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -24,6 +30,7 @@ def make_tokenizer(path: str):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([TEXT] * 20, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>")
+    fast.chat_template = CHATML
     fast.save_pretrained(path)
     return fast
 

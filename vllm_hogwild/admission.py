@@ -99,33 +99,47 @@ class Capacity:
         return self._fits(sum(rest), len(rest), blocks, 0)
 
 
+FIRST_TEXTS = {  # the field of the workers' first texts: (what the starting step prefills, the remedy)
+    "hogwild_prefixes": ("every worker's first text with the prompt's last token and the protocol's texts",
+                         "shorten the prefixes"),
+    "prompt": ("the writer's and the thinker's instructions, each with the last message of the prompt "
+               "(hogwild_async)", "shorten that message (earlier turns are prefilled in chunks)"),
+}
+
+
 def check_lengths(max_model_len: int, step_budget: int, max_tokens: int | None, prompt_len: int,
-                  prefix_lens: list[int], framing_len: int) -> int:
+                  prefix_lens: list[int], framing_len: int, first_texts: str = "hogwild_prefixes",
+                  shown: int | None = None) -> int:
     """The views must fit the model and the step the workers start in (the prompt's last
     token, the framing and every worker's first text) must fit one step; returns max_tokens
-    (each worker's share of the room when the user gave none)."""
+    (each worker's share of the room when the user gave none). ``first_texts``: the field the
+    workers' first texts come from (think while answering: ``prompt``, whose last message is in
+    both workers' first texts). ``shown``: the tokens of the longest view besides the workers'
+    outputs (default: the prompt, the framing and every first text, which every view of the
+    three layouts holds)."""
     workers = len(prefix_lens)
     written = prompt_len + framing_len + sum(prefix_lens)
-    room = max_model_len - written
+    shown = written if shown is None else shown
+    room = max_model_len - shown
     if max_tokens is None:
         if room < workers:
             raise ValueError(
-                f"max_tokens: the prompt ({written} tokens with the protocol's texts) leaves no room "
+                f"max_tokens: the prompt ({shown} tokens with the protocol's texts) leaves no room "
                 f"for {workers} workers within max_model_len={max_model_len}"
             )
         max_tokens = room // workers
     elif max_tokens * workers > room:
         raise ValueError(
             f"max_tokens: {workers} workers x max_tokens={max_tokens} plus the prompt and "
-            f"the workers' first texts ({written} tokens) exceed max_model_len={max_model_len}; allowed: "
+            f"the workers' first texts ({shown} tokens) exceed max_model_len={max_model_len}; allowed: "
             f"max_tokens <= {max(room, 0) // workers}"
         )
     start = written - (prompt_len - 1) + workers - 1  # all prompts but the shared part worker 0 leads with
     if start > step_budget:
+        what, shorten = FIRST_TEXTS[first_texts]
         raise ValueError(
-            f"hogwild_prefixes: a hogwild group's workers start in one step, which prefills every worker's "
-            f"first text with the prompt's last token and the protocol's texts ({start} tokens), more than "
-            f"max_num_batched_tokens={step_budget}; raise it or shorten the prefixes"
+            f"{first_texts}: a hogwild group's workers start in one step, which prefills {what} "
+            f"({start} tokens), more than max_num_batched_tokens={step_budget}; raise it or {shorten}"
         )
     return max_tokens
 

@@ -64,8 +64,8 @@ class GroupTracker:
 
     def shared_history(self) -> list[Fragment]:
         """The fragments that every view holds alike (``layouts.shared_history``); empty
-        for the contiguous layout, whose views do not show the history."""
-        return layouts.shared_history(self.state) if self.layout != "contiguous" else []
+        for the layouts whose views do not show the history (contiguous, async)."""
+        return layouts.shared_history(self.state) if self.layout in layouts.HISTORY_LAYOUTS else []
 
     def views(self, lengths: list[int]) -> list[list[Fragment]]:
         """Every worker's view once this step's tokens are written."""

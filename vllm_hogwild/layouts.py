@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-LAYOUTS = ("contiguous", "interleaved", "combined")
+LAYOUTS = ("contiguous", "interleaved", "combined")  # what ``hogwild_layout`` may name
+ASYNC_LAYOUT = "async"  # think while answering (``hogwild_async``), chosen by its own flag
+HISTORY_LAYOUTS = ("interleaved", "combined")  # the layouts whose views hold the committed steps
 
 
 class Fragment(NamedTuple):
@@ -190,6 +192,27 @@ def _combined(state: GroupState, viewer: int) -> _ViewBuilder:
     return view
 
 
+def _async(state: GroupState, viewer: int) -> _ViewBuilder:
+    """Think while answering (``async_prompts.py``): ``[prompt][own intro][the other's stream]
+    [own split][own stream]``, where a worker's first text is its intro, its split and its
+    opening (framing spans ``intro:<w>`` and ``split:<w>`` in its own request) and its stream is
+    its opening and what it writes. Each worker's tokens only as far as they are written (the
+    writer's last prompt token waits until it first writes)."""
+    view = _ViewBuilder()
+    _prompt(state, viewer, view)
+    other = 1 - viewer
+
+    def add(worker: int, start: int, end: int) -> None:
+        view.add(worker, start, min(end, state.workers[worker].length))
+
+    own_intro, own_split = state.framing[f"intro:{viewer}"], state.framing[f"split:{viewer}"]
+    add(viewer, own_intro.start, own_intro.end)
+    add(other, state.framing[f"split:{other}"].end, state.workers[other].length)
+    add(viewer, own_split.start, own_split.end)
+    add(viewer, own_split.end, state.workers[viewer].length)
+    return view
+
+
 def _whole(state: GroupState, view: _ViewBuilder) -> list[Fragment]:
     if view.history_at is None:
         return view.fragments
@@ -212,7 +235,7 @@ def combined(state: GroupState, viewer: int) -> list[Fragment]:
     return _whole(state, _combined(state, viewer))
 
 
-_BY_NAME = {"contiguous": _contiguous, "interleaved": _interleaved, "combined": _combined}
+_BY_NAME = {"contiguous": _contiguous, "interleaved": _interleaved, "combined": _combined, ASYNC_LAYOUT: _async}
 
 
 def _builders(layout: str, state: GroupState) -> list[_ViewBuilder]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from vllm_hogwild.layouts import LAYOUTS
+from vllm_hogwild.layouts import ASYNC_LAYOUT, LAYOUTS
 from vllm_hogwild.prompts import NAMES, PRESETS
 from vllm_hogwild.protocol import REPEAT_TOKENS, ProtocolConfig
 from vllm_hogwild.steps import BoundaryRule
@@ -33,6 +33,8 @@ FIELDS = {
     "hogwild_answer_tokens": "int in 1..256: most tokens of the final answer (protocol only; default 16)",
     "hogwild_repeat_tokens": f"0 or an int in 2..4096: the shortest run of a finished step's tokens a worker may "
                              f"not copy, 0 = copies allowed (protocol only; default {REPEAT_TOKENS})",
+    "hogwild_async": "bool: think while answering, worker 0 writes the answer while worker 1 thinks "
+                     "(hogwild_workers=2; not with hogwild_layout, hogwild_prefixes or the protocol; default false)",
 }
 PROTOCOL_FIELDS = ("hogwild_names", "hogwild_preset", "hogwild_check_tokens", "hogwild_answer_tokens",
                    "hogwild_repeat_tokens")
@@ -48,6 +50,11 @@ class HogwildParams:
     prefixes: tuple[str, ...] = ()
     protocol: ProtocolConfig | None = None
     preset: str = "auto"
+
+    @property
+    def is_async(self) -> bool:
+        """Think while answering (``hogwild_async``): worker 0 writes, worker 1 thinks."""
+        return self.layout == ASYNC_LAYOUT
 
 
 def is_hogwild(extra_args: Mapping[str, Any] | None) -> bool:
@@ -114,6 +121,15 @@ def _protocol(keys: Mapping[str, Any], workers: int, rule: BoundaryRule) -> tupl
     return ProtocolConfig(names, rule, check, answer, repeat), preset
 
 
+def _check_async(keys: Mapping[str, Any], workers: int) -> None:
+    if workers != 2:
+        raise ValueError(f"hogwild_workers: hogwild_async=true takes hogwild_workers=2 (a writer and a "
+                         f"thinker), got {workers}")
+    for key in ("hogwild_layout", "hogwild_prefixes", "hogwild_protocol", *PROTOCOL_FIELDS):
+        if key in keys and not (key == "hogwild_protocol" and not _bool(key, keys[key])):
+            raise ValueError(f"{key}: not with hogwild_async=true (its views and texts are its own)")
+
+
 def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
     """Validate the user's hogwild keys; raises ValueError naming the bad field."""
     keys = {k: v for k, v in extra_args.items() if k.startswith(PREFIX)}
@@ -127,6 +143,9 @@ def parse(extra_args: Mapping[str, Any]) -> HogwildParams:
         raise ValueError(f"hogwild_workers: required, {FIELDS['hogwild_workers']}")
     workers = _int("hogwild_workers", keys["hogwild_workers"], 1, MAX_WORKERS)
     layout = _choice("hogwild_layout", keys.get("hogwild_layout", "combined"), list(LAYOUTS))
+    if _bool("hogwild_async", keys.get("hogwild_async", False)):
+        _check_async(keys, workers)
+        layout = ASYNC_LAYOUT
     marker = keys.get("hogwild_boundary", "\n\n")
     if not isinstance(marker, str) or not marker:
         raise ValueError(f"hogwild_boundary: expected a non-empty string, got {marker!r}")

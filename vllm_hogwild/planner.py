@@ -19,7 +19,7 @@ import numpy as np
 
 from hogwild_kernels.seq_view import SeqView, Shared
 from vllm_hogwild.group import GroupTracker
-from vllm_hogwild.layouts import Fragment, Span, view_position
+from vllm_hogwild.layouts import Fragment, view_position
 from vllm_hogwild.packing import BlockPool, PackedHistory
 from vllm_hogwild.worker_requests import WorkerStamp, stream_starts
 
@@ -109,15 +109,6 @@ def _tokens(state: RunnerRequest, start: int, end: int) -> list[int]:
     return list(prompt[start:min(end, n)]) + list(state.output_token_ids[max(start - n, 0):max(end - n, 0)])
 
 
-def framing_spans(prompt_len: int, blocks: Sequence[tuple[str, Sequence[int]]]) -> dict[str, Span]:
-    """Where worker 0's framing blocks sit: right after the prompt, in the given order."""
-    spans, at = {}, prompt_len
-    for name, ids in blocks:
-        spans[name] = Span(0, at, at + len(ids))
-        at += len(ids)
-    return spans
-
-
 class Planner:
     """All hogwild groups one model runner serves."""
 
@@ -146,8 +137,7 @@ class Planner:
             return
         del self._pending[key]
         starts = stream_starts(stamp.prompt_len, stamp.framing, flag.workers)
-        framing = framing_spans(stamp.prompt_len, stamp.framing)
-        tracker = GroupTracker(flag.layout, flag.boundary, stamp.prompt_len, starts, framing)
+        tracker = GroupTracker(flag.layout, flag.boundary, stamp.prompt_len, starts, stamp.spans())
         self._groups[key] = _Group(tracker, pending)
         self._group_of.update((rid, key) for rid in pending)
 

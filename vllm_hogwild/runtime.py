@@ -60,23 +60,23 @@ def encoder(model_config: Any) -> Callable[[str], list[int]]:
     return lambda text: list(encode(text))
 
 
-def bans(model_config: Any, names: tuple[str, ...]) -> Any:
-    """The ``bans.Bans`` of a protocol group of workers ``names`` (made once per tokenizer and
-    group size: it reads the whole vocabulary)."""
+def bans(model_config: Any, banned: tuple[str, ...]) -> Any:
+    """The ``bans.Bans`` of the texts ``banned`` (a protocol group's, ``prompts.banned_texts``, or
+    think while answering's), made once per tokenizer and texts: it reads the whole vocabulary."""
     tokenizer = (str(model_config.tokenizer), str(getattr(model_config, "tokenizer_revision", None)))
-    key = (tokenizer, tuple(names))
+    key = (tokenizer, tuple(banned))
     found = _BANS.get(key)
     if found is None:
-        from vllm_hogwild import bans as bans_module, prompts
+        from vllm_hogwild import bans as bans_module
 
         if tokenizer not in _VOCABULARIES:
             _VOCABULARIES[tokenizer] = bans_module.vocabulary_of(_tokenizer(model_config))
         texts, special = _VOCABULARIES[tokenizer]
-        found = _BANS[key] = bans_module.Bans(prompts.banned_texts(names), texts, special)
+        found = _BANS[key] = bans_module.Bans(banned, texts, special)
     return found
 
 
-_BANS: dict = {}  # (tokenizer, names) -> Bans
+_BANS: dict = {}  # (tokenizer, banned texts) -> Bans
 _VOCABULARIES: dict = {}  # tokenizer -> (each token's text, special token ids)
 
 

@@ -19,11 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from vllm_hogwild.layouts import Span
 from vllm_hogwild.params import HogwildParams, from_plain, to_plain
 
 STAMP_KEY = "_hogwild"  # never a user key: those start with "hogwild_"
 
 Framing = Sequence[tuple[str, Sequence[int]]]  # [(block name, its token ids), ...] after the prompt
+# Per worker, the named parts of its first text [(name, tokens), ...] in order (think while
+# answering: intro, split, opening; async_prompts.SECTIONS), placed apart by its layout.
+Sections = Sequence[Sequence[tuple[str, int]]]
 
 
 def worker_prompt(shared: Sequence[int], framing: Framing, prefixes: Sequence[Sequence[int]],
@@ -44,6 +48,20 @@ def cacheable_tokens(stamp: "WorkerStamp") -> int:
     prompt's last token sits at position 0 of its own request, where a plain request's first
     token would have other keys)."""
     return prompt_tails(stamp.prompt_len, stamp.flag.workers)[0] if stamp.worker == 0 else 0
+
+
+def spans(prompt_len: int, framing: Framing, sections: Sections, workers: int) -> dict[str, Span]:
+    """Where the named blocks sit, by name: worker 0's framing blocks right after the prompt, in
+    the given order, and each worker's sections (``<name>:<worker>``) from its stream's start."""
+    out, at = {}, prompt_len
+    for name, ids in framing:
+        out[name] = Span(0, at, at + len(ids))
+        at += len(ids)
+    for w, (start, parts) in enumerate(zip(stream_starts(prompt_len, framing, workers), sections)):
+        for name, count in parts:
+            out[f"{name}:{w}"] = Span(w, start, start + count)
+            start += count
+    return out
 
 
 def framing_length(framing: Framing) -> int:
@@ -71,10 +89,16 @@ class WorkerStamp:
     prompt_len: int  # the shared prompt's tokens (with the protocol: its full prompt)
     prefix_ids: tuple[tuple[int, ...], ...]  # each worker's first text
     framing: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    sections: tuple[tuple[tuple[str, int], ...], ...] = ()  # per worker, its first text's parts (Sections)
 
     def plain(self) -> dict[str, Any]:
         return {"group": self.group, "worker": self.worker, "flag": to_plain(self.flag), "prompt_len": self.prompt_len,
-                "prefix_ids": [list(p) for p in self.prefix_ids], "framing": [[n, list(ids)] for n, ids in self.framing]}
+                "prefix_ids": [list(p) for p in self.prefix_ids], "framing": [[n, list(ids)] for n, ids in self.framing],
+                "sections": [[[n, c] for n, c in parts] for parts in self.sections]}
+
+    def spans(self) -> dict[str, Span]:
+        """Where the group's named blocks sit (``spans``)."""
+        return spans(self.prompt_len, self.framing, self.sections, self.flag.workers)
 
 
 def stamped(extra_args: Mapping[str, Any] | None, stamp: WorkerStamp) -> dict[str, Any]:
@@ -108,7 +132,8 @@ def stamp_of(params: Any) -> WorkerStamp | None:
         return known[1]
     stamp = WorkerStamp(str(plain["group"]), int(plain["worker"]), from_plain(plain["flag"]), int(plain["prompt_len"]),
                         tuple(tuple(p) for p in plain["prefix_ids"]),
-                        tuple((n, tuple(ids)) for n, ids in plain["framing"]))
+                        tuple((n, tuple(ids)) for n, ids in plain["framing"]),
+                        tuple(tuple((n, int(c)) for n, c in parts) for parts in plain.get("sections", ())))
     if len(_read) >= STAMPS_CACHED:
         _read.clear()
     _read[id(plain)] = (plain, stamp)

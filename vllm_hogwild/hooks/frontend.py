@@ -19,7 +19,7 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from vllm_hogwild import admission, prompts, releases, runtime, support
+from vllm_hogwild import admission, async_prompts, prompts, releases, runtime, support
 from vllm_hogwild.hooks.patching import stop_tokens, wrap
 from vllm_hogwild.params import field_of, is_hogwild, parse
 from vllm_hogwild.protocol import GroupProtocol
@@ -111,6 +111,29 @@ def _protocol_inputs(engine: Any, flag: Any, prompt_ids: list[int],
     return ids, prefixes, framing
 
 
+def _async_inputs(engine: Any, prompt_ids: list[int], encode) -> tuple[list[int], list[list[int]], tuple]:
+    """Think while answering: the conversation both views share, each worker's first text (its
+    intro, split and opening, ``async_prompts``) and those sections' lengths, as token ids."""
+    tokenizer = engine.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("hogwild_async: the model has no chat template (its views are chats); "
+                         "allowed only on chat models")
+
+    def render(messages: list[dict], generation: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+    try:
+        markers = async_prompts.chat_markers(render)
+    except ValueError as e:
+        raise ValueError(f"hogwild_async: {e}") from None
+    texts = async_prompts.texts(markers, tokenizer.decode(prompt_ids, skip_special_tokens=False))
+    ids = tokenizer.encode(texts.conversation, add_special_tokens=False)
+    parts = [[encode(text) for text in worker] for worker in texts.sections]
+    prefixes = [[t for part in worker for t in part] for worker in parts]
+    sections = tuple(tuple(zip(async_prompts.SECTIONS, map(len, worker))) for worker in parts)
+    return ids, prefixes, sections
+
+
 def _check_protocol(flag: Any, sp: Any, encode) -> None:
     if not stop_tokens(sp):
         raise ValueError("ignore_eos: hogwild_protocol=true needs a stop token (its workers stop with "
@@ -152,16 +175,22 @@ def _process_inputs(original):
             raise ValueError("prompt: hogwild takes a non-empty text or token-id prompt (no embeddings or images)")
         encode = runtime.encoder(self.model_config)
         framing: list = []
+        sections: tuple = ()
         if flag.protocol is not None:
             request.prompt_token_ids, prefixes, framing = _protocol_inputs(
                 self, flag, request.prompt_token_ids, encode)
+        elif flag.is_async:
+            request.prompt_token_ids, prefixes, sections = _async_inputs(self, request.prompt_token_ids, encode)
         else:
             prefixes = [encode(p) for p in flag.prefixes] or [[] for _ in range(flag.workers)]
         prompt_len = len(request.prompt_token_ids)
         sp = request.sampling_params
+        # A think-while-answering view holds its own first text and the other's opening, not the other's.
+        shown = prompt_len + max(len(prefixes[w]) + sections[1 - w][-1][1] for w in (0, 1)) if flag.is_async else None
         sp.max_tokens = admission.check_lengths(
             self.model_config.max_model_len, self.vllm_config.scheduler_config.max_num_batched_tokens,
-            params.max_tokens, prompt_len, [len(p) for p in prefixes], framing_length(framing))
+            params.max_tokens, prompt_len, [len(p) for p in prefixes], framing_length(framing),
+            first_texts="prompt" if flag.is_async else "hogwild_prefixes", shown=shown)
         if flag.protocol is not None:
             _check_protocol(flag, sp, encode)
         lengths = [len(worker_prompt(request.prompt_token_ids, framing, prefixes, w)) for w in range(flag.workers)]
@@ -173,7 +202,7 @@ def _process_inputs(original):
         # fan-out stamps each child with its own index (get_child_info).
         sp.extra_args = stamped(sp.extra_args, WorkerStamp(
             request.request_id, 0, flag, prompt_len, tuple(map(tuple, prefixes)),
-            tuple((name, tuple(ids)) for name, ids in framing)))
+            tuple((name, tuple(ids)) for name, ids in framing), sections))
         sp.n = flag.workers
         # The prefix cache: the group's shared prompt is read and written like a plain request's,
         # nothing else of it (hooks/kv_cache.py); a user's cache_salt still isolates it.

@@ -52,7 +52,7 @@ def _add_request(original):
         detokenizer = getattr(state, "detokenizer", None)
         if stamp is not None and self.tokenizer is not None and hasattr(detokenizer, "output_text"):
             first = stamp.prefix_ids[stamp.worker]
-            if first:
+            if first and not stamp.flag.is_async:  # (think while answering: only what each writes)
                 skip = request.sampling_params.skip_special_tokens
                 detokenizer.output_text = self.tokenizer.decode(list(first), skip_special_tokens=skip)
 

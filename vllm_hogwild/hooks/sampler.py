@@ -1,4 +1,4 @@
-"""Sampler: the protocol's forced and greedy tokens, as a logits processor.
+"""Sampler: the protocol's forced and greedy tokens, and think while answering's bans, as a logits processor.
 
 Patches nothing: vLLM loads ``HogwildLogitsProcessor`` through the ``vllm.logits_processors``
 entry point. Each vLLM release has its own logits processor interface: vLLM 0.32's V1 model
@@ -12,15 +12,17 @@ import importlib
 from collections import defaultdict
 from typing import Any
 
-from vllm_hogwild import runtime
+from vllm_hogwild import async_prompts, prompts, runtime
+from vllm_hogwild.async_bans import StreamBans
 from vllm_hogwild.hooks.patching import stop_tokens
 from vllm_hogwild.protocol import GroupProtocol
 from vllm_hogwild.worker_requests import stamp_of
 
 
 class ProtocolRows:
-    """Applies the protocol's per-step ``Action``s (``protocol.py``) to the logits rows of
-    hogwild workers; every other row is left alone.
+    """Applies the protocol's per-step ``Action``s (``protocol.py``), or think while answering's
+    bans (``async_bans.py``, the same interface), to the logits rows of hogwild workers; every
+    other row is left alone.
 
     A release's processor keeps ``rows`` (its own row key -> (group, worker)) in step with the
     runner's batch and calls ``step`` with this step's logits rows. ``worker_steps`` and
@@ -57,11 +59,12 @@ class ProtocolRows:
         self.rows.pop(key, None)
         stamp = stamp_of(params)
         config = stamp.flag.protocol if stamp is not None else None
-        if config is None:
+        if config is None and (stamp is None or not stamp.flag.is_async):
             return False
         self.rows[key] = (stamp.group, stamp.worker)
         if stamp.group not in self._groups:
-            self._groups[stamp.group] = self._protocol(config, params)
+            self._groups[stamp.group] = self._protocol(config, params) if config is not None else \
+                self._stream_bans(params)
         return True
 
     def remove(self, key: Any) -> None:
@@ -78,12 +81,20 @@ class ProtocolRows:
                 self._ended.pop(group, None)
 
     def _protocol(self, config: Any, params: Any) -> GroupProtocol:
+        self._codecs()
+        return GroupProtocol(config, self._encode, self._decode, stop_tokens(params), params.max_tokens,
+                             whole_texts=self._whole_texts and params.logprobs is None,
+                             bans=runtime.bans(self._model_config, tuple(prompts.banned_texts(config.names))))
+
+    def _stream_bans(self, params: Any) -> StreamBans:
+        self._codecs()
+        return StreamBans(runtime.bans(self._model_config, tuple(async_prompts.banned_texts())), self._decode,
+                          stop_tokens(params))
+
+    def _codecs(self) -> None:
         if self._decode is None:
             self._decode = runtime.token_texts(self._model_config)
             self._encode = runtime.encoder(self._model_config)
-        return GroupProtocol(config, self._encode, self._decode, stop_tokens(params), params.max_tokens,
-                             whole_texts=self._whole_texts and params.logprobs is None,
-                             bans=runtime.bans(self._model_config, config.names))
 
     def step(self, logits: Any, batch_rows: dict[Any, int], outputs: Any) -> Any:
         """``batch_rows``: row key -> logits row of this step's sampled, kept rows (a prompt

@@ -3,6 +3,9 @@
 Patches ``Scheduler.schedule``, ``Scheduler._reserve_prefill_lookahead``,
 ``Scheduler._free_blocks`` and ``Scheduler.update_from_output``.
 
+A think-while-answering group's writer waits for the thoughts under a per-request cap
+(``pacing.py``), through the same ``_reserve_prefill_lookahead``.
+
 Admission policy is ``admission.py``; the workers of running groups go first in vLLM's
 running list (vLLM preempts from the back); a finished worker's blocks are freed only when
 its whole group has ended (or was aborted); a group whose workers do not all arrive within
@@ -25,9 +28,9 @@ from typing import Any
 
 from vllm.logger import init_logger
 
-from vllm_hogwild import admission
+from vllm_hogwild import admission, runtime
 from vllm_hogwild.admission import Capacity, GroupDemand, blocks_for
-from vllm_hogwild.hooks import state
+from vllm_hogwild.hooks import pacing, state
 from vllm_hogwild.hooks.patching import group_of, wrap
 from vllm_hogwild.worker_requests import prompt_tails, stamp_of
 
@@ -55,6 +58,11 @@ def _schedule(original):
             if key is not None and not request.is_finished():
                 groups[key].append(request)
         _fail_unassembled(self, groups, RequestStatus)
+        record = state.of(self, state.SchedulerState)
+        if record.paced or any(stamp_of(reqs[0].sampling_params).flag.is_async for reqs in groups.values()):
+            if record.decode is None:
+                record.decode = runtime.token_texts(self.vllm_config.model_config)
+            record.caps = pacing.caps(record.paced, groups, record.decode, RequestStatus.WAITING)
         if not groups:
             return original(self, *args, **kwargs)
         # Workers first: under KV pressure vLLM preempts from the back of `running`.
@@ -63,14 +71,14 @@ def _schedule(original):
         if plan.held or plan.starting:  # (vLLM's remove rebuilds the waiting queue)
             self.waiting.remove_requests(plan.held + plan.starting)
             self.waiting.prepend_requests(reversed(plan.starting))
-        record = state.of(self, state.SchedulerState)
         record.hold = plan.hold
         try:
             output = original(self, *args, **kwargs)
         finally:
             record.hold = {}
             self.waiting.prepend_requests(plan.held)
-        _check_whole(output, plan, groups)
+        _check_whole(output, plan, groups, record.caps)
+        record.caps = {}
         return output
 
     return wrapper
@@ -79,10 +87,13 @@ def _schedule(original):
 def _reserve_prefill_lookahead(original):
     def wrapper(self, request, num_computed_tokens, num_new_tokens):
         num_new_tokens = original(self, request, num_computed_tokens, num_new_tokens)
-        shared = getattr(state.peek(self, state.SchedulerState), "hold", {}).get(request.request_id)
+        record = state.peek(self, state.SchedulerState)
+        if record is None:
+            return num_new_tokens
+        shared = record.hold.get(request.request_id)
         if shared is not None:  # a leading worker 0 whose group does not join this step
             num_new_tokens = max(0, min(num_new_tokens, shared - num_computed_tokens))
-        return num_new_tokens
+        return pacing.cap(record.caps, request, num_computed_tokens, num_new_tokens)  # a waiting writer
 
     return wrapper
 
@@ -108,6 +119,8 @@ def _update_from_output(original):
     def wrapper(self, *args, **kwargs):
         outputs = original(self, *args, **kwargs)
         record = state.peek(self, state.SchedulerState)
+        if record is not None and record.paced:
+            pacing.end_thinkers(self, record.paced, outputs)
         failed = record.failed if record is not None else []
         if failed:
             record.failed = []
@@ -165,9 +178,11 @@ class _Admission:
 
 
 def _leading(reqs: list[Any], waiting_status: Any) -> bool:
-    """Worker 0 of this group (reqs in worker order) runs alone, its prompt not done."""
+    """Worker 0 of this group (reqs in worker order) runs alone, its prompt not done (a
+    think-while-answering writer waits with its prompt's last token, its thinker running)."""
     first = reqs[0]
-    return first.status != waiting_status and first.num_computed_tokens < first.num_prompt_tokens
+    return (first.status != waiting_status and first.num_computed_tokens < first.num_prompt_tokens
+            and all(r.status == waiting_status for r in reqs[1:]))
 
 
 def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> _Admission:
@@ -224,22 +239,25 @@ def _admit(sched: Any, groups: dict[str, list[Any]], waiting_status: Any) -> _Ad
     return plan
 
 
-def _check_whole(output: Any, plan: _Admission, groups: dict[str, list[Any]]) -> None:
+def _check_whole(output: Any, plan: _Admission, groups: dict[str, list[Any]], caps: dict[str, int]) -> None:
     """A group starts whole or not at all: anything else is a bug, never silent."""
     scheduled = output.num_scheduled_tokens
 
     def fail(key: str, what: str) -> None:
         raise RuntimeError(f"hogwild: group {key} {what}")
 
+    def prompt_end(r: Any) -> int:  # where a starting worker's prompt is computed to (a waiting writer:
+        return min(r.num_prompt_tokens, caps.get(r.request_id, r.num_prompt_tokens))  # all but its last token)
+
     def whole_prompt(r: Any) -> bool:  # scheduled, its prompt computed by the end of the step (a
-        return r.request_id in scheduled and r.num_computed_tokens == r.num_prompt_tokens  # hit, then the rest)
+        return r.request_id in scheduled and r.num_computed_tokens == prompt_end(r)  # hit, then the rest)
 
     for key in plan.whole:
         for r in groups[key]:
             if not whole_prompt(r):
                 fail(key, f"was only partly admitted (request {r.request_id})")
     for key in plan.joining:
-        if groups[key][0].num_computed_tokens != groups[key][0].num_prompt_tokens:
+        if groups[key][0].num_computed_tokens != prompt_end(groups[key][0]):
             fail(key, "started its workers before worker 0's prompt was done")
         for r in groups[key][1:]:
             if not whole_prompt(r):

@@ -8,6 +8,12 @@ Patches ``OpenAIServingCompletion.create_completion``,
 
 Responses carry ``"hogwild": {"final_answers": [...]}`` (one per prompt); a stream sends it as
 one more chunk (no choices) before ``[DONE]``.
+
+Think while answering (``hogwild_async``) answers a chat as a reasoning model does: ONE choice,
+its ``content`` the writer's answer and its ``reasoning`` (vLLM's field for reasoning models)
+the thinker's thoughts; a stream sends the thoughts as ``reasoning`` deltas of choice 0 as they
+are written, and the answer's pauses are the stream's. Usage counts both. (``/v1/completions``
+has no reasoning field: there the answer is choice 0 and the thoughts choice 1.)
 """
 
 from __future__ import annotations
@@ -65,9 +71,43 @@ def _chat_full(original):
                 yield res
 
         response = await original(self, request, tap(), *args, **kwargs)
+        if _is_async(request) and hasattr(response, "choices") and len(response.choices) == 2:
+            answer, thoughts = response.choices
+            answer.message.reasoning = thoughts.message.content
+            response.choices = [answer]
         return _with_answers(response, seen[-1:])
 
     return wrapper
+
+
+def _is_async(request: Any) -> bool:
+    extra = getattr(request, "vllm_xargs", None)
+    if not is_hogwild(extra):
+        return False
+    try:
+        return parse(extra).is_async
+    except ValueError:
+        return False
+
+
+def _as_reasoning(chunk: str) -> str | None:
+    """A think-while-answering chat stream's chunk with choice 1 (the thoughts) as ``reasoning``
+    deltas of choice 0 (None: nothing of it is left to send)."""
+    if not chunk.startswith("data: {"):
+        return chunk
+    data = json.loads(chunk[len("data: "):])
+    choices = []
+    for choice in data.get("choices", []):
+        if choice.get("index") != 1:
+            choices.append(choice)
+            continue
+        text = (choice.get("delta") or {}).get("content")
+        if text:  # the thoughts' role, logprobs and finish are not the answer's
+            choices.append({"index": 0, "delta": {"reasoning": text}, "logprobs": None, "finish_reason": None})
+    if not choices and data.get("choices"):
+        return None
+    data["choices"] = choices
+    return f"data: {json.dumps(data)}\n\n"
 
 
 def _stream(original, chunk_object: str):
@@ -89,8 +129,12 @@ def _stream(original, chunk_object: str):
 
         bound.arguments["result_generator"] = tap(bound.arguments["result_generator"])
 
+        reasoning = chunk_object == "chat.completion.chunk" and _is_async(request)
+
         async def chunks():
             async for chunk in original(*bound.args, **bound.kwargs):
+                if reasoning and (chunk := _as_reasoning(chunk)) is None:
+                    continue
                 if chunk.startswith("data: [DONE]") and answers:
                     final = {"id": bound.arguments["request_id"], "object": chunk_object, "choices": [],
                              "hogwild": {"final_answers": [answers.get(i) for i in range(max(answers) + 1)]}}

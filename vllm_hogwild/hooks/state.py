@@ -32,12 +32,16 @@ class SchedulerState:
     """``hold``: request id -> shared prompt length of a worker 0 that leads this step alone;
     ``ended``: group -> its ended workers, whose blocks wait for the rest of the group;
     ``failing``: groups being failed (their blocks go as vLLM frees them); ``failed``: failed
-    requests not yet reported in an output."""
+    requests not yet reported in an output; ``paced``, ``caps``: think while answering
+    (``hooks/pacing.py``)."""
 
     hold: dict[str, int] = field(default_factory=dict)
     ended: defaultdict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     failing: set[str] = field(default_factory=set)
     failed: list[Any] = field(default_factory=list)
+    paced: dict[str, Any] = field(default_factory=dict)  # group -> hooks.pacing.Paced (think while answering)
+    caps: dict[str, int] = field(default_factory=dict)  # this step's: writer request id -> its cap
+    decode: Any = None  # token id -> text, made on first use
 
 
 @dataclass

@@ -1,5 +1,7 @@
-// The Hogwild! live view: one streaming chat completion with W workers, one column per worker.
-// Talks to the server's own OpenAI-compatible API; the flag travels in vllm_xargs.
+// The Hogwild! live view: one streaming chat completion with W workers, one column per worker;
+// in "think while answering" mode, the answer and the thoughts side by side (its one choice's
+// content and reasoning deltas). Talks to the server's own OpenAI-compatible API; the flag
+// travels in vllm_xargs.
 "use strict";
 
 const NAMES = ["Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi",
@@ -20,15 +22,15 @@ function render(text) {
     .replace(/\*\*Final answer\.\*\*/g, '<span class="final">Final answer.</span>');
 }
 
-function columns(workers) {
+function columns(titles) {
   const view = $("workers-view");
   view.innerHTML = "";
   const cols = [];
-  for (let w = 0; w < workers; w++) {
+  for (let w = 0; w < titles.length; w++) {
     const col = document.createElement("section");
     col.className = "worker";
     col.dataset.worker = String(w);
-    col.innerHTML = `<h2>${escapeHtml(NAMES[w] || `Worker ${w}`)} <small>0 tokens</small></h2><div class="text"></div>`;
+    col.innerHTML = `<h2>${escapeHtml(titles[w])} <small>0 tokens</small></h2><div class="text"></div>`;
     view.appendChild(col);
     cols.push({ col, text: "", tokens: 0 });
   }
@@ -55,7 +57,8 @@ async function start(event) {
   event.preventDefault();
   $("error").hidden = true;
   $("answer").hidden = true;
-  const workers = Number($("workers").value);
+  const thinking = $("mode").value === "async";
+  const workers = thinking ? 2 : Number($("workers").value);
   const request = {
     messages: [{ role: "user", content: $("problem").value }],
     max_tokens: Number($("max-tokens").value),
@@ -71,14 +74,18 @@ async function start(event) {
       hogwild_check_tokens: 128,
     },
   };
-  if (Number.isInteger(workers) && workers >= 1 && workers <= NAMES.length) {
+  if (thinking) {
+    request.vllm_xargs = { hogwild_workers: 2, hogwild_async: true };
+  } else if (Number.isInteger(workers) && workers >= 1 && workers <= NAMES.length) {
     request.vllm_xargs.hogwild_names = NAMES.slice(0, workers);
   }
   controller = new AbortController();
   $("start").disabled = true;
   $("stop").disabled = false;
   setStatus("Starting…");
-  const cols = columns(Number.isInteger(workers) && workers > 0 && workers <= 64 ? workers : 0);
+  const count = Number.isInteger(workers) && workers > 0 && workers <= 64 ? workers : 0;
+  const cols = columns(thinking ? ["Answer", "Thoughts"]
+                                : Array.from({ length: count }, (_, w) => NAMES[w] || `Worker ${w}`));
   const began = performance.now();
   let total = 0;
   let steps = 0;
@@ -123,13 +130,18 @@ async function start(event) {
         if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
         const chunk = JSON.parse(line.slice(6));
         for (const choice of chunk.choices || []) {
-          const delta = (choice.delta && choice.delta.content) || "";
-          const c = cols[choice.index];
-          if (!c || !delta) continue;
-          c.text += delta;
-          c.tokens += 1;
-          total += 1;
-          steps = Math.max(steps, c.tokens);  // each engine step writes one token per running worker
+          // A choice's content is its worker's; think while answering sends the thoughts as
+          // choice 0's reasoning.
+          const parts = [[choice.index, choice.delta && choice.delta.content],
+                         [1, thinking && choice.delta && choice.delta.reasoning]];
+          for (const [index, delta] of parts) {
+            const c = cols[index];
+            if (!c || !delta) continue;
+            c.text += delta;
+            c.tokens += 1;
+            total += 1;
+            steps = Math.max(steps, c.tokens);  // each engine step writes one token per running worker
+          }
         }
         if (chunk.usage) total = chunk.usage.completion_tokens;
         const answers = chunk.hogwild && chunk.hogwild.final_answers;
