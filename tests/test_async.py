@@ -252,3 +252,30 @@ def test_a_long_conversation_is_prefilled_in_chunks_by_the_writer_then_both_star
     assert not scheduler(llm).requests
     with pytest.raises(ValueError, match="^prompt: .* shorten that message"):
         llm.chat([{"role": "user", "content": long}], params, use_tqdm=False)
+
+
+def test_an_abort_while_the_writer_waits_frees_every_block_and_record():
+    from vllm import SamplingParams
+
+    from engines import engine, scheduler
+    from vllm_hogwild.hooks import state
+
+    llm = engine("llama")
+    sched = scheduler(llm)
+    pool = sched.kv_cache_manager.block_pool
+    free = pool.get_num_free_blocks()
+    params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True,
+                            extra_args={"hogwild_workers": 2, "hogwild_async": True})
+    llm.llm_engine.add_request("abort-async", PROBLEM, params)
+    for _ in range(3):  # the writer waits for 48 thoughts: no paragraph ends in the tiny model's text
+        llm.llm_engine.step()
+    record = state.of(sched, state.SchedulerState)
+    from vllm_hogwild.worker_requests import stamp_of
+
+    writer = next(r for r in sched.requests.values() if stamp_of(r.sampling_params).worker == WRITER)
+    assert record.paced and writer.num_computed_tokens == writer.num_prompt_tokens - 1
+    llm.llm_engine.abort_request(["abort-async"], internal=False)
+    while llm.llm_engine.has_unfinished_requests():
+        llm.llm_engine.step()
+    assert pool.get_num_free_blocks() == free and not sched.requests
+    assert not record.paced and not record.ended and not record.caps

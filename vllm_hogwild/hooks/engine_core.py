@@ -40,7 +40,8 @@ def hogwild_state(self) -> dict[str, Any]:
     scheduler = {"groups": len(live),
                  "ended_workers_held": sum(len(v) for v in held.ended.values()),
                  "failing": len(held.failing),
-                 "failed_unreported": len(held.failed)}
+                 "failed_unreported": len(held.failed),
+                 "paced_groups": len(held.paced)}
     return {"scheduler": scheduler, "workers": self.collective_rpc(worker_state)}
 
 

@@ -108,6 +108,7 @@ def _free_blocks(original):
         ended[key].append(request)
         if len(ended[key]) < stamp_of(request.sampling_params).flag.workers:
             return None  # the others still read this worker's keys
+        record.paced.pop(key, None)
         for member in ended.pop(key):
             original(self, member)
         return None
