@@ -84,7 +84,7 @@ def end_thinkers(sched: Any, paced: dict[str, Paced], outputs: dict[int, Any]) -
     from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
     from vllm.v1.request import RequestStatus
 
-    for record in paced.values():
+    for record in list(paced.values()):  # (ending a thinker frees its group: its record goes)
         thinker = sched.requests.get(record.thinker_id) if record.thinker_id else None
         writer = sched.requests.get(record.writer_id) if record.writer_id else None
         if thinker is None or thinker.is_finished() or (writer is not None and not writer.is_finished()):
