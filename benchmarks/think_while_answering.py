@@ -10,8 +10,8 @@ Methods, each problem the user's one chat message (the model's chat template):
   = ``--budget`` for each;
 * ``sequential``: the same model thinking first, then answering: the thinker alone (the same
   texts as ``async``'s thinker, with no answer yet), then the writer over all its thoughts (the
-  same texts as ``async``'s writer), each a plain request of ``--budget`` tokens, the answer's
-  submitted the step the thoughts end;
+  same texts as ``async``'s writer, less the note that more thoughts will come: they are done),
+  each a plain request of ``--budget`` tokens, the answer's submitted the step the thoughts end;
 * ``direct``: no thinking: the plain chat, asked to put the final answer in ``\\boxed{}``.
 
 Per problem and method, from the problem's submission: the **first answer token** (engine steps
@@ -76,7 +76,7 @@ def _texts(tokenizer, problem: str):
         lambda m, g: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=g))
     chat = tokenizer.apply_chat_template([{"role": "user", "content": problem}], tokenize=False,
                                          add_generation_prompt=True)
-    return chat, async_prompts.texts(markers, chat)
+    return chat, async_prompts.texts(markers, chat), markers
 
 
 def run_batch(llm, tokenizer, jobs: list[tuple[str, int, str]], args, tag: str) -> list[dict]:
@@ -90,14 +90,14 @@ def run_batch(llm, tokenizer, jobs: list[tuple[str, int, str]], args, tag: str) 
     params = SamplingParams(temperature=args.temperature, max_tokens=args.budget, seed=args.seed,
                             output_kind=RequestOutputKind.DELTA)
     streams: dict[str, _Stream] = {}
-    follow: dict[str, tuple[int, object]] = {}  # a sequential job's thoughts request -> (job, its texts)
+    follow: dict[str, tuple] = {}  # a sequential job's thoughts request -> (job, its texts, the chat markers)
 
     def add(rid: str, prompt, sp) -> None:
         streams[rid] = _Stream()
         engine.add_request(rid, prompt, sp)
 
     for j, (method, _, problem) in enumerate(jobs):
-        chat, texts = _texts(tokenizer, problem)
+        chat, texts, markers = _texts(tokenizer, problem)
         if method == "async":
             sp = params.clone()
             sp.extra_args = {"hogwild_workers": 2, "hogwild_async": True}
@@ -105,9 +105,9 @@ def run_batch(llm, tokenizer, jobs: list[tuple[str, int, str]], args, tag: str) 
         elif method == "sequential":
             thinking = tokenizer.encode(view_text(texts, THINKER, ["", ""]), add_special_tokens=False)
             add(f"{tag}-{j}-thoughts", TokensPrompt(prompt_token_ids=thinking), params.clone())
-            follow[f"{tag}-{j}-thoughts"] = (j, texts)
+            follow[f"{tag}-{j}-thoughts"] = (j, texts, markers)
         else:
-            direct, _ = _texts(tokenizer, problem + DIRECT)
+            direct = _texts(tokenizer, problem + DIRECT)[0]
             add(f"{tag}-{j}", direct, params.clone())
     start, step, ends = time.perf_counter(), 0, [0.0]
     while engine.has_unfinished_requests():
@@ -124,8 +124,9 @@ def run_batch(llm, tokenizer, jobs: list[tuple[str, int, str]], args, tag: str) 
             if out.finished:
                 s.done_step = step
                 if out.request_id in follow:  # the thoughts are done: the answer starts now
-                    j, texts = follow[out.request_id]
-                    answer = view_text(texts, WRITER, ["", s.texts.get(0, "")])
+                    j, texts, markers = follow[out.request_id]
+                    answer = (texts.conversation + texts.sections[WRITER][0] + texts.sections[THINKER][2]
+                              + s.texts.get(0, "") + markers.assistant_close + markers.assistant_open)
                     add(f"{tag}-{j}", TokensPrompt(prompt_token_ids=tokenizer.encode(answer, add_special_tokens=False)),
                         params.clone())
     rows = []
