@@ -51,9 +51,7 @@ METHODS = ("hogwild", "single", "independent")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     driver.engine_options(p)
-    p.add_argument("--problems", default=driver.DEFAULT_PROBLEMS, help="JSONL problem file")
-    p.add_argument("--first", type=int, default=0, help="the first problem (0-based line of the file)")
-    p.add_argument("--limit", type=int, help="only N problems from --first on")
+    driver.problem_options(p)
     p.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256], help="max tokens per worker")
     p.add_argument("--workers", type=int, nargs="+", default=[2], help="each W for hogwild and independent")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -129,11 +127,7 @@ def reading(graded: list[dict], workers: int, problems: list) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    problems = driver.problems(args.problems)
-    last = len(problems) if args.limit is None else min(len(problems), args.first + args.limit)
-    numbers = list(range(args.first, last))
-    if not numbers:
-        raise SystemExit(f"--first: {args.problems} has {len(problems)} problems, none from {args.first} on")
+    problems, numbers = driver.chosen_problems(args)
     model = driver.model_path(args.model)
     rows_of = cells(args)
     widest = max(w for _, w in rows_of)

@@ -46,6 +46,24 @@ def problems(path: str, limit: int | None = None) -> list:
         raise SystemExit(f"--problems: {error}") from None
 
 
+def problem_options(parser: Any) -> None:
+    """The options that choose problems (``chosen_problems`` reads them)."""
+    parser.add_argument("--problems", default=DEFAULT_PROBLEMS, help="JSONL problem file")
+    parser.add_argument("--first", type=int, default=0, help="the first problem (0-based line of the file)")
+    parser.add_argument("--limit", type=int, help="only N problems from --first on")
+
+
+def chosen_problems(args: Any) -> tuple[list, list[int]]:
+    """The problems of ``args.problems`` and the numbers of those chosen (``--first``, ``--limit``),
+    or an exit saying there are none."""
+    found = problems(args.problems)
+    last = len(found) if args.limit is None else min(len(found), args.first + args.limit)
+    numbers = list(range(args.first, last))
+    if not numbers:
+        raise SystemExit(f"--first: {args.problems} has {len(found)} problems, none from {args.first} on")
+    return found, numbers
+
+
 def check_budgets(model: str, budgets: list[int], workers: int, max_model_len: int, protocol: bool) -> None:
     """Refuse, before any engine starts, a per-worker budget that cannot run: W workers
     over ``max_model_len``, or (with the protocol) less than its closing sentence and answer."""

@@ -44,9 +44,7 @@ DIRECT = "\n\nPut the final answer inside \\boxed{}."
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     driver.engine_options(p)
-    p.add_argument("--problems", default=driver.DEFAULT_PROBLEMS, help="JSONL problem file")
-    p.add_argument("--first", type=int, default=0, help="the first problem (0-based line of the file)")
-    p.add_argument("--limit", type=int, help="only N problems from --first on")
+    driver.problem_options(p)
     p.add_argument("--budget", type=int, default=256, help="max tokens of each stream (answer, thoughts)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -160,11 +158,7 @@ def _measured(method: str, number: int, answer: str, thoughts: str, steps: list[
 def run(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
-    problems = driver.problems(args.problems)
-    last = len(problems) if args.limit is None else min(len(problems), args.first + args.limit)
-    numbers = list(range(args.first, last))
-    if not numbers:
-        raise SystemExit(f"--first: {args.problems} has {len(problems)} problems, none from {args.first} on")
+    problems, numbers = driver.chosen_problems(args)
     model = driver.model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model)
     if not tokenizer.chat_template:
