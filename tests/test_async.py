@@ -135,14 +135,14 @@ def test_neither_stream_may_write_its_views_framing_but_each_may_stop():
     from vllm_hogwild.async_bans import StreamBans
     from vllm_hogwild.bans import Bans
 
-    vocabulary = ["[More thoughts", " will appear", " above.]", "<|im_start|>", "<|im_end|>", "x",
-                  async_prompts.THOUGHTS_HEADING.strip()]
+    vocabulary = ["[More", " thoughts", " ideas", "<|im_start|>", "<|im_end|>", "x", async_prompts.THOUGHTS_HEADING.strip()]
     bans = StreamBans(Bans(async_prompts.banned_texts(), vocabulary, special=[3, 4]), vocabulary.__getitem__,
                       stop_tokens=[4])
     first = bans.step({WRITER: [], THINKER: [5]})
     assert first[WRITER].ban == first[THINKER].ban == {3, 6}  # another turn's start, the heading; not the stop
-    assert 2 in bans.step({WRITER: [0, 1], THINKER: [5, 5]})[WRITER].ban  # would complete the note
-    assert 2 not in bans.step({WRITER: [0, 1, 5], THINKER: [5, 5, 5]})[WRITER].ban
+    # A note barred by its first words: "[More thoughts will appear below.]" as much as "... above.]".
+    assert bans.step({WRITER: [0], THINKER: [5, 5]})[WRITER].ban == {1, 3, 6}
+    assert 1 not in bans.step({WRITER: [0, 2], THINKER: [5, 5, 5]})[WRITER].ban
 
 
 # ---------------------------------------------------------------- pacing

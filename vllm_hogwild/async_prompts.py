@@ -118,9 +118,10 @@ def texts(markers: ChatMarkers, text: str) -> AsyncTexts:
 
 
 def banned_texts() -> list[str]:
-    """What neither stream may write of its own (``async_bans.py``): its views' notes and the
-    thoughts heading."""
-    return [text.strip() for text in (THOUGHTS_HEADING, MORE_THOUGHTS, ANSWER_GOES_ON)]
+    """What neither stream may write of its own (``async_bans.py``): the thoughts heading, and the
+    views' notes by their first words, so that a look-alike is barred too (SmolLM2's writer wrote
+    "[More thoughts will appear below.]" when the exact note was banned)."""
+    return [THOUGHTS_HEADING.strip()] + [" ".join(note.split()[:2]) for note in (MORE_THOUGHTS, ANSWER_GOES_ON)]
 
 
 def view_text(t: AsyncTexts, viewer: int, streams: Sequence[str]) -> str:
