@@ -31,7 +31,7 @@ setup(
         # --no-deps (scripts/setup.sh does it): its declared dependencies are not needed.
         "demo": DEMO,
         "bench": BENCH,
-        # vLLM's Ray executor (--distributed-executor-backend ray): benchmarks/several_machines.py
+        # vLLM's Ray executor (--distributed-executor-backend ray): benchmarks/cluster/several_machines.py
         # starts a local Ray cluster with it (vLLM 0.32 and 0.34 refuse Ray on CPU: README).
         "ray": ["ray>=2.48"],
     },

@@ -11,7 +11,7 @@ group's keys are read once for all its workers, and nothing is written back.
   blocks' slots laid end to end, each key turned from home to view position, and the
   queries, at their view positions, meet them all in one matmul per KV head. From ~2k
   shared tokens of 20-token steps on, this beats the tiles, whose count grows with the
-  number of fragments (``benchmarks/cpu_op_bench.py``).
+  number of fragments (``benchmarks/cpu/cpu_op_bench.py``).
 
 One softmax spans both. Blocks are gathered in the order vLLM's CPU cache keeps them
 (keys dimension-major, values token-major), so the gathers are plain copies. Everything

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # a script: the root, for tests.helpers
 
-from servers import running_server  # noqa: E402
+from tests.helpers.servers import running_server  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from interpreter import fix_bfloat16_dot  # noqa: E402
+from tests.helpers.interpreter import fix_bfloat16_dot  # noqa: E402
 
 if os.environ["TRITON_INTERPRET"] == "1":
     fix_bfloat16_dot()
@@ -14,7 +14,7 @@ os.environ.setdefault("VLLM_PLUGINS", "hogwild")
 
 def pytest_addoption(parser):
     parser.addoption("--real-models", action="store_true",
-                     help="also run the tests on real checkpoints of the catalogue (tests/test_real_models.py; "
+                     help="also run the tests on real checkpoints of the catalogue (tests/engine/test_real_models.py; "
                           "each fetched first with `vllm-hogwild models fetch NAME`; ~15 min and up to 20 GiB)")
 
 

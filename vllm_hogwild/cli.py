@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--layout", default="combined", choices=["contiguous", "interleaved", "combined"])
     d.add_argument("--problem", default=DEFAULT_PROBLEM)
     d.add_argument("--max-tokens", type=int, default=256, help="token budget per worker")
-    # Defaults measured on the embedded model (benchmarks/demo_defaults.py): at 0.3 with a
+    # Defaults measured on the embedded model (benchmarks/end_to_end/demo_defaults.py): at 0.3 with a
     # repetition penalty of 1.1, no output line of junk over seeds 0-9 (31% at 0.7, none),
     # and a plan, later steps and a redundancy check in 7 runs of 10.
     d.add_argument("--temperature", type=float, default=0.3, help="0 = greedy")

@@ -101,7 +101,7 @@ def _fragment_attn_kernel(
     # Each branch has its own dots, so a tile used as loaded goes from shared memory
     # straight into the MMA, and only a tile of mixed shifts passes through registers. The
     # loads stay outside the branch, where Triton's pipeliner still prefetches them. This
-    # cut register spills (``benchmarks/kernel_resources.py``; with one dot for both, the
+    # cut register spills (``benchmarks/gpu/kernel_resources.py``; with one dot for both, the
     # default decode spilled 152 bytes a thread on sm_90 and 192 on sm_80, Triton 3.9).
     shared_end = t_begin + tl.load(grp_shared_tiles_ptr + group)
     pack_lo = tl.load(grp_pack_ptr + group)

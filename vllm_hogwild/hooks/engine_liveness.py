@@ -5,7 +5,7 @@ Patches ``DPLBAsyncMPClient.get_core_engine_for_request``.
 vLLM watches the engine processes it started (one that dies ends the server), but not the
 engines of other nodes (``--headless``): when such a node dies, every request it held waits
 forever, plain or hogwild, and the balancer goes on sending it new ones (measured with the
-plugin off: ``benchmarks/several_machines.py``). So while a remote engine holds requests of
+plugin off: ``benchmarks/cluster/several_machines.py``). So while a remote engine holds requests of
 this API server, the hook asks it for a cheap utility answer every ``PERIOD`` seconds; an
 engine that has not answered within ``VLLM_HOGWILD_ENGINE_TIMEOUT_SECONDS`` (default 60: a
 step is slow on a CPU, never that slow) is taken as gone. Its requests end with finish

@@ -6,7 +6,7 @@ vLLM 0.32 stops the engine on SIGTERM (``--shutdown-timeout 0``: abort), then as
 server to shut down, which waits for every open connection to close. But the task that feeds
 the requests' output queues is cancelled without a word to them, so a stream in flight
 waits forever and the server never exits (seen with plain requests as much as with groups:
-``benchmarks/soak.py`` sends SIGTERM with a burst of streams running). Before the engine
+``benchmarks/serving/soak.py`` sends SIGTERM with a burst of streams running). Before the engine
 goes, every request still waiting for output is handed ``EngineDeadError``, as vLLM does
 when its output handler fails: each stream ends with an error chunk and ``[DONE]``.
 """

@@ -5,7 +5,7 @@ vLLM offers public seams for some of what the plugin does (a general plugin, an 
 internals (``hooks/``). Internals move between releases, so each supported release has a module here
 (``v0_32``) listing, per seam, the ``Class.method`` it wraps or overrides with the parameters its wrapper was
 written against. ``check`` compares such a list with a release's source, read as text (no import), so the
-same check runs on the installed vLLM (``tests/test_releases.py``) and on another release's unpacked source
+same check runs on the installed vLLM (``tests/engine/test_releases.py``) and on another release's unpacked source
 (``scripts/vllm_drift.py``). Pure: no vLLM, no torch.
 """
 
