@@ -11,7 +11,7 @@ import sys
 import pytest
 
 PURE = ("params", "worker_requests", "layouts", "steps", "group", "planner", "admission", "prompts", "protocol",
-        "bans", "repeats", "packing", "envs", "vllm_cpu", "support", "models")
+        "bans", "repeats", "packing", "envs", "vllm_cpu", "support", "models", "window_reach")
 
 
 @pytest.mark.parametrize("module", PURE)

@@ -59,13 +59,42 @@ def test_windows_cut_the_views():
     assert [r.generated for r in windowed] != [r.generated for r in full]
 
 
-def test_a_long_group_keeps_the_blocks_out_of_its_workers_windows():
-    """Every layer windowed (one block table, vLLM's window manager): each worker request goes
-    past its window by more than a block, which vLLM would free; the others still read them
-    (the prompt in interleaved views, committed steps), so a group keeps its blocks."""
-    ids = prompt_ids("mistral")
-    out, runs = hogwild("mistral", ids, 4, "interleaved", max_tokens=60)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_long_group_frees_only_what_no_view_reaches(layout):
+    """Every layer windowed (one block table, vLLM's window manager): a long group frees the
+    whole blocks that every running view places behind its window (``window_reach``), and
+    nothing a view still reads. Each block is overwritten with noise as it is freed, so a view
+    that still read it would take other tokens than the oracle's (which has every key)."""
+    from tests.helpers.engines import scheduler
+
+    llm = engine("mistral")
+    caches = llm.llm_engine.model_executor.driver_worker.worker.model_runner.kv_caches
+    managers = scheduler(llm).kv_cache_manager.coordinator.single_type_managers
+    freed: list[int] = []
+
+    def spy(manager):
+        original = manager._remove_blocks_in_range
+
+        def remove(request_id, first, last):
+            blocks = manager.req_to_blocks.get(request_id, [])[first:last]
+            ids = [b.block_id for b in blocks if b is not manager._null_block]
+            for cache in caches:  # a layer's keys and values, by block first (vLLM's CPU layout)
+                cache[ids] = 100 * torch.randn_like(cache[ids])
+            freed.extend(ids)
+            return original(request_id, first, last)
+
+        return remove
+
+    for manager in managers:
+        manager._remove_blocks_in_range = spy(manager)
+    try:
+        ids = prompt_ids("mistral")
+        out, runs = hogwild("mistral", ids, 4, layout, max_tokens=60)
+    finally:
+        for manager in managers:
+            del manager._remove_blocks_in_range
     assert max(len(o.token_ids) for o in out.outputs) + len(ids) > WINDOW + 2 * 32
+    assert freed, "no block was freed"
     assert_matches(out, runs)
 
 

@@ -50,8 +50,6 @@ def _schedule(original):
     from vllm.v1.request import RequestStatus
 
     def wrapper(self, *args, **kwargs):
-        # The coordinator is told the requests whose blocks it must keep (kv_cache.py).
-        state.of(self.kv_cache_manager.coordinator, state.CoordinatorState).requests = self.requests
         groups: dict[str, list[Any]] = defaultdict(list)
         for request in self.requests.values():
             key = group_of(request)
@@ -59,9 +57,15 @@ def _schedule(original):
                 groups[key].append(request)
         _fail_unassembled(self, groups, RequestStatus)
         record = state.of(self, state.SchedulerState)
+        # The coordinator is told the requests whose blocks it must keep, and each group's
+        # workers, ended ones included (what its windowed layers may free: kv_cache.py).
+        coordinator = state.of(self.kv_cache_manager.coordinator, state.CoordinatorState)
+        coordinator.requests, coordinator.step = self.requests, coordinator.step + 1
+        coordinator.groups = {key: reqs + record.ended.get(key, []) for key, reqs in groups.items()}
+        if groups and record.decode is None:
+            record.decode = runtime.token_texts(self.vllm_config.model_config)
+        coordinator.decode = record.decode
         if record.paced or any(stamp_of(reqs[0].sampling_params).flag.is_async for reqs in groups.values()):
-            if record.decode is None:
-                record.decode = runtime.token_texts(self.vllm_config.model_config)
             record.caps = pacing.caps(record.paced, groups, record.decode, RequestStatus.WAITING)
         if not groups:
             return original(self, *args, **kwargs)

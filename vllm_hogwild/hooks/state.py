@@ -46,9 +46,16 @@ class SchedulerState:
 
 @dataclass
 class CoordinatorState:
-    """The scheduler's requests by id (vLLM hands the coordinator only their ids)."""
+    """The scheduler's requests by id (vLLM hands the coordinator only their ids); ``groups``:
+    each group's worker requests, ended ones included, and ``step``: the scheduler's step count,
+    both set each step; ``reach``: group -> what its windowed layers may free
+    (``hooks/kv_cache.py``); ``decode``: token id -> text, made on first use."""
 
     requests: dict[str, Any] | None = None
+    groups: dict[str, list[Any]] = field(default_factory=dict)
+    step: int = 0
+    reach: dict[str, Any] = field(default_factory=dict)
+    decode: Any = None
 
 
 @dataclass
