@@ -173,8 +173,9 @@ def test_each_layer_gets_its_rope_and_window():
                           rtol=1e-5)
 
 
-def test_the_window_manager_keeps_group_blocks():
-    """vLLM's freeing of blocks behind a window skips the requests of groups, and only them."""
+def test_vllms_window_rule_skips_group_blocks():
+    """vLLM's freeing of blocks behind a request's own window skips the requests of groups, and
+    only them (theirs is ``window_reach``'s, per windowed manager: none here)."""
     from types import SimpleNamespace
 
     from vllm_hogwild import worker_requests
@@ -184,7 +185,7 @@ def test_the_window_manager_keeps_group_blocks():
     skip = _remove_skipped_blocks(lambda self, rid, *a: calls.append(rid))
     worker = SimpleNamespace(sampling_params=SimpleNamespace(extra_args={worker_requests.STAMP_KEY: {"group": "g"}}))
     plain = SimpleNamespace(sampling_params=SimpleNamespace(extra_args=None))
-    coordinator = SimpleNamespace()
+    coordinator = SimpleNamespace(single_type_managers=[SimpleNamespace(sliding_window=None)])  # full attention
     state.of(coordinator, state.CoordinatorState).requests = {"w": worker, "p": plain}
     for rid in ("w", "p", "gone"):
         skip(coordinator, rid, 100)
