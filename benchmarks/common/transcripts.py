@@ -17,6 +17,7 @@ it derived. Per group:
   steps of their own);
 * ``duplicates``: steps with results, every one of them already derived by another worker in
   a step that had finished before this one began: work the group had already done;
+* ``empty``: steps that derive no result (talk about the work, or restate the problem);
 * ``reacts``: steps that name another worker;
 * ``copies``: steps holding a run of ``COPY_WORDS`` words of another worker's finished step;
 * ``shared``: of the results any worker derived, the share that more than one worker derived
@@ -49,6 +50,7 @@ class Reading:
     """One group's measures (see the module's docstring)."""
 
     steps: int = 0
+    empty: int = 0
     duplicates: int = 0
     reacts: int = 0
     copies: int = 0
@@ -103,6 +105,7 @@ def read(texts: list[str], names: list[str], problem: str) -> Reading:
     derived = {id(s): numbers(s.text) - given for s in steps}
     r = Reading(steps=len(steps))
     for s in steps:
+        r.empty += not derived[id(s)]
         earlier = [o for o in steps if o.worker != s.worker and o.end <= s.start]
         known = set().union(*(derived[id(o)] for o in earlier)) if earlier else set()
         if derived[id(s)] and derived[id(s)] <= known:
@@ -131,7 +134,8 @@ def summary(readings: list[Reading]) -> dict:
     for r in readings:
         for k, v in r.checks.items():
             checks[k] = checks.get(k, 0) + v
-    return {"groups": len(readings), "steps": steps, "duplicates": sum(r.duplicates for r in readings),
+    return {"groups": len(readings), "steps": steps, "empty": sum(r.empty for r in readings),
+            "duplicates": sum(r.duplicates for r in readings),
             "reacts": sum(r.reacts for r in readings), "copies": sum(r.copies for r in readings),
             "results": results, "shared": sum(r.shared for r in readings),
             "shared_share": sum(r.shared for r in readings) / results if results else 0.0, "checks": checks}

@@ -207,13 +207,13 @@ def why(report: dict) -> list[str]:
         return []
     lines = ["What the workers did (`benchmarks/common/transcripts.py`; a step's results are the numbers it writes "
              "that the problem does not hold):", "",
-             "| row | budget | groups | steps | duplicates | name another worker | copy 8 words | results shared "
-             "| redundancy answers |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| row | budget | groups | steps | no result | duplicates | name another worker | copy 8 words "
+             "| results shared | redundancy answers |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows:
         t = r["transcripts"]
         share = lambda k: f"{t[k]} ({t[k] / t['steps']:.0%})"  # noqa: E731
         checks = ", ".join(f"{k} {v}" for k, v in sorted(t["checks"].items())) or "none asked"
-        lines.append(f"| {name} | {r['budget']} | {t['groups']} | {t['steps']} | {share('duplicates')} | "
+        lines.append(f"| {name} | {r['budget']} | {t['groups']} | {t['steps']} | {share('empty')} | {share('duplicates')} | "
                      f"{share('reacts')} | {share('copies')} | {t['shared_share']:.0%} of {t['results']} | {checks} |")
     return lines
 

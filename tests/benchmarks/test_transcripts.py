@@ -34,6 +34,7 @@ def test_a_step_that_redoes_a_finished_result_is_a_duplicate():
     bob = worker(1, "Hmm, let me look at it from the start again, slowly.", "Eggs left: 16 - 3 = 13.")
     r = transcripts.read([alice, bob], NAMES, PROBLEM)
     assert r.steps == 4
+    assert r.empty == 1  # Bob's first step derives nothing
     assert r.duplicates == 1  # Bob's 13, after Alice's first step ended
     assert (r.results, r.shared) == (2, 1)  # 13 (both) and 26 (Alice)
 
@@ -62,8 +63,8 @@ def test_redundancy_answers_are_counted():
 
 
 def test_summary_adds_groups_up():
-    a = transcripts.Reading(steps=4, duplicates=1, results=2, shared=1, checks={"yes": 1})
+    a = transcripts.Reading(steps=4, empty=2, duplicates=1, results=2, shared=1, checks={"yes": 1})
     b = transcripts.Reading(steps=2, results=2, shared=0, checks={"yes": 2, "no": 1})
     s = transcripts.summary([a, b])
-    assert (s["groups"], s["steps"], s["duplicates"], s["shared_share"]) == (2, 6, 1, 0.25)
+    assert (s["groups"], s["steps"], s["empty"], s["duplicates"], s["shared_share"]) == (2, 6, 2, 1, 0.25)
     assert s["checks"] == {"yes": 3, "no": 1}
