@@ -96,6 +96,11 @@ def test_a_long_group_frees_only_what_no_view_reaches(layout):
     assert max(len(o.token_ids) for o in out.outputs) + len(ids) > WINDOW + 2 * 32
     assert freed, "no block was freed"
     assert_matches(out, runs)
+    from vllm import SamplingParams
+
+    llm.generate(["a"], SamplingParams(max_tokens=1), use_tqdm=False)  # a step after the group's end
+    coordinator = state.peek(scheduler(llm).kv_cache_manager.coordinator, state.CoordinatorState)
+    assert coordinator.reach == {}, "an ended group's copy of its commits is kept"
 
 
 @pytest.mark.parametrize("family", IN_PROCESS)

@@ -41,7 +41,9 @@ def hogwild_state(self) -> dict[str, Any]:
                  "ended_workers_held": sum(len(v) for v in held.ended.values()),
                  "failing": len(held.failing),
                  "failed_unreported": len(held.failed),
-                 "paced_groups": len(held.paced)}
+                 "paced_groups": len(held.paced),
+                 "windowed_groups": len(getattr(state.peek(sched.kv_cache_manager.coordinator,
+                                                           state.CoordinatorState), "reach", {}))}
     return {"scheduler": scheduler, "workers": self.collective_rpc(worker_state)}
 
 

@@ -130,8 +130,6 @@ def _unreachable(record: state.CoordinatorState, stamp: Any, window: int) -> lis
     members = record.groups.get(stamp.group, [])
     if len(members) < stamp.flag.workers:
         return None
-    for key in [k for k in record.reach if k not in record.groups]:
-        del record.reach[key]  # the group has ended
     reach = record.reach.get(stamp.group)
     if reach is None:
         starts = stream_starts(stamp.prompt_len, stamp.framing, stamp.flag.workers)

@@ -62,6 +62,8 @@ def _schedule(original):
         coordinator = state.of(self.kv_cache_manager.coordinator, state.CoordinatorState)
         coordinator.requests, coordinator.step = self.requests, coordinator.step + 1
         coordinator.groups = {key: reqs + record.ended.get(key, []) for key, reqs in groups.items()}
+        for key in [k for k in coordinator.reach if k not in coordinator.groups]:
+            del coordinator.reach[key]  # an ended group's copy of its commits (kv_cache.py)
         if groups and record.decode is None:
             record.decode = runtime.token_texts(self.vllm_config.model_config)
         coordinator.decode = record.decode
